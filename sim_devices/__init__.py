@@ -1,0 +1,1 @@
+"""Simulated sample, probe and diffraction (and, later, ophyd devices)."""
