@@ -205,19 +205,20 @@ class BraggSimulator:
         fv = fv[i3a:i3b]
         r3c = r3[i3a:i3b]
         shape = (len(r3c), len(r1), len(r2))
-        # foil mask first: the sample is evaluated only inside the illuminated foil
+        # rows (r3, r1) that cross the illuminated foil: the foil's normal is nearly
+        # perpendicular to r2, so a 2D test with a margin for the r2 extent selects them cheaply
         e = recon_basis(self.theta_b)
         n = self.sample.normal
         t = np.asarray(translation_m, float)
-        zeta = ((r3c[:, None, None] * (e[2] @ n)) + r1[None, :, None] * (e[0] @ n)
-                + r2[None, None, :] * (e[1] @ n)) - t @ n
-        keep = (np.abs(zeta) < self.sample.thickness_m / 2 + 4 * self.sample.edge_m)
-        keep &= (np.abs(fv) > 0)[:, :, None] & (np.abs(fh) > 0)[None, None, :]
-        idx = np.nonzero(keep)
+        zeta = r3c[:, None] * (e[2] @ n) + r1[None, :] * (e[0] @ n) - t @ n
+        half = self.sample.thickness_m / 2 + 4 * self.sample.edge_m + abs(e[1] @ n) * np.abs(r2).max()
+        i3, i1 = np.nonzero((np.abs(zeta) < half) & (np.abs(fv) > 0))
+        cols = np.nonzero(np.abs(fh) > 0)[0]
         out = np.zeros(shape, np.complex64)
-        if idx[0].size:
-            xyz = self._lab(r3c[idx[0]], r1[idx[1]], r2[idx[2]]) - t
-            out[idx] = self.sample.density(xyz) * fv[idx[0], idx[1]] * fh[idx[2]]
+        if i3.size and cols.size:
+            xyz = self._lab(r3c[i3][:, None], r1[i1][:, None], r2[cols][None, :]) - t
+            psi = self.sample.density(xyz) * fv[i3, i1][:, None] * fh[cols][None, :]
+            out[i3[:, None], i1[:, None], cols[None, :]] = psi
         return out
 
     def amplitudes(self, translation_m, deltas_rad) -> np.ndarray:

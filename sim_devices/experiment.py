@@ -68,6 +68,9 @@ class SimulatedExperiment:
             "simulator_oversampling": self.simulator.f,
             "simulator_box_shape": list(self.simulator.box_shape),
         }
+        units = {"density": "1", "amplitude": "1", "phase": "rad", "eps_zz": "1", "omega_x": "rad",
+                 "omega_y": "rad", "probe": "1", "probe_p1_m": "m", "probe_p2_m": "m"}
+        attrs.update({f"{k}_units": v for k, v in units.items()})
         return gt, attrs
 
 

@@ -179,6 +179,20 @@ def test_tiny_preset_round_trips_through_the_dataset_format(tmp_path):
     assert ds.ground_truth["density"].dtype == np.complex64
 
 
+def test_small_preset_partial_scan_round_trips(tmp_path):
+    """The small preset's file (6 of 64 positions, as a scan aborted early would leave it)."""
+    path = tmp_path / "small.h5"
+    simulate_to_file(path, "small", progress=False, max_positions=6)
+    geo = get_preset("small").geometry
+    ds = read_dataset(path, allow_partial=True)
+    assert ds.frames.shape == (16, 64, 64, 64) and ds.geometry == geo
+    assert ds.measured[:, :6].all() and not ds.measured[:, 6:].any()
+    assert ds.frames[:, 6:].max() == 0 and ds.frames[:, :6][:, :, ds.mask].max() > 1000
+    assert ds.ground_truth_attrs["eps_zz_units"] == "1" and ds.ground_truth_attrs["grid_voxel_m"] == 10e-9
+    with pytest.raises(ValueError, match="allow_partial"):
+        read_dataset(path)
+
+
 def test_cli_simulate_and_show(tmp_path):
     scan, png = tmp_path / "scan.h5", tmp_path / "overview.png"
     run = lambda *a: subprocess.run([sys.executable, "-m", "bp_plugin.cli", *a], capture_output=True, text=True)  # noqa: E731
