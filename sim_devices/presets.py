@@ -57,12 +57,19 @@ class Preset:
         return ((nx - 1) * sx / 2, (ny - 1) * sy / 2)
 
     def crystal(self) -> CrystalSample:
-        return self.sample or make_sample(self.geometry, self.scan_half_extent_m, self.features)
+        return self.sample or make_sample(self.geometry, self.scan_half_extent_m, self.features,
+                                          fib_strains=self.extra.get("fib_strains", (1.5e-3, 1.1e-3)))
 
 
 def make_sample(geometry: ExperimentGeometry, half_extent_m: tuple[float, float],
-                features=("grain_boundary", "implanted", "fib", "dislocation", "pair", "voids")) -> CrystalSample:
+                features=("grain_boundary", "implanted", "fib", "dislocation", "pair", "voids"),
+                fib_strains: tuple[float, float] = (1.5e-3, 1.1e-3)) -> CrystalSample:
     """The paper's W-1%Re foil (physics.md section 5), scaled to a scanned area of ``2 * half_extent_m``.
+
+    ``fib_strains`` (top, bottom) are the paper's by default. A strained layer shifts its
+    diffraction by ``|Q| eps / (cos tB dq1)`` pixels along n1: a preset with a small crop or large
+    pixels must scale them down, or the layer diffracts outside the detector and cannot be
+    reconstructed (the paper's 1.5e-3 lands 73 pixels from the peak on its 200-pixel crop).
 
     The grain boundary crosses the upper quarter of the scan, the implanted layer ends at the left
     third, dislocation lines thread the foil along z, voids sit in the middle of the foil.
@@ -77,7 +84,8 @@ def make_sample(geometry: ExperimentGeometry, half_extent_m: tuple[float, float]
         kw.update(implanted_strain=3e-4, implanted_edge_x_m=-0.35 * hx, implanted_edge_width_m=20e-9,
                   denuded_strain=2.07e-4, denuded_width_m=72e-9)
     if "fib" in features:
-        kw.update(fib_top_strain=1.5e-3, fib_top_m=0.33 * t, fib_bottom_strain=1.1e-3, fib_bottom_m=0.22 * t)
+        kw.update(fib_top_strain=fib_strains[0], fib_top_m=0.33 * t, fib_bottom_strain=fib_strains[1],
+                  fib_bottom_m=0.22 * t)
     disl = []
     if "dislocation" in features:
         disl.append(Dislocation((0.25 * hx, -0.2 * hy, 0.0), (0.15, 0.1, 1.0), 4 * math.pi, 12e-9))
@@ -120,7 +128,9 @@ def _small() -> Preset:
                          taper_m=(0.3e-6, 0.3e-6)),
         detector=DetectorModel(peak_rate_cps=2e5, count_time_s=0.2, background_cps=0.5, gap_rows=(45, 46),
                                gap_cols=(20,), n_hot=2, n_dead=3),
-        gt_voxel_m=10e-9, gt_margin_m=0.4e-6)
+        gt_voxel_m=10e-9, gt_margin_m=0.4e-6,
+        # 64 pixels of 110 um hold a layer shift of 16 pixels: 6e-4 (the paper's 1.5e-3 would land at 37)
+        extra={"fib_strains": (6e-4, 4.5e-4)})
 
 
 def _paper() -> Preset:

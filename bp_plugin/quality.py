@@ -1,0 +1,177 @@
+"""Reconstruction quality against a known ground truth, after removing the ambiguities.
+
+The ambiguities of Bragg ptychography (physics.md section 3): a global complex factor (which also
+absorbs the scale exchanged between probe and object) and a constant phase gradient (a shift of
+the reciprocal-space origin, exchanged between probe and object). A third one follows from the
+probe's invariance along the beam: translating the object alone along ``k_i`` leaves every exit
+wave translated and every intensity unchanged, so only the support pins the object's position
+along the incident beam. All three are fitted and removed before any error is computed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .strain import crystal_mask, strain_maps
+
+
+def fourier_shift(a: np.ndarray, shift_voxels) -> np.ndarray:
+    """``a`` translated by ``shift_voxels`` (one value per axis, fractional allowed), periodic."""
+    ph = 0
+    for axis, (n, t) in enumerate(zip(a.shape, shift_voxels)):
+        f = np.fft.fftfreq(n).reshape([-1 if k == axis else 1 for k in range(a.ndim)])
+        ph = ph + f * t
+    return np.fft.ifftn(np.fft.fftn(a) * np.exp(-2j * np.pi * ph)).astype(a.dtype)
+
+
+def remove_ambiguities(rec: np.ndarray, ref: np.ndarray, mask: np.ndarray, shift_direction=None,
+                       max_shift: float = 3.0):
+    """``rec`` aligned to ``ref`` inside ``mask``.
+
+    Optionally translated along ``shift_direction`` (a vector in voxels per unit, e.g. ``k_i``;
+    the best translation in ``[-max_shift, max_shift]`` voxels is searched), then the linear phase
+    ramp removed and the best complex factor applied. The ramp is the mean, over the mask, of the
+    unwrapping-free phase gradient of ``rec * conj(ref)`` along each axis; the factor is the
+    least-squares ``c`` of ``c rec = ref``. Works for 2D and 3D arrays.
+    Returns ``(aligned, {"ramp_rad_per_voxel", "factor", "shift_voxels"})``.
+    """
+    if shift_direction is not None:
+        d = np.asarray(shift_direction, float)
+        d = d / np.abs(d).max()
+
+        def err(t):
+            al, _ = remove_ambiguities(fourier_shift(rec, t * d), ref, mask)
+            return relative_error(al, ref, mask)
+
+        ts = np.arange(-max_shift, max_shift + 1e-9, 0.25)
+        best = ts[int(np.argmin([err(t) for t in ts]))]
+        fine = np.arange(best - 0.25, best + 0.25 + 1e-9, 0.05)
+        best = fine[int(np.argmin([err(t) for t in fine]))]
+        aligned, info = remove_ambiguities(fourier_shift(rec, best * d), ref, mask)
+        info["shift_voxels"] = list(best * d)
+        return aligned, info
+    prod = rec * np.conj(ref)
+    grads = []
+    for axis in range(rec.ndim):
+        a = np.take(prod, range(1, rec.shape[axis]), axis=axis)
+        b = np.take(prod, range(0, rec.shape[axis] - 1), axis=axis)
+        m = np.take(mask, range(1, rec.shape[axis]), axis=axis) & np.take(mask, range(0, rec.shape[axis] - 1), axis=axis)
+        s = np.sum((a * np.conj(b))[m])
+        grads.append(float(np.angle(s)) if abs(s) > 0 else 0.0)
+    idx = np.indices(rec.shape, dtype=np.float64)
+    ramp = sum(g * i for g, i in zip(grads, idx))
+    aligned = rec * np.exp(-1j * ramp)
+    den = np.sum(np.abs(aligned[mask]) ** 2)
+    c = np.sum(np.conj(aligned[mask]) * ref[mask]) / den if den > 0 else 1.0
+    return (c * aligned).astype(np.complex64), {"ramp_rad_per_voxel": grads, "factor": complex(c),
+                                                "shift_voxels": [0.0] * rec.ndim}
+
+
+def relative_error(rec: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
+    """``||rec - ref|| / ||ref||`` over ``mask``."""
+    den = np.linalg.norm(ref[mask])
+    return float(np.linalg.norm((rec - ref)[mask]) / den) if den > 0 else float("nan")
+
+
+def fwhm_1d(profile: np.ndarray, step: float) -> float:
+    """Full width at half maximum of the central lobe of an intensity profile (linear interpolation)."""
+    p = np.asarray(profile, float)
+    i = int(np.argmax(p))
+    half = p[i] / 2
+    lo = i
+    while lo > 0 and p[lo - 1] > half:
+        lo -= 1
+    hi = i
+    while hi < len(p) - 1 and p[hi + 1] > half:
+        hi += 1
+    left = lo - 1 + (half - p[lo - 1]) / (p[lo] - p[lo - 1]) if lo > 0 else float(lo)
+    right = hi + (p[hi] - half) / (p[hi] - p[hi + 1]) if hi < len(p) - 1 else float(hi)
+    return float((right - left) * step)
+
+
+def object_quality(rho_lab: np.ndarray, gt: dict, voxel_m: float, q_bragg_inv_m: float,
+                   *, illumination: np.ndarray | None = None, fov_threshold: float = 0.1,
+                   erode_voxels: int = 2) -> dict:
+    """Object and strain errors of a reconstruction resampled on the ground-truth lab grid.
+
+    Args:
+        rho_lab: reconstructed complex density on the ground truth's grid (z, y, x).
+        gt: ground-truth arrays (``density``, ``amplitude``, ``eps_zz``, ``omega_x``, ``omega_y``).
+        voxel_m: the grid's voxel (m).
+        q_bragg_inv_m: |Q| (1/m).
+        illumination: ``sum_j |P_j|^2`` on the same grid; errors are taken where it exceeds
+            ``fov_threshold`` x its maximum (the scanned field of view), everywhere if None.
+        erode_voxels: strain errors are taken this far inside the crystal (surfaces excluded).
+
+    Returns:
+        ``object_error`` (relative, inside the illuminated crystal), ``strain_rms_error``,
+        ``tilt_rms_error_rad`` (omega_x and omega_y together), ``field_of_view_fraction`` (share
+        of the illuminated crystal where the reconstruction's amplitude exceeds half of its
+        median), ``n_voxels``.
+    """
+    lit = np.ones(gt["amplitude"].shape, bool) if illumination is None else \
+        illumination > fov_threshold * illumination.max()
+    inside = (gt["amplitude"] > 0.5) & lit
+    aligned, amb = remove_ambiguities(rho_lab, gt["density"], inside)
+    obj_err = relative_error(aligned, gt["density"], inside)
+    core = crystal_mask(gt["amplitude"], 0.5, erode_voxels) & lit
+    maps = strain_maps(aligned, voxel_m, q_bragg_inv_m)
+    strain_rms = float(np.sqrt(np.mean((maps["eps_zz"] - gt["eps_zz"])[core] ** 2)))
+    tilt = np.concatenate([(maps["omega_x"] - gt["omega_x"])[core], (maps["omega_y"] - gt["omega_y"])[core]])
+    amp = np.abs(aligned)
+    fov = float(np.mean(amp[inside] > 0.5 * np.median(amp[inside]))) if inside.any() else float("nan")
+    return {"object_error": obj_err, "strain_rms_error": strain_rms,
+            "tilt_rms_error_rad": float(np.sqrt(np.mean(tilt ** 2))), "field_of_view_fraction": fov,
+            "n_voxels": int(inside.sum()), "phase_ramp_rad_per_voxel": amb["ramp_rad_per_voxel"],
+            "maps": maps, "aligned": aligned, "core_mask": core}
+
+
+def probe_quality(probe2d: np.ndarray, p1_m: np.ndarray, r2_m: np.ndarray, gt_probe: np.ndarray,
+                  gt_p1_m: np.ndarray, gt_p2_m: np.ndarray) -> dict:
+    """Probe error (relative, after ambiguities, where the true amplitude exceeds 1 % of its peak)
+    and central-lobe FWHM along p1 and p2 of the reconstruction and of the truth."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    # the section's second axis is r2 = -p2: flip the truth onto (p1, r2)
+    re = RegularGridInterpolator((gt_p1_m, -gt_p2_m[::-1]), np.real(gt_probe)[:, ::-1], bounds_error=False, fill_value=0)
+    im = RegularGridInterpolator((gt_p1_m, -gt_p2_m[::-1]), np.imag(gt_probe)[:, ::-1], bounds_error=False, fill_value=0)
+    pts = np.stack(np.meshgrid(p1_m, r2_m, indexing="ij"), -1)
+    truth = (re(pts) + 1j * im(pts)).astype(np.complex64)
+    region = np.abs(truth) > 0.01 * np.abs(truth).max()
+    aligned, _ = remove_ambiguities(probe2d, truth, region)
+    dp1, dr2 = p1_m[1] - p1_m[0], r2_m[1] - r2_m[0]
+
+    def widths(p):
+        i = np.abs(p) ** 2
+        k1, k2 = np.unravel_index(np.argmax(i), i.shape)
+        return fwhm_1d(i[:, k2], dp1), fwhm_1d(i[k1, :], dr2)
+
+    (w1, w2), (t1, t2) = widths(aligned), widths(truth)
+    return {"probe_error": relative_error(aligned, truth, region), "fwhm_m": [w1, w2], "fwhm_true_m": [t1, t2],
+            "fwhm_rel_error": [abs(w1 - t1) / t1, abs(w2 - t2) / t2], "aligned": aligned, "truth": truth}
+
+
+def ground_truth_at_resolution(gt_density: np.ndarray, origin_m, voxel_m: float, layout, sub: int = 3) -> np.ndarray:
+    """The ground-truth density averaged over the voxels of a reconstruction grid, on that grid.
+
+    A reconstruction voxel holds the average of the sample over its volume, so this is what a
+    perfect reconstruction at that resolution would hold: each voxel is the mean of ``sub**3``
+    trilinear samples of the (finer) ground-truth lab grid inside it. Returns complex64 of
+    ``layout.object_shape``.
+    """
+    from scipy import ndimage
+
+    from .geometry import recon_basis
+
+    e = recon_basis(layout.geometry.theta_bragg_rad)
+    base = layout.object_lab_points()
+    acc = np.zeros(layout.object_shape, np.complex128)
+    offs = (np.arange(sub) + 0.5) / sub - 0.5
+    re, im = np.real(gt_density).astype(np.float32), np.imag(gt_density).astype(np.float32)
+    for a in offs:
+        for b in offs:
+            for c in offs:
+                pts = base + a * layout.voxel_m[0] * e[2] + b * layout.voxel_m[1] * e[0] + c * layout.voxel_m[2] * e[1]
+                idx = (pts - np.asarray(origin_m)) / voxel_m                 # (x, y, z) fractional
+                coords = np.moveaxis(idx[..., ::-1], -1, 0)                   # (z, y, x)
+                acc += ndimage.map_coordinates(re, coords, order=1) + 1j * ndimage.map_coordinates(im, coords, order=1)
+    return (acc / sub ** 3).astype(np.complex64)

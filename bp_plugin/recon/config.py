@@ -1,0 +1,92 @@
+"""Parameters of the reconstruction, with the paper's values as defaults (physics.md section 3)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class ReconConfig:
+    """Joint object / probe / background refinement and its schedule.
+
+    Update parameters (Eqs. 5-11): ``mu`` (support regulariser, ``mu_j = mu max|P|^2``),
+    ``alpha`` (probe step normaliser), ``beta`` (object step normaliser), ``gamma``
+    (background relaxation). Iteration counts are in iterations (one pass over all positions).
+
+    Attributes:
+        iterations: joint updates (the paper: 1000).
+        ml_iterations: maximum-likelihood refinement iterations after the joint updates (500).
+        probe_update: refine the probe (False: the paper's "former approach" keeps it fixed).
+        probe_freeze: iterations before the probe is first updated (5).
+        background_update: refine the incoherent background.
+        background_init: initial flat background (counts per pixel).
+        mode: "sequential" (the paper's ePIE order, one position at a time) or "batched".
+        batch_size: positions per update in batched mode.
+        slab_tilt_deg: tilt (about x, about y) of the initial slab support.
+        slab_thickness_factors: thickness steps of the initial slab support, in units of the
+            nominal sample thickness of the geometry (0.45 um x (1.1, 1.55, 2.0) = the paper's
+            0.5, 0.7, 0.9 um).
+        slab_steps: first iteration of each thickness step.
+        shrinkwrap_start, shrinkwrap_stop, shrinkwrap_every, shrinkwrap_threshold: shrink-wrap
+            window (iterations) and the fraction of max|rho| under which voxels leave the support.
+        upsampling: angular up-sampling ratio (None: the one of the geometry).
+        probe_subsample: p1 samples of the probe section per ``sin(2 tB) dr3``.
+        na_factor: NA constraint rectangle in units of the numerical aperture.
+        seed: seed of the position order.
+    """
+
+    iterations: int = 1000
+    ml_iterations: int = 500
+    probe_update: bool = True
+    probe_freeze: int = 5
+    background_update: bool = True
+    background_init: float = 0.1
+    mu: float = 0.02
+    alpha: float = 1.0
+    beta: float = 0.5
+    gamma: float = 0.1
+    mode: str = "sequential"
+    batch_size: int = 16
+    slab_tilt_deg: tuple[float, float] = (5.5, -2.0)
+    slab_thickness_factors: tuple[float, ...] = (1.1, 1.55, 2.0)
+    slab_steps: tuple[int, ...] = (0, 100, 200)
+    shrinkwrap_start: int = 300
+    shrinkwrap_stop: int = 500
+    shrinkwrap_every: int = 5
+    shrinkwrap_threshold: float = 0.15
+    upsampling: int | None = None
+    probe_subsample: int = 2
+    na_factor: float = 1.5
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sequential", "batched"):
+            raise ValueError(f"mode must be 'sequential' or 'batched', got {self.mode!r}")
+        if len(self.slab_thickness_factors) != len(self.slab_steps):
+            raise ValueError("slab_thickness_factors and slab_steps must have the same length")
+        for name in ("alpha", "beta", "gamma"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    def slab_factor_at(self, iteration: int) -> float:
+        """Slab thickness (in units of the nominal thickness) in force at ``iteration``."""
+        t = self.slab_thickness_factors[0]
+        for start, thick in zip(self.slab_steps, self.slab_thickness_factors):
+            if iteration >= start:
+                t = thick
+        return t
+
+    def scaled(self, iterations: int) -> "ReconConfig":
+        """The same schedule compressed to ``iterations`` joint updates (ML scaled alike)."""
+        f = iterations / self.iterations
+        c = ReconConfig(**{**asdict(self)})
+        c.iterations = iterations
+        c.ml_iterations = int(round(self.ml_iterations * f))
+        c.slab_steps = tuple(int(round(s * f)) for s in self.slab_steps)
+        c.shrinkwrap_start = int(round(self.shrinkwrap_start * f))
+        c.shrinkwrap_stop = int(round(self.shrinkwrap_stop * f))
+        c.shrinkwrap_every = max(1, int(round(self.shrinkwrap_every * f)))
+        return c
+
+    def to_dict(self) -> dict:
+        return asdict(self)

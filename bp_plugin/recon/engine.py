@@ -1,0 +1,275 @@
+"""Joint object, probe and background refinement (physics.md section 3), NumPy or CuPy.
+
+Forward model for position ``j`` (box of shape ``(N3, N1, N2)``):
+``psi_j = P_j * rho[view_j]``, ``Psi_j = F psi_j`` (sheared, unitary), ``h_j = |Psi_j|^2 + b`` on the
+measured planes. The corrected field (Eq. 13) is ``Psi'_j = Psi_j (1 + w (sqrt(I_j / h_j) - 1))``
+with ``w = 1`` on valid pixels of measured frames and 0 elsewhere (virtual up-sampled planes,
+gaps, bad pixels and frames not yet measured are left free: ``Psi' = Psi`` there, where Eq. 13
+as printed would shrink them by ``|Psi| / sqrt(h)``).
+
+Updates (Eqs. 5-11), with ``d = psi' - psi``:
+``rho <- rho + (P* d - mu_j (1 - S) rho) / ((1 - beta)|P|^2 + beta max|P|^2 + mu_j (1 - S))``,
+``P2 <- P2 + R[rho* d / ((1 - alpha)|rho|^2 + alpha max|rho|^2)]`` then the NA constraint,
+``b <- b ((1 - gamma) + gamma sqrt(I / h))^2``. ``mu_j = mu max|P|^2``.
+
+The engine takes arrays and returns arrays; it never imports bluesky, ZeroMQ or Tiled.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from ..backend import Backend, get_backend
+from ..geometry import ExperimentGeometry
+from ..sheared_fft import ShearedFFT
+from .config import ReconConfig
+from .layout import ScanLayout, slab_support
+from .probe_ops import ProbeOperator, na_focus
+
+
+class Reconstructor:
+    """State and iterations of one reconstruction.
+
+    Args:
+        geometry: the experiment; ``config.upsampling`` (if set) replaces its up-sampling ratio.
+        frames: ``(n_angles, n_positions, N1, N2)`` counts (any real dtype).
+        translations_m: ``(n_positions, 3)`` sample translations (m, lab frame).
+        mask: ``(N1, N2)`` bool, True = valid pixel.
+        measured: ``(n_angles, n_positions)`` bool, frames available (default: all).
+        config: :class:`ReconConfig`.
+        probe2d: initial probe section on the operator's grid ``(np1, N2)``; default: the
+            aberration-free focus of the geometry's NA.
+        backend: array backend (default: CuPy if a GPU is usable, else NumPy).
+    """
+
+    def __init__(self, geometry: ExperimentGeometry, frames, translations_m, mask, measured=None, *,
+                 config: ReconConfig | None = None, probe2d=None, backend: Backend | None = None):
+        self.config = config or ReconConfig()
+        if self.config.upsampling is not None:
+            geometry = replace(geometry, upsampling=int(self.config.upsampling))
+        self.geometry = geometry
+        self.backend = backend or get_backend("auto")
+        xp = self.backend.xp
+        frames = np.asarray(frames)
+        n_a, n_p = geometry.n_angles, len(translations_m)
+        if frames.shape != (n_a, n_p) + tuple(geometry.crop):
+            raise ValueError(f"frames must be (n_angles, n_positions, N1, N2) = {(n_a, n_p) + tuple(geometry.crop)}, "
+                             f"got {frames.shape}")
+        if not np.isfinite(frames).all() or (frames < 0).any():
+            raise ValueError("frames hold NaN, infinite or negative values: fix or mask them before reconstructing")
+        self.layout = ScanLayout.from_scan(geometry, translations_m)
+        self.probe_op = ProbeOperator(self.layout, self.backend, subsample=self.config.probe_subsample,
+                                      na_factor=self.config.na_factor)
+        self.fft = ShearedFFT.from_geometry(geometry, self.backend)
+        self.amp = xp.asarray(np.sqrt(frames.astype(np.float32)).transpose(1, 0, 2, 3).copy())  # (n_p, n_a, N1, N2)
+        self.mask = xp.asarray(np.asarray(mask, bool).astype(np.float32))
+        self.measured = np.ones((n_a, n_p), bool) if measured is None else np.asarray(measured, bool).copy()
+        self.planes = xp.asarray(self.layout.planes)
+        self.background = xp.full((n_a,) + tuple(geometry.crop), self.config.background_init, np.float32)
+        self.support = xp.asarray(self._slab(0))
+        self.object = self.support.astype(np.complex64)
+        self.probe2d = xp.asarray(na_focus(self.probe_op) if probe2d is None else np.asarray(probe2d, np.complex64))
+        if self.probe2d.shape != self.probe_op.shape2d:
+            raise ValueError(f"probe2d must have the section shape {self.probe_op.shape2d}, got {self.probe2d.shape}")
+        self._scale_probe_to_data()
+        self.iteration = 0
+        self.history: list[dict] = []
+
+    # --- set-up helpers ----------------------------------------------------------------------
+    def _slab(self, iteration: int) -> np.ndarray:
+        c = self.config
+        return slab_support(self.layout, c.slab_factor_at(iteration) * self.geometry.thickness_m, *c.slab_tilt_deg)
+
+    def _scale_probe_to_data(self) -> None:
+        """Scale the probe so the model's total intensity matches the data's (valid, measured pixels)."""
+        xp = self.backend.xp
+        model = data = 0.0
+        for j in range(self.layout.n_positions):
+            if not self.measured[:, j].any():
+                continue
+            w = self._weights(j)
+            big_psi = self.fft.forward(self.probe3d(j) * self.object[self.layout.view(j)])
+            model += float(xp.sum(w * xp.abs(big_psi[self.planes]) ** 2))
+            data += float(xp.sum(w * self.amp[j] ** 2))
+        if model > 0 and data > 0:
+            self.probe2d *= np.float32(np.sqrt(data / model))
+
+    def _weights(self, j: int):
+        xp = self.backend.xp
+        return self.mask[None] * xp.asarray(self.measured[:, j].astype(np.float32))[:, None, None]
+
+    def probe3d(self, j: int):
+        """The probe of position ``j`` on its box, sub-voxel shift included, complex64 ``(N3, N1, N2)``."""
+        s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
+        return self.probe_op.extrude(self.probe_op.shift(self.probe2d, s1, s2))
+
+    # --- one position ------------------------------------------------------------------------
+    def _fourier(self, j: int, psi, update_background: bool):
+        """Exit-wave correction of position ``j``: returns ``(d = psi' - psi, cost, data norm)``."""
+        xp = self.backend.xp
+        big = self.fft.forward(psi)
+        bm = big[self.planes]                                     # (n_a, N1, N2) measured planes
+        h = xp.abs(bm) ** 2 + self.background
+        sqrt_h = xp.sqrt(xp.maximum(h, 1e-12))
+        a = self.amp[j]
+        w = self._weights(j)
+        cost = float(xp.sum(w * (a - sqrt_h) ** 2))
+        norm = float(xp.sum(w * a * a))
+        dbig = xp.zeros_like(big)
+        dbig[self.planes] = bm * (w * (a / sqrt_h - 1))
+        if update_background:
+            g = self.config.gamma
+            factor = (1 - g) + g * a / sqrt_h
+            self.background = xp.where(w > 0, self.background * factor * factor, self.background)
+        return self.fft.adjoint(dbig), cost, norm
+
+    def _object_step(self, probe, rho_v, support_v, d):
+        """Eqs. 5, 7, 9 on one view; returns the new view."""
+        xp, c = self.backend.xp, self.config
+        p2 = xp.abs(probe) ** 2
+        pmax = p2.max()
+        outside = 1 - support_v
+        mu = c.mu * pmax
+        lam = (1 - c.beta) * p2 + c.beta * pmax + mu * outside
+        return rho_v + (xp.conj(probe) * d - mu * outside * rho_v) / lam
+
+    def _probe_increment(self, j: int, rho_v, d):
+        """Eqs. 6, 8, 10 for position ``j``: the change of the (unshifted) section, before NA."""
+        xp, c = self.backend.xp, self.config
+        r2 = xp.abs(rho_v) ** 2
+        lam = (1 - c.alpha) * r2 + c.alpha * r2.max()
+        inc = self.probe_op.project(xp.conj(rho_v) * d / xp.maximum(lam, 1e-20))
+        s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
+        return self.probe_op.shift(inc, -s1, -s2)
+
+    # --- iterations --------------------------------------------------------------------------
+    def _apply_schedule(self) -> None:
+        c, it, xp = self.config, self.iteration, self.backend.xp
+        if it < c.shrinkwrap_start:
+            if it in c.slab_steps:
+                self.support = xp.asarray(self._slab(it))
+        elif it < c.shrinkwrap_stop and (it - c.shrinkwrap_start) % c.shrinkwrap_every == 0:
+            a = xp.abs(self.object)
+            self.support = self.support & (a > c.shrinkwrap_threshold * a.max())
+
+    def _positions(self) -> np.ndarray:
+        # the order depends only on (seed, iteration), so a resumed run repeats an uninterrupted one
+        active = np.nonzero(self.measured.any(0))[0]
+        return np.random.default_rng((self.config.seed, self.iteration)).permutation(active)
+
+    def step(self) -> float:
+        """One iteration (every measured position once); returns the normalised cost."""
+        self._apply_schedule()
+        update_probe = self.config.probe_update and self.iteration >= self.config.probe_freeze
+        t0 = time.perf_counter()
+        if self.config.mode == "sequential":
+            cost, norm = self._step_sequential(update_probe)
+        else:
+            cost, norm = self._step_batched(update_probe)
+        err = cost / norm if norm > 0 else float("nan")
+        self.history.append({"iteration": self.iteration, "error": err, "seconds": time.perf_counter() - t0,
+                             "probe_update": bool(update_probe)})
+        self.iteration += 1
+        return err
+
+    def _step_sequential(self, update_probe: bool):
+        cost = norm = 0.0
+        sup = self.support.astype(np.float32)
+        for j in self._positions():
+            v = self.layout.view(j)
+            probe = self.probe3d(j)
+            rho_v = self.object[v]
+            d, cj, nj = self._fourier(j, probe * rho_v, self.config.background_update)
+            cost, norm = cost + cj, norm + nj
+            new_v = self._object_step(probe, rho_v, sup[v], d)
+            if update_probe:
+                inc = self._probe_increment(j, rho_v, d)
+                self.probe2d = self.probe_op.na_constraint(self.probe2d + inc)
+            self.object[v] = new_v
+        return cost, norm
+
+    def _step_batched(self, update_probe: bool):
+        """Accumulated updates over ``batch_size`` positions at a time (keeps a GPU busy)."""
+        xp, c = self.backend.xp, self.config
+        cost = norm = 0.0
+        sup = self.support.astype(np.float32)
+        order = self._positions()
+        for b0 in range(0, len(order), c.batch_size):
+            batch = order[b0:b0 + c.batch_size]
+            num = xp.zeros_like(self.object)
+            den = xp.zeros(self.object.shape, np.float32)
+            reg = xp.zeros(self.object.shape, np.float32)
+            pinc = xp.zeros_like(self.probe2d)
+            for j in batch:
+                v = self.layout.view(j)
+                probe = self.probe3d(j)
+                rho_v = self.object[v]
+                d, cj, nj = self._fourier(j, probe * rho_v, c.background_update)
+                cost, norm = cost + cj, norm + nj
+                p2 = xp.abs(probe) ** 2
+                pmax = p2.max()
+                num[v] += xp.conj(probe) * d
+                den[v] += (1 - c.beta) * p2 + c.beta * pmax
+                reg[v] += c.mu * pmax
+                if update_probe:
+                    pinc += self._probe_increment(j, rho_v, d)
+            outside = 1 - sup
+            touched = den > 0
+            step = (num - reg * outside * self.object) / xp.where(touched, den + reg * outside, 1)
+            self.object = self.object + xp.where(touched, step, 0).astype(np.complex64)
+            if update_probe:
+                self.probe2d = self.probe_op.na_constraint(self.probe2d + pinc / len(batch))
+        return cost, norm
+
+    def run(self, callback=None) -> None:
+        """The whole schedule from where the state is: the joint updates up to
+        ``config.iterations``, then ``config.ml_iterations`` of maximum-likelihood refinement;
+        ``callback(self)`` after each iteration. Resuming a saved state continues the count."""
+        from .ml import ml_refine
+
+        while self.iteration < self.config.iterations:
+            self.step()
+            if callback is not None:
+                callback(self)
+        remaining = self.config.iterations + self.config.ml_iterations - self.iteration
+        if remaining > 0:
+            ml_refine(self, remaining, callback)
+
+    @property
+    def total_iterations(self) -> int:
+        return self.config.iterations + self.config.ml_iterations
+
+    # --- results -----------------------------------------------------------------------------
+    def set_frame(self, angle_index: int, position_index: int, frame) -> None:
+        """Place a newly measured frame (streaming): it joins the next iteration."""
+        xp = self.backend.xp
+        self.amp[position_index, angle_index] = xp.sqrt(xp.asarray(frame, dtype=np.float32))
+        self.measured[angle_index, position_index] = True
+
+    def illumination(self):
+        """``sum_j |P_j|^2`` over the measured positions, on the object grid (float32, device array)."""
+        xp = self.backend.xp
+        out = xp.zeros(self.object.shape, np.float32)
+        for j in np.nonzero(self.measured.any(0))[0]:
+            out[self.layout.view(j)] += xp.abs(self.probe3d(j)) ** 2
+        return out
+
+    def state(self) -> dict:
+        """Host copies of everything needed to resume or analyse: object, probe, background, support."""
+        a = self.backend.asnumpy
+        return {"object": a(self.object), "probe2d": a(self.probe2d), "background": a(self.background),
+                "support": a(self.support), "iteration": self.iteration, "history": list(self.history)}
+
+    def load_state(self, state: dict) -> None:
+        """Resume from :meth:`state` output (same layout)."""
+        xp = self.backend.xp
+        for key in ("object", "probe2d", "background", "support"):
+            cur = getattr(self, key)
+            arr = np.asarray(state[key])
+            if arr.shape != cur.shape:
+                raise ValueError(f"cannot resume: {key} has shape {arr.shape}, this scan needs {cur.shape}")
+            setattr(self, key, xp.asarray(arr.astype(cur.dtype)))
+        self.iteration = int(state["iteration"])
+        self.history = list(state.get("history", []))

@@ -1,0 +1,120 @@
+"""Where every scan position looks into the object, and which planes were measured.
+
+The object lives on a grid of the reconstruction frame (voxels ``dr3, dr1, dr2``, axis order
+3, 1, 2) in *sample* coordinates (the lab frame of the sample at zero translation). Each scan
+position sees a box of the reconstruction's shape ``(N3, N1, N2)``: object voxels
+``offset[j] + m``. The beam centre, at sample point ``-s_j`` for a sample translation ``s_j``,
+falls ``subvoxel[j]`` voxels (each in [-0.5, 0.5]) away from the box centre ``N // 2``; the
+probe is shifted by that remainder (a Fourier shift of its 2D section), never rounded.
+
+Angular up-sampling: the box has ``N3 = n_angles * upsampling`` planes; measured angle ``a``
+(centred on ``n_angles // 2`` = theta_B) is plane ``N3 // 2 + (a - n_angles // 2) * upsampling``;
+the other planes are virtual (weight 0, free).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..geometry import ExperimentGeometry, lab_to_recon
+
+
+@dataclass(frozen=True)
+class ScanLayout:
+    """Object grid, per-position boxes and measured planes of one scan.
+
+    Attributes:
+        geometry: the experiment (``upsampling`` sets ``N3``).
+        box_shape: ``(N3, N1, N2)``.
+        voxel_m: ``(dr3, dr1, dr2)`` (m), axis order (3, 1, 2).
+        object_shape: object grid shape, axis order (3, 1, 2).
+        object_origin: integer voxel index (3, 1, 2) of object voxel 0: its position is
+            ``(object_origin + k) * voxel_m`` along each axis of the reconstruction frame.
+        offsets: ``(n_positions, 3)`` int, object index of box voxel 0 for each position.
+        subvoxel: ``(n_positions, 3)`` float, beam-centre remainder in voxels.
+        planes: ``(n_angles,)`` int, box plane of each measured angle.
+    """
+
+    geometry: ExperimentGeometry
+    box_shape: tuple[int, int, int]
+    voxel_m: tuple[float, float, float]
+    object_shape: tuple[int, int, int]
+    object_origin: tuple[int, int, int]
+    offsets: np.ndarray
+    subvoxel: np.ndarray
+    planes: np.ndarray
+
+    @classmethod
+    def from_scan(cls, geometry: ExperimentGeometry, translations_m: np.ndarray, *,
+                  margin_voxels: tuple[int, int, int] = (0, 0, 0)) -> "ScanLayout":
+        """Layout for a geometry and sample translations ``(n_positions, 3)`` (m, lab frame)."""
+        t = np.asarray(translations_m, float)
+        if t.ndim != 2 or t.shape[1] != 3:
+            raise ValueError(f"translations must be (n_positions, 3) in metres, got shape {t.shape}")
+        box = geometry.box_shape
+        dr1, dr2, dr3 = geometry.voxel_size_m
+        voxel = (dr3, dr1, dr2)
+        r = lab_to_recon(-t, geometry.theta_bragg_rad)[:, [2, 0, 1]]   # beam centre, sample frame
+        q = r / np.asarray(voxel)
+        qi = np.rint(q).astype(np.int64)
+        half = np.array(box) // 2
+        margin = np.asarray(margin_voxels, dtype=np.int64)
+        origin = qi.min(0) - half - margin
+        offsets = qi - half - origin
+        shape = tuple(int(v) for v in offsets.max(0) + np.asarray(box) + margin)
+        n_a, up = geometry.n_angles, geometry.upsampling
+        planes = box[0] // 2 + (np.arange(n_a) - n_a // 2) * up
+        return cls(geometry, tuple(box), voxel, shape, tuple(int(v) for v in origin), offsets, q - qi, planes)
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.offsets)
+
+    def view(self, j: int) -> tuple[slice, slice, slice]:
+        """Slices of the object array seen by position ``j``."""
+        o = self.offsets[j]
+        return tuple(slice(int(o[k]), int(o[k]) + self.box_shape[k]) for k in range(3))
+
+    def object_coordinates_m(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """1D coordinates (m) of the object voxels along r3, r1, r2 (sample frame)."""
+        return tuple((self.object_origin[k] + np.arange(self.object_shape[k])) * self.voxel_m[k] for k in range(3))
+
+    def object_lab_points(self) -> np.ndarray:
+        """Lab (sample-frame) ``(x, y, z)`` of every object voxel, float64 ``object_shape + (3,)``."""
+        from ..geometry import recon_basis
+
+        e = recon_basis(self.geometry.theta_bragg_rad)
+        r3, r1, r2 = self.object_coordinates_m()
+        return (r3[:, None, None, None] * e[2] + r1[None, :, None, None] * e[0]
+                + r2[None, None, :, None] * e[1])
+
+    def plane_weights(self) -> np.ndarray:
+        """``(N3,)`` float32: 1 on measured planes, 0 on virtual (up-sampled) planes."""
+        w = np.zeros(self.box_shape[0], np.float32)
+        w[self.planes] = 1
+        return w
+
+    def describe(self) -> str:
+        n3, n1, n2 = self.object_shape
+        return (f"object grid {n3} x {n1} x {n2} voxels ({', '.join(f'{v * 1e9:.1f}' for v in self.voxel_m)} nm), "
+                f"box {self.box_shape}, {self.n_positions} positions, {len(self.planes)} measured of "
+                f"{self.box_shape[0]} planes")
+
+
+def slab_support(layout: ScanLayout, thickness_m: float, tilt_x_deg: float, tilt_y_deg: float,
+                 *, lateral_limit_m: float | None = None) -> np.ndarray:
+    """Initial support: a slab of ``thickness_m`` through the origin with the given tilt (bool, object shape).
+
+    The tilt convention is the sample model's: normal = z rotated by ``tilt_x`` about x, then by
+    ``tilt_y`` about y. ``lateral_limit_m`` also cuts the slab to ``|x|, |y| <= limit``.
+    """
+    ax, ay = math.radians(tilt_x_deg), math.radians(tilt_y_deg)
+    n = np.array([0.0, -math.sin(ax), math.cos(ax)])
+    n = np.array([n[0] * math.cos(ay) + n[2] * math.sin(ay), n[1], -n[0] * math.sin(ay) + n[2] * math.cos(ay)])
+    xyz = layout.object_lab_points()
+    s = np.abs(xyz @ n) <= thickness_m / 2
+    if lateral_limit_m is not None:
+        s &= (np.abs(xyz[..., 0]) <= lateral_limit_m) & (np.abs(xyz[..., 1]) <= lateral_limit_m)
+    return s

@@ -1,0 +1,133 @@
+"""``bp-plugin reconstruct``: a dataset file in, a result file, metrics.json and figures out."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import get_backend
+from ..dataset import read_dataset
+from .config import ReconConfig
+from .engine import Reconstructor
+from .results import default_lab_grid, evaluate, lab_maps, load_state, save_result
+
+
+@dataclass
+class ReconstructOptions:
+    """What the command line sets; ``None`` keeps the defaults of :class:`ReconConfig`.
+
+    ``iterations`` compresses the paper's schedule (slab steps, shrink-wrap window, ML share) to
+    that many joint updates; ``ml_iterations`` then overrides the ML count.
+    """
+
+    iterations: int | None = None
+    ml_iterations: int | None = None
+    upsampling: int | None = None
+    fixed_probe: bool = False
+    mode: str = "sequential"
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+    figures: bool = True
+    seed: int = 0
+
+
+def make_config(opts: ReconstructOptions, base: dict | None = None) -> ReconConfig:
+    """The configuration of a new run, or (``base``, from a result file) of a resumed one."""
+    if base:
+        cfg = ReconConfig(**base)
+    else:
+        cfg = ReconConfig(mode=opts.mode, seed=opts.seed, probe_update=not opts.fixed_probe,
+                          upsampling=opts.upsampling)
+        if opts.iterations is not None:
+            cfg = cfg.scaled(opts.iterations)
+    if opts.ml_iterations is not None:
+        cfg.ml_iterations = opts.ml_iterations
+    return cfg
+
+
+def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None) -> dict:
+    """Reconstruct a scan file; write ``out_path`` (result), ``metrics.json`` and PNGs beside it.
+
+    With ``opts.resume`` the state in ``out_path`` is loaded and the schedule continues (the
+    configuration stored there is used; ``ml_iterations`` may extend it).
+    Returns the metrics (quality entries only when the scan has ground truth).
+    """
+    from tqdm import tqdm
+
+    opts = opts or ReconstructOptions()
+    out_path = Path(out_path)
+    ds = read_dataset(scan_path, allow_partial=True)
+    if opts.resume and not out_path.exists():
+        raise FileNotFoundError(f"--resume: no result file {out_path} to continue from")
+    state = load_state(out_path) if opts.resume else None
+    cfg = make_config(opts, state["config"] if state else None)
+    backend = get_backend(opts.device)
+    t0 = time.perf_counter()
+    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, ds.measured, config=cfg, backend=backend)
+    if state:
+        rec.load_state(state)
+    bar = tqdm(total=rec.total_iterations, initial=rec.iteration, desc="reconstruct", unit="it",
+               disable=not opts.progress)
+
+    def tick(r):
+        h = r.history[-1]
+        bar.set_postfix(stage=h.get("stage", "joint"), error=f"{h['error']:.4g}", refresh=False)
+        bar.update(1)
+
+    rec.run(tick)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    illum = backend.asnumpy(rec.illumination())
+    obj, probe = backend.asnumpy(rec.object), backend.asnumpy(rec.probe2d)
+    metrics = {"iterations": rec.iteration, "seconds": seconds, "device": backend.device,
+               "final_error": rec.history[-1]["error"] if rec.history else float("nan")}
+    if "density" in ds.ground_truth:
+        at = ds.ground_truth_attrs
+        grid = (tuple(at["grid_origin_m"]), float(at["grid_voxel_m"]), ds.ground_truth["density"].shape)
+        q = evaluate(obj, probe, illum, rec.layout, (rec.probe_op.p1_m, rec.probe_op.r2_m), ds.ground_truth, at)
+        arrays = q.pop("arrays")
+        metrics.update(q)
+        maps = arrays["rec"]
+    else:
+        grid = default_lab_grid(rec.layout, illum)
+        maps = lab_maps(obj, rec.layout, ds.geometry.q_bragg_inv_m, *grid)
+        arrays = None
+    save_result(out_path, rec, maps, grid, metrics=metrics, source=str(scan_path))
+    folder = out_path.parent
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if opts.figures:
+        _figures(rec, maps, grid, arrays, ds, folder, out_path.stem, illum)
+    return metrics
+
+
+def _figures(rec, maps, grid, arrays, ds, folder: Path, stem: str, illum) -> None:
+    from ..recon_figures import maps_figure, probe_and_convergence_figure
+    from ..strain import object_to_lab
+
+    a = rec.backend.asnumpy
+    origin, voxel, shape = grid
+    # only the scanned field of view: elsewhere the object is unconstrained by the data
+    lit = object_to_lab((illum > 0.1 * illum.max()).astype(np.complex64), rec.layout, origin, voxel, shape).real > 0.5
+    amp = maps["amplitude"]
+    mask = lit & (amp > 0.3 * np.percentile(amp[lit], 99)) if lit.any() else None
+    maps_figure(maps, origin, voxel, folder / f"{stem}_maps.png", mask=mask,
+                title=f"reconstruction after {rec.iteration} iterations (scanned field of view)")
+    truth = None
+    if arrays is not None:
+        ref_amp = arrays["ref"]["amplitude"]
+        maps_figure(arrays["ref"], origin, voxel, folder / f"{stem}_truth_maps.png",
+                    mask=lit & (ref_amp > 0.3 * np.percentile(ref_amp[lit], 99)) if lit.any() else None,
+                    title="ground truth at the reconstruction's resolution (scanned field of view)")
+        from ..quality import probe_quality
+
+        gt = ds.ground_truth
+        truth = probe_quality(a(rec.probe2d), rec.probe_op.p1_m, rec.probe_op.r2_m, gt["probe"], gt["probe_p1_m"],
+                              gt["probe_p2_m"])["truth"]
+        scale = np.vdot(truth, a(rec.probe2d))
+        truth = truth * (scale / abs(scale)) if abs(scale) > 0 else truth
+    probe_and_convergence_figure(a(rec.probe2d), rec.probe_op.p1_m, rec.probe_op.r2_m, rec.history,
+                                 folder / f"{stem}_probe.png", truth=truth)
