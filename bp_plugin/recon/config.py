@@ -21,6 +21,9 @@ class ReconConfig:
         background_init: initial flat background (counts per pixel).
         mode: "sequential" (the paper's ePIE order, one position at a time) or "batched".
         batch_size: positions per update in batched mode.
+        batched_beta: ``beta`` of the batched object step, applied to the summed illumination of
+            a batch (the paper's 0.5 suits one position at a time; on a sum it throttles the
+            weakly lit voxels, so batched mode uses a smaller value).
         slab_tilt_deg: tilt (about x, about y) of the initial slab support.
         slab_thickness_factors: thickness steps of the initial slab support, in units of the
             nominal sample thickness of the geometry (0.45 um x (1.1, 1.55, 2.0) = the paper's
@@ -45,7 +48,8 @@ class ReconConfig:
     beta: float = 0.5
     gamma: float = 0.1
     mode: str = "sequential"
-    batch_size: int = 16
+    batch_size: int = 4
+    batched_beta: float = 0.1
     slab_tilt_deg: tuple[float, float] = (5.5, -2.0)
     slab_thickness_factors: tuple[float, ...] = (1.1, 1.55, 2.0)
     slab_steps: tuple[int, ...] = (0, 100, 200)

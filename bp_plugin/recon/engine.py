@@ -106,24 +106,34 @@ class Reconstructor:
         return self.probe_op.extrude(self.probe_op.shift(self.probe2d, s1, s2))
 
     # --- one position ------------------------------------------------------------------------
-    def _fourier(self, j: int, psi, update_background: bool):
-        """Exit-wave correction of position ``j``: returns ``(d = psi' - psi, cost, data norm)``."""
+    def _fourier(self, js, psi, update_background: bool):
+        """Exit-wave correction of positions ``js`` (int or 1D array) with exit waves ``psi``
+        (``(N3, N1, N2)`` or ``(B, N3, N1, N2)``, batched in one FFT call).
+
+        Returns ``(d = psi' - psi, cost, data norm)``, ``d`` shaped like ``psi``.
+        """
         xp = self.backend.xp
+        single = np.ndim(js) == 0
+        js = np.atleast_1d(js)
+        psi = psi[None] if single else psi
         big = self.fft.forward(psi)
-        bm = big[self.planes]                                     # (n_a, N1, N2) measured planes
+        bm = big[:, self.planes]                                  # (B, n_a, N1, N2) measured planes
         h = xp.abs(bm) ** 2 + self.background
         sqrt_h = xp.sqrt(xp.maximum(h, 1e-12))
-        a = self.amp[j]
-        w = self._weights(j)
+        a = self.amp[js]
+        w = self.mask * xp.asarray(self.measured[:, js].T.astype(np.float32))[:, :, None, None]
         cost = float(xp.sum(w * (a - sqrt_h) ** 2))
         norm = float(xp.sum(w * a * a))
         dbig = xp.zeros_like(big)
-        dbig[self.planes] = bm * (w * (a / sqrt_h - 1))
+        dbig[:, self.planes] = bm * (w * (a / sqrt_h - 1))
         if update_background:
             g = self.config.gamma
-            factor = (1 - g) + g * a / sqrt_h
-            self.background = xp.where(w > 0, self.background * factor * factor, self.background)
-        return self.fft.adjoint(dbig), cost, norm
+            factor = ((1 - g) + g * a / sqrt_h) ** 2
+            hits = w.sum(0)
+            mean = xp.where(hits > 0, (w * factor).sum(0) / xp.maximum(hits, 1), 1)
+            self.background = self.background * mean
+        d = self.fft.adjoint(dbig)
+        return (d[0] if single else d), cost, norm
 
     def _object_step(self, probe, rho_v, support_v, d):
         """Eqs. 5, 7, 9 on one view; returns the new view."""
@@ -191,36 +201,36 @@ class Reconstructor:
         return cost, norm
 
     def _step_batched(self, update_probe: bool):
-        """Accumulated updates over ``batch_size`` positions at a time (keeps a GPU busy)."""
+        """Accumulated updates over ``batch_size`` positions at a time: one batched FFT per
+        batch keeps a GPU busy; the object step divides the summed ``P* d`` by the summed
+        illumination (the ``lam_rho`` of Eq. 9 applied to the batch)."""
         xp, c = self.backend.xp, self.config
         cost = norm = 0.0
         sup = self.support.astype(np.float32)
+        outside = 1 - sup
         order = self._positions()
         for b0 in range(0, len(order), c.batch_size):
             batch = order[b0:b0 + c.batch_size]
+            views = [self.layout.view(j) for j in batch]
+            probes = xp.stack([self.probe3d(j) for j in batch])
+            rho_b = xp.stack([self.object[v] for v in views])
+            d, cb, nb = self._fourier(batch, probes * rho_b, c.background_update)
+            cost, norm = cost + cb, norm + nb
             num = xp.zeros_like(self.object)
             den = xp.zeros(self.object.shape, np.float32)
             reg = xp.zeros(self.object.shape, np.float32)
-            pinc = xp.zeros_like(self.probe2d)
-            for j in batch:
-                v = self.layout.view(j)
-                probe = self.probe3d(j)
-                rho_v = self.object[v]
-                d, cj, nj = self._fourier(j, probe * rho_v, c.background_update)
-                cost, norm = cost + cj, norm + nj
-                p2 = xp.abs(probe) ** 2
-                pmax = p2.max()
-                num[v] += xp.conj(probe) * d
-                den[v] += (1 - c.beta) * p2 + c.beta * pmax
-                reg[v] += c.mu * pmax
-                if update_probe:
-                    pinc += self._probe_increment(j, rho_v, d)
-            outside = 1 - sup
+            p2 = xp.abs(probes) ** 2
+            for k, v in enumerate(views):
+                num[v] += xp.conj(probes[k]) * d[k]
+                den[v] += p2[k]
+                reg[v] += c.mu * p2[k].max()
             touched = den > 0
+            den = (1 - c.batched_beta) * den + c.batched_beta * den.max()
             step = (num - reg * outside * self.object) / xp.where(touched, den + reg * outside, 1)
-            self.object = self.object + xp.where(touched, step, 0).astype(np.complex64)
             if update_probe:
+                pinc = sum(self._probe_increment(j, rho_b[k], d[k]) for k, j in enumerate(batch))
                 self.probe2d = self.probe_op.na_constraint(self.probe2d + pinc / len(batch))
+            self.object = self.object + xp.where(touched, step, 0).astype(np.complex64)
         return cost, norm
 
     def run(self, callback=None) -> None:
