@@ -20,21 +20,22 @@ def _scale_bar(ax, extent_um, length_um=None):
     ax.text(x0 + length / 2, y0, f"{length * 1e3:g} nm", ha="center", va="bottom", fontsize=8)
 
 
-def maps_figure(maps: dict, origin_m, voxel_m: float, out_path, *, title: str = "", mask=None) -> None:
+def maps_figure(maps: dict, origin_m, voxel_m: float, out_path, *, title: str = "", mask=None,
+                slices: tuple[int, int] | None = None) -> None:
     """Mid-foil (z) slice and a y-z section of amplitude, phase, eps_zz, omega_x, omega_y.
 
     ``maps`` are lab-grid arrays (z, y, x); colour bars in physical units (eps_zz in 1e-4,
-    tilts in mrad); voxels where the amplitude is under 30 % of its 99th percentile are blank.
+    tilts in mrad); voxels outside ``mask`` (default: amplitude under 30 % of its 99th
+    percentile) are blank. ``slices = (z index, x index)`` fixes the slices (so two figures
+    show the same planes); by default the fullest z plane and the middle x plane of the mask.
     """
     amp = maps["amplitude"]
     ref = np.percentile(amp[amp > 0], 99) if (amp > 0).any() else 1
     inside = (amp > 0.3 * ref) if mask is None else mask
-    k = int(np.argmax(inside.sum(axis=(1, 2))))
     nz, ny, nx = amp.shape
+    k, i_x = slices if slices is not None else default_slices(inside)
     ext_xy = [origin_m[0] * 1e6, (origin_m[0] + nx * voxel_m) * 1e6, origin_m[1] * 1e6, (origin_m[1] + ny * voxel_m) * 1e6]
     ext_yz = [origin_m[1] * 1e6, (origin_m[1] + ny * voxel_m) * 1e6, origin_m[2] * 1e6, (origin_m[2] + nz * voxel_m) * 1e6]
-    cols = np.nonzero(inside.any(axis=(0, 1)))[0]
-    i_x = int(np.median(cols)) if cols.size else nx // 2
     panels = [("amplitude", "amplitude (arb.)", "gray", 1.0, False),
               ("phase", "phase (rad)", "twilight", 1.0, True),
               ("eps_zz", "eps_zz (1e-4)", "coolwarm", 1e4, True),
@@ -67,6 +68,12 @@ def maps_figure(maps: dict, origin_m, voxel_m: float, out_path, *, title: str = 
     fig.tight_layout()
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
+
+
+def default_slices(mask: np.ndarray) -> tuple[int, int]:
+    """(z index of the fullest plane, middle x index) of a (z, y, x) mask."""
+    cols = np.nonzero(mask.any(axis=(0, 1)))[0]
+    return int(np.argmax(mask.sum(axis=(1, 2)))), (int(np.median(cols)) if cols.size else mask.shape[2] // 2)
 
 
 def probe_and_convergence_figure(probe2d, p1_m, r2_m, history: list[dict], out_path, *, truth=None) -> None:

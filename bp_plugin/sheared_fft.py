@@ -12,11 +12,20 @@ With ``dr_k`` from :class:`bp_plugin.geometry.ExperimentGeometry` (``dr1 dq1 = 2
 r3, a multiplication by ``exp(-i n3 m1 dq3 dr1 sin tB)``, and an FFT over (r1, r2). With the
 orthonormal scaling used here the transform is unitary: its adjoint is its inverse.
 
-Arrays use axis order ``(3, 1, 2)``. Two layouts: ``centred=True`` (index 0 of an axis is
-``-N // 2``; what users and files see) and ``centred=False`` ("FFT order": index ``k`` holds
-``k`` for ``k < (N + 1) // 2`` and ``k - N`` after; the engine works in this layout to avoid
-shifting on the hot path). The transform acts on the last three axes, so a leading batch axis
-(several scan positions at once) is transformed in one call.
+Arrays use axis order ``(3, 1, 2)``. Three layouts:
+
+* ``"centred"``: index 0 of an axis is ``-N // 2``; what users and files see.
+* ``"fft"``: index ``k`` holds ``k`` for ``k < (N + 1) // 2`` and ``k - N`` after.
+* ``"modulated"``: the centred layout without any shift. With ``c = N // 2`` per axis,
+  ``sum_m x[m] exp(-2 pi i (k - c)(m - c) / N) = u(k) sum_m [x[m] g(m)] exp(-2 pi i k m / N)``
+  where ``g(m) = exp(2 pi i c m / N)`` and ``u(k)`` is unimodular. So a plain FFT of ``x g``
+  gives the centred transform times ``u``, which no magnitude constraint sees. The engine stores
+  the object multiplied by ``g`` (the product over the three axes; a position's box differs from
+  the global one by a constant phase only) and never shifts on its hot path.
+  :func:`modulation` gives ``g``.
+
+The transform acts on the last three axes, so a leading batch axis (several scan positions at
+once) is transformed in one call.
 """
 from __future__ import annotations
 
@@ -28,6 +37,11 @@ from .backend import Backend, get_backend
 def fft_order_indices(n: int) -> np.ndarray:
     """Centred integer indices of an axis of length ``n`` stored in FFT order, shape (n,)."""
     return np.rint(np.fft.fftfreq(n) * n).astype(np.int64)
+
+
+def modulation(n: int) -> np.ndarray:
+    """``g(m) = exp(2 pi i (n // 2) m / n)`` for ``m = 0 .. n - 1``, complex128 (+-1 for even n)."""
+    return np.exp(2j * np.pi * (n // 2) * np.arange(n) / n)
 
 
 def centred_indices(n: int) -> np.ndarray:
@@ -42,20 +56,25 @@ class ShearedFFT:
         shape: ``(N3, N1, N2)`` of the box (leading batch axes are allowed at call time).
         shear: ``dq3 * dr1 * sin(theta_B)`` (dimensionless), the shear phase per index product.
         backend: array backend (NumPy/scipy or CuPy); default: CPU.
-        centred: layout of inputs and outputs (see module docstring).
+        centred: True for the "centred" layout, False for "fft" (see module docstring).
+        layout: "centred", "fft" or "modulated"; overrides ``centred`` when given.
         dtype: complex dtype of the phase factor (complex64 on the hot path).
     """
 
     def __init__(self, shape, shear: float, backend: Backend | None = None, *, centred: bool = True,
-                 dtype=np.complex64):
+                 layout: str | None = None, dtype=np.complex64):
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) != 3:
             raise ValueError(f"ShearedFFT needs a 3D box shape (N3, N1, N2), got {shape}")
+        self.layout = layout or ("centred" if centred else "fft")
+        if self.layout not in ("centred", "fft", "modulated"):
+            raise ValueError(f"layout must be 'centred', 'fft' or 'modulated', got {layout!r}")
         self.backend = backend or get_backend("cpu")
-        self.centred = centred
+        self.centred = self.layout == "centred"
         self.shear = float(shear)
-        n3 = fft_order_indices(self.shape[0])[:, None, None]
-        m1 = fft_order_indices(self.shape[1])[None, :, None]
+        index = centred_indices if self.layout == "modulated" else fft_order_indices
+        n3 = index(self.shape[0])[:, None, None]
+        m1 = index(self.shape[1])[None, :, None]
         phase = np.exp(-1j * self.shear * n3 * m1).astype(dtype)
         self._phase = self.backend.xp.asarray(phase)
         self._phase_conj = self.backend.xp.conj(self._phase)

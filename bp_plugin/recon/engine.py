@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backend import Backend, get_backend
 from ..geometry import ExperimentGeometry
-from ..sheared_fft import ShearedFFT
+from ..sheared_fft import ShearedFFT, modulation
 from .config import ReconConfig
 from .layout import ScanLayout, slab_support
 from .probe_ops import ProbeOperator, na_focus
@@ -62,14 +62,19 @@ class Reconstructor:
         self.layout = ScanLayout.from_scan(geometry, translations_m)
         self.probe_op = ProbeOperator(self.layout, self.backend, subsample=self.config.probe_subsample,
                                       na_factor=self.config.na_factor)
-        self.fft = ShearedFFT.from_geometry(geometry, self.backend)
+        # the "modulated" layout: no shifts on the hot path; the object is stored times the
+        # modulation g of the box (see bp_plugin.sheared_fft), which a box sees up to a constant
+        self.fft = ShearedFFT.from_geometry(geometry, self.backend, layout="modulated")
+        g = [np.exp(2j * np.pi * (nb // 2) * np.arange(no) / nb).astype(np.complex64)
+             for nb, no in zip(self.layout.box_shape, self.layout.object_shape)]
+        self._mod = xp.asarray(np.einsum("i,j,k->ijk", *g))
         self.amp = xp.asarray(np.sqrt(frames.astype(np.float32)).transpose(1, 0, 2, 3).copy())  # (n_p, n_a, N1, N2)
         self.mask = xp.asarray(np.asarray(mask, bool).astype(np.float32))
         self.measured = np.ones((n_a, n_p), bool) if measured is None else np.asarray(measured, bool).copy()
         self.planes = xp.asarray(self.layout.planes)
         self.background = xp.full((n_a,) + tuple(geometry.crop), self.config.background_init, np.float32)
         self.support = xp.asarray(self._slab(0))
-        self.object = self.support.astype(np.complex64)
+        self._obj = self.support.astype(np.complex64) * self._mod
         self.probe2d = xp.asarray(na_focus(self.probe_op) if probe2d is None else np.asarray(probe2d, np.complex64))
         if self.probe2d.shape != self.probe_op.shape2d:
             raise ValueError(f"probe2d must have the section shape {self.probe_op.shape2d}, got {self.probe2d.shape}")
@@ -90,7 +95,7 @@ class Reconstructor:
             if not self.measured[:, j].any():
                 continue
             w = self._weights(j)
-            big_psi = self.fft.forward(self.probe3d(j) * self.object[self.layout.view(j)])
+            big_psi = self.fft.forward(self.probe3d(j) * self._obj[self.layout.view(j)])
             model += float(xp.sum(w * xp.abs(big_psi[self.planes]) ** 2))
             data += float(xp.sum(w * self.amp[j] ** 2))
         if model > 0 and data > 0:
@@ -161,7 +166,7 @@ class Reconstructor:
             if it in c.slab_steps:
                 self.support = xp.asarray(self._slab(it))
         elif it < c.shrinkwrap_stop and (it - c.shrinkwrap_start) % c.shrinkwrap_every == 0:
-            a = xp.abs(self.object)
+            a = xp.abs(self._obj)
             self.support = self.support & (a > c.shrinkwrap_threshold * a.max())
 
     def _positions(self) -> np.ndarray:
@@ -190,14 +195,14 @@ class Reconstructor:
         for j in self._positions():
             v = self.layout.view(j)
             probe = self.probe3d(j)
-            rho_v = self.object[v]
+            rho_v = self._obj[v]
             d, cj, nj = self._fourier(j, probe * rho_v, self.config.background_update)
             cost, norm = cost + cj, norm + nj
             new_v = self._object_step(probe, rho_v, sup[v], d)
             if update_probe:
                 inc = self._probe_increment(j, rho_v, d)
                 self.probe2d = self.probe_op.na_constraint(self.probe2d + inc)
-            self.object[v] = new_v
+            self._obj[v] = new_v
         return cost, norm
 
     def _step_batched(self, update_probe: bool):
@@ -213,12 +218,12 @@ class Reconstructor:
             batch = order[b0:b0 + c.batch_size]
             views = [self.layout.view(j) for j in batch]
             probes = xp.stack([self.probe3d(j) for j in batch])
-            rho_b = xp.stack([self.object[v] for v in views])
+            rho_b = xp.stack([self._obj[v] for v in views])
             d, cb, nb = self._fourier(batch, probes * rho_b, c.background_update)
             cost, norm = cost + cb, norm + nb
-            num = xp.zeros_like(self.object)
-            den = xp.zeros(self.object.shape, np.float32)
-            reg = xp.zeros(self.object.shape, np.float32)
+            num = xp.zeros_like(self._obj)
+            den = xp.zeros(self._obj.shape, np.float32)
+            reg = xp.zeros(self._obj.shape, np.float32)
             p2 = xp.abs(probes) ** 2
             for k, v in enumerate(views):
                 num[v] += xp.conj(probes[k]) * d[k]
@@ -226,11 +231,11 @@ class Reconstructor:
                 reg[v] += c.mu * p2[k].max()
             touched = den > 0
             den = (1 - c.batched_beta) * den + c.batched_beta * den.max()
-            step = (num - reg * outside * self.object) / xp.where(touched, den + reg * outside, 1)
+            step = (num - reg * outside * self._obj) / xp.where(touched, den + reg * outside, 1)
             if update_probe:
                 pinc = sum(self._probe_increment(j, rho_b[k], d[k]) for k, j in enumerate(batch))
                 self.probe2d = self.probe_op.na_constraint(self.probe2d + pinc / len(batch))
-            self.object = self.object + xp.where(touched, step, 0).astype(np.complex64)
+            self._obj = self._obj + xp.where(touched, step, 0).astype(np.complex64)
         return cost, norm
 
     def run(self, callback=None) -> None:
@@ -258,10 +263,19 @@ class Reconstructor:
         self.amp[position_index, angle_index] = xp.sqrt(xp.asarray(frame, dtype=np.float32))
         self.measured[angle_index, position_index] = True
 
+    @property
+    def object(self):
+        """The complex density on the object grid (device array, axis order 3, 1, 2)."""
+        return self._obj * self.backend.xp.conj(self._mod)
+
+    @object.setter
+    def object(self, value) -> None:
+        self._obj = self.backend.xp.asarray(value, dtype=np.complex64) * self._mod
+
     def illumination(self):
         """``sum_j |P_j|^2`` over the measured positions, on the object grid (float32, device array)."""
         xp = self.backend.xp
-        out = xp.zeros(self.object.shape, np.float32)
+        out = xp.zeros(self._obj.shape, np.float32)
         for j in np.nonzero(self.measured.any(0))[0]:
             out[self.layout.view(j)] += xp.abs(self.probe3d(j)) ** 2
         return out

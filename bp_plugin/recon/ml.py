@@ -57,11 +57,11 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
     active = np.nonzero(rec.measured.any(0))[0]
     norm = sum(float(xp.sum(rec._weights(j) * rec.amp[j] ** 2)) for j in active)
     illum = rec.illumination()
-    rec._ml_mu = xp.zeros(rec.object.shape, np.float32)
+    rec._ml_mu = xp.zeros(rec._obj.shape, np.float32)
     for j in active:
         rec._ml_mu[rec.layout.view(j)] += rec.config.mu * float(xp.abs(rec.probe3d(j)).max() ** 2)
     precond = 1.0 / (illum + 1e-3 * illum.max())
-    rho = rec.object
+    rho = rec._obj
     g_prev = s = pg_prev = None
     step = None
     for _ in range(iterations):
@@ -86,7 +86,7 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
             new = rho + np.float32(step) * s if cost_t < cost0 else rho
         rho = new.astype(np.complex64, copy=False)
         g_prev, pg_prev = g, pg
-        rec.object = rho
+        rec._obj = rho
         rec.history.append({"iteration": rec.iteration, "error": data_cost / norm if norm else float("nan"),
                             "seconds": time.perf_counter() - t0, "stage": "ml", "probe_update": False})
         rec.iteration += 1

@@ -105,22 +105,25 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
 
 
 def _figures(rec, maps, grid, arrays, ds, folder: Path, stem: str, illum) -> None:
-    from ..recon_figures import maps_figure, probe_and_convergence_figure
+    from ..recon_figures import default_slices, maps_figure, probe_and_convergence_figure
     from ..strain import object_to_lab
 
     a = rec.backend.asnumpy
     origin, voxel, shape = grid
     # only the scanned field of view: elsewhere the object is unconstrained by the data
     lit = object_to_lab((illum > 0.1 * illum.max()).astype(np.complex64), rec.layout, origin, voxel, shape).real > 0.5
-    amp = maps["amplitude"]
-    mask = lit & (amp > 0.3 * np.percentile(amp[lit], 99)) if lit.any() else None
-    maps_figure(maps, origin, voxel, folder / f"{stem}_maps.png", mask=mask,
+    def inside(m):
+        amp = m["amplitude"]
+        return lit & (amp > 0.3 * np.percentile(amp[lit], 99)) if lit.any() else amp > 0.3 * amp.max()
+
+    mask = inside(maps)
+    ref_mask = inside(arrays["ref"]) if arrays is not None else None
+    slices = default_slices(ref_mask if ref_mask is not None else mask)
+    maps_figure(maps, origin, voxel, folder / f"{stem}_maps.png", mask=mask, slices=slices,
                 title=f"reconstruction after {rec.iteration} iterations (scanned field of view)")
     truth = None
     if arrays is not None:
-        ref_amp = arrays["ref"]["amplitude"]
-        maps_figure(arrays["ref"], origin, voxel, folder / f"{stem}_truth_maps.png",
-                    mask=lit & (ref_amp > 0.3 * np.percentile(ref_amp[lit], 99)) if lit.any() else None,
+        maps_figure(arrays["ref"], origin, voxel, folder / f"{stem}_truth_maps.png", mask=ref_mask, slices=slices,
                     title="ground truth at the reconstruction's resolution (scanned field of view)")
         from ..quality import probe_quality
 
