@@ -122,7 +122,8 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    """The main job, for now: geometry, a simulated scan written to the dataset format, its overview."""
+    """The main job, for now: geometry, a simulated scan written to the dataset format, its overview,
+    and its reconstruction (a compressed schedule) with figures and errors against the ground truth."""
     from pathlib import Path
 
     from sim_devices.presets import get_preset
@@ -136,6 +137,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
                                          no_progress=False, max_positions=None, overwrite=True))
     if rc == 0:
         rc = cmd_show(argparse.Namespace(scan=str(scan), out=str(out / "overview.png")))
+    if rc == 0 and a.iterations > 0:
+        print(f"\n== reconstruction ({a.iterations} joint + {a.ml_iterations} maximum-likelihood iterations)")
+        rc = cmd_reconstruct(argparse.Namespace(
+            scan=str(scan), out=str(out / "result.h5"), iterations=a.iterations, ml_iterations=a.ml_iterations,
+            upsampling=None, fixed_probe=False, mode="sequential", device="auto", resume=False, no_progress=False,
+            no_figures=False, seed=a.seed))
+        print(f"figures: {out}/overview.png, {out}/result_maps.png, {out}/result_truth_maps.png, "
+              f"{out}/result_probe.png; metrics: {out}/metrics.json")
     return rc
 
 
@@ -183,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--preset", default="small", help="tiny | small | paper")
     pd.add_argument("--out", default="out/demo", help="output folder")
     pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--iterations", type=int, default=40, help="joint updates of the reconstruction (0: none)")
+    pd.add_argument("--ml-iterations", type=int, default=10)
     pd.set_defaults(func=cmd_demo)
     return p
 

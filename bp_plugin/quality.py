@@ -2,10 +2,11 @@
 
 The ambiguities of Bragg ptychography (physics.md section 3): a global complex factor (which also
 absorbs the scale exchanged between probe and object) and a constant phase gradient (a shift of
-the reciprocal-space origin, exchanged between probe and object). A third one follows from the
-probe's invariance along the beam: translating the object alone along ``k_i`` leaves every exit
-wave translated and every intensity unchanged, so only the support pins the object's position
-along the incident beam. All three are fitted and removed before any error is computed.
+the reciprocal-space origin, exchanged between probe and object). Two translations add to them:
+translating probe and object together leaves every exit wave translated and every intensity
+unchanged (only the initial probe pins it, and a refined probe drifts), and, because the probe is
+invariant along the beam, so does translating the object alone along ``k_i``. The factor, the
+ramp and a 3D (2D for the probe) translation are fitted and removed before any error is computed.
 """
 from __future__ import annotations
 
@@ -23,31 +24,36 @@ def fourier_shift(a: np.ndarray, shift_voxels) -> np.ndarray:
     return np.fft.ifftn(np.fft.fftn(a) * np.exp(-2j * np.pi * ph)).astype(a.dtype)
 
 
-def remove_ambiguities(rec: np.ndarray, ref: np.ndarray, mask: np.ndarray, shift_direction=None,
-                       max_shift: float = 3.0):
+def remove_ambiguities(rec: np.ndarray, ref: np.ndarray, mask: np.ndarray, shift_search: bool = False):
     """``rec`` aligned to ``ref`` inside ``mask``.
 
-    Optionally translated along ``shift_direction`` (a vector in voxels per unit, e.g. ``k_i``;
-    the best translation in ``[-max_shift, max_shift]`` voxels is searched), then the linear phase
-    ramp removed and the best complex factor applied. The ramp is the mean, over the mask, of the
-    unwrapping-free phase gradient of ``rec * conj(ref)`` along each axis; the factor is the
-    least-squares ``c`` of ``c rec = ref``. Works for 2D and 3D arrays.
+    With ``shift_search``, first translated by the (sub-voxel) shift that best matches ``ref``:
+    the integer peak of the amplitude cross-correlation (or no shift, whichever fits better) is
+    refined by Nelder-Mead on the final error. Then the linear phase ramp is removed (the mean,
+    over the mask, of the unwrapping-free phase gradient of ``rec * conj(ref)`` along each axis)
+    and the least-squares complex factor ``c`` of ``c rec = ref`` applied. 2D or 3D arrays.
     Returns ``(aligned, {"ramp_rad_per_voxel", "factor", "shift_voxels"})``.
     """
-    if shift_direction is not None:
-        d = np.asarray(shift_direction, float)
-        d = d / np.abs(d).max()
+    if shift_search:
+        from scipy.optimize import minimize
 
         def err(t):
-            al, _ = remove_ambiguities(fourier_shift(rec, t * d), ref, mask)
+            al, _ = remove_ambiguities(fourier_shift(rec, t), ref, mask)
             return relative_error(al, ref, mask)
 
-        ts = np.arange(-max_shift, max_shift + 1e-9, 0.25)
-        best = ts[int(np.argmin([err(t) for t in ts]))]
-        fine = np.arange(best - 0.25, best + 0.25 + 1e-9, 0.05)
-        best = fine[int(np.argmin([err(t) for t in fine]))]
-        aligned, info = remove_ambiguities(fourier_shift(rec, best * d), ref, mask)
-        info["shift_voxels"] = list(best * d)
+        cc = np.fft.ifftn(np.fft.fftn(np.abs(rec) * mask) * np.conj(np.fft.fftn(np.abs(ref) * mask))).real
+        peak = np.array(np.unravel_index(np.argmax(cc), cc.shape), float)
+        peak = np.where(peak > np.array(cc.shape) / 2, peak - np.array(cc.shape), peak)
+        starts = [np.zeros(rec.ndim), -peak]
+        best = None
+        for x0 in starts:
+            simplex = np.vstack([x0] + [x0 + 0.5 * np.eye(rec.ndim)[k] for k in range(rec.ndim)])
+            res = minimize(err, x0, method="Nelder-Mead",
+                           options={"initial_simplex": simplex, "xatol": 0.02, "fatol": 1e-5, "maxiter": 200})
+            if best is None or res.fun < best.fun:
+                best = res
+        aligned, info = remove_ambiguities(fourier_shift(rec, best.x), ref, mask)
+        info["shift_voxels"] = [float(v) for v in best.x]
         return aligned, info
     prod = rec * np.conj(ref)
     grads = []
@@ -137,7 +143,7 @@ def probe_quality(probe2d: np.ndarray, p1_m: np.ndarray, r2_m: np.ndarray, gt_pr
     pts = np.stack(np.meshgrid(p1_m, r2_m, indexing="ij"), -1)
     truth = (re(pts) + 1j * im(pts)).astype(np.complex64)
     region = np.abs(truth) > 0.01 * np.abs(truth).max()
-    aligned, _ = remove_ambiguities(probe2d, truth, region)
+    aligned, _ = remove_ambiguities(probe2d, truth, region, shift_search=True)
     dp1, dr2 = p1_m[1] - p1_m[0], r2_m[1] - r2_m[0]
 
     def widths(p):

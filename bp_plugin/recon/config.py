@@ -17,6 +17,8 @@ class ReconConfig:
         ml_iterations: maximum-likelihood refinement iterations after the joint updates (500).
         probe_update: refine the probe (False: the paper's "former approach" keeps it fixed).
         probe_freeze: iterations before the probe is first updated (5).
+        probe_norm: "line" (default) normalises the probe step by the object's intensity
+            averaged along the beam, "paper" by Eq. 10 per voxel (see ``Reconstructor._probe_increment``).
         background_update: refine the incoherent background.
         background_init: initial flat background (counts per pixel).
         mode: "sequential" (the paper's ePIE order, one position at a time) or "batched".
@@ -41,6 +43,7 @@ class ReconConfig:
     ml_iterations: int = 500
     probe_update: bool = True
     probe_freeze: int = 5
+    probe_norm: str = "line"
     background_update: bool = True
     background_init: float = 0.1
     mu: float = 0.02
@@ -64,6 +67,8 @@ class ReconConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.probe_norm not in ("line", "paper"):
+            raise ValueError(f"probe_norm must be 'line' or 'paper', got {self.probe_norm!r}")
         if self.mode not in ("sequential", "batched"):
             raise ValueError(f"mode must be 'sequential' or 'batched', got {self.mode!r}")
         if len(self.slab_thickness_factors) != len(self.slab_steps):

@@ -151,11 +151,23 @@ class Reconstructor:
         return rho_v + (xp.conj(probe) * d - mu * outside * rho_v) / lam
 
     def _probe_increment(self, j: int, rho_v, d):
-        """Eqs. 6, 8, 10 for position ``j``: the change of the (unshifted) section, before NA."""
+        """Eqs. 6, 8, 10 for position ``j``: the change of the (unshifted) section, before NA.
+
+        ``probe_norm="paper"``: ``R[rho* d / lam_P]`` with ``lam_P`` of Eq. 10 per voxel.
+        ``"line"``: ``R[rho* d] / lam`` with ``lam`` built from ``R[|rho|^2]``, the object's
+        intensity averaged along the same lines parallel to ``k_i`` (the least-squares step for a
+        probe invariant along the beam; the per-voxel form is diluted by the share of each line
+        that crosses the crystal, a quarter for the paper's foil).
+        """
         xp, c = self.backend.xp, self.config
         r2 = xp.abs(rho_v) ** 2
-        lam = (1 - c.alpha) * r2 + c.alpha * r2.max()
-        inc = self.probe_op.project(xp.conj(rho_v) * d / xp.maximum(lam, 1e-20))
+        if c.probe_norm == "line":
+            r2 = self.probe_op.project(r2.astype(np.complex64)).real
+            lam = (1 - c.alpha) * r2 + c.alpha * r2.max()
+            inc = self.probe_op.project(xp.conj(rho_v) * d) / xp.maximum(lam, 1e-20)
+        else:
+            lam = (1 - c.alpha) * r2 + c.alpha * r2.max()
+            inc = self.probe_op.project(xp.conj(rho_v) * d / xp.maximum(lam, 1e-20))
         s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
         return self.probe_op.shift(inc, -s1, -s2)
 

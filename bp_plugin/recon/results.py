@@ -22,18 +22,11 @@ import math
 import h5py
 import numpy as np
 
-from ..geometry import lab_to_recon, probe_basis
 from ..quality import ground_truth_at_resolution, probe_quality, relative_error, remove_ambiguities
 from ..strain import crystal_mask, object_to_lab, strain_maps
 
 RESULT_FORMAT = "bp-result"
 RESULT_VERSION = 1
-
-
-def ki_direction_voxels(layout) -> np.ndarray:
-    """The incident beam direction in voxel units of the reconstruction grid (axis order 3, 1, 2)."""
-    tb = layout.geometry.theta_bragg_rad
-    return lab_to_recon(probe_basis(tb)[2], tb)[[2, 0, 1]] / np.asarray(layout.voxel_m)
 
 
 def default_lab_grid(layout, illumination: np.ndarray, threshold: float = 0.05):
@@ -73,7 +66,7 @@ def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, lay
     glow = ground_truth_at_resolution(gt["density"], origin, voxel, layout)
     lit = illumination > fov_threshold * illumination.max()
     region = lit & (np.abs(glow) > 0.5)
-    aligned, amb = remove_ambiguities(obj, glow, region, shift_direction=ki_direction_voxels(layout))
+    aligned, amb = remove_ambiguities(obj, glow, region, shift_search=True)
     rec_maps = lab_maps(aligned, layout, q, origin, voxel, shape)
     ref_maps = lab_maps(glow, layout, q, origin, voxel, shape)
     lit_lab = object_to_lab(lit.astype(np.complex64), layout, origin, voxel, shape).real > 0.5
@@ -88,7 +81,7 @@ def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, lay
         "tilt_rms_error_rad": float(np.sqrt(np.mean(d_tilt ** 2))) if d_tilt.size else float("nan"),
         "field_of_view_fraction": float(np.mean(amp > 0.5)) if amp.size else float("nan"),
         "n_object_voxels": int(region.sum()), "n_strain_voxels": int(core.sum()),
-        "ambiguities": {"shift_along_ki_voxels": amb["shift_voxels"], "ramp_rad_per_voxel": amb["ramp_rad_per_voxel"]},
+        "ambiguities": {"shift_voxels": amb["shift_voxels"], "ramp_rad_per_voxel": amb["ramp_rad_per_voxel"]},
     }
     if "probe" in gt:
         pq = probe_quality(probe2d, probe_axes[0], probe_axes[1], gt["probe"], gt["probe_p1_m"], gt["probe_p2_m"])
