@@ -181,3 +181,43 @@ def ground_truth_at_resolution(gt_density: np.ndarray, origin_m, voxel_m: float,
                 coords = np.moveaxis(idx[..., ::-1], -1, 0)                   # (z, y, x)
                 acc += ndimage.map_coordinates(re, coords, order=1) + 1j * ndimage.map_coordinates(im, coords, order=1)
     return (acc / sub ** 3).astype(np.complex64)
+
+
+def fourier_shell_correlation(a: np.ndarray, b: np.ndarray, voxel_m: float, n_shells: int | None = None):
+    """Fourier shell correlation of two complex 3D maps on the same isotropic grid.
+
+    Returns ``(spatial frequency (1/m) of each shell centre, FSC of the shell)``, both 1D;
+    ``FSC = Re sum A B* / sqrt(sum |A|^2 sum |B|^2)`` over each shell of ``|f|``.
+    """
+    fa, fb = np.fft.fftn(a), np.fft.fftn(b)
+    freqs = np.meshgrid(*(np.fft.fftfreq(n, voxel_m) for n in a.shape), indexing="ij")
+    f = np.sqrt(sum(g ** 2 for g in freqs))
+    fmax = 0.5 / voxel_m
+    n = n_shells or max(4, min(a.shape) // 2)
+    edges = np.linspace(0, fmax, n + 1)
+    idx = np.digitize(f.ravel(), edges) - 1
+    ok = (idx >= 0) & (idx < n)
+    num = np.bincount(idx[ok], (fa * np.conj(fb)).ravel()[ok].real, n)
+    pa = np.bincount(idx[ok], (np.abs(fa) ** 2).ravel()[ok], n)
+    pb = np.bincount(idx[ok], (np.abs(fb) ** 2).ravel()[ok], n)
+    return (edges[:-1] + edges[1:]) / 2, num / np.sqrt(np.maximum(pa * pb, 1e-30))
+
+
+def fsc_resolution(freq: np.ndarray, fsc: np.ndarray, threshold: float = 1 / 7) -> float:
+    """Resolution (m): one over the first frequency where the FSC falls below ``threshold``
+    (linear interpolation between shells); the Nyquist period if it never does."""
+    below = np.nonzero(fsc < threshold)[0]
+    below = below[below > 0]
+    if not below.size:
+        return float(1 / freq[-1])
+    k = int(below[0])
+    f0, f1, c0, c1 = freq[k - 1], freq[k], fsc[k - 1], fsc[k]
+    fcut = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 != c1 else f1
+    return float(1 / fcut)
+
+
+def split_counts(frames: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent half-dose scans from one (binomial thinning of every count)."""
+    rng = np.random.default_rng(seed)
+    half = rng.binomial(np.asarray(frames, np.int64), 0.5)
+    return half.astype(frames.dtype), (frames - half).astype(frames.dtype)

@@ -186,3 +186,19 @@ def test_cli_reconstruct_writes_result_metrics_and_figures(tiny_scan, tmp_path):
         assert (tmp_path / png).stat().st_size > 20_000
     m2 = reconstruct_file(path, out, ReconstructOptions(ml_iterations=4, resume=True, progress=False, figures=False))
     assert m2["iterations"] == 14
+
+
+def test_fourier_shell_correlation_and_half_dose_split():
+    from bp_plugin.quality import fourier_shell_correlation, fsc_resolution, split_counts
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(24, 24, 24)) + 1j * rng.normal(size=(24, 24, 24))
+    freq, fsc = fourier_shell_correlation(a, a, 10e-9)
+    np.testing.assert_allclose(fsc, 1, atol=1e-9)
+    assert fsc_resolution(freq, fsc) == pytest.approx(20e-9, rel=0.1)   # never below: the Nyquist period
+    b = rng.normal(size=a.shape) + 1j * rng.normal(size=a.shape)
+    _, fsc_ab = fourier_shell_correlation(a, b, 10e-9)
+    assert np.abs(fsc_ab[2:]).max() < 0.3                               # independent noise
+    frames = rng.poisson(50, size=(4, 5, 6)).astype(np.uint32)
+    h1, h2 = split_counts(frames)
+    assert np.array_equal(h1 + h2, frames) and abs(h1.mean() - 25) < 1.5
