@@ -75,19 +75,18 @@ def gaussian_probe(rec):
 
 
 def half_dose_resolution(ds, it, kw) -> float:
-    """Resolution (m, FSC 1/7) between reconstructions of two half-dose copies of the scan."""
-    from bp_plugin.quality import fourier_shell_correlation, fsc_resolution, remove_ambiguities, split_counts
-    from bp_plugin.strain import object_to_lab
+    """Half-period resolution (m, FSC 1/7) between reconstructions of two half-dose copies of the
+    scan, on the reconstruction grid, inside a soft mask of the illuminated crystal."""
+    from bp_plugin.quality import fourier_shell_correlation, fsc_resolution, remove_ambiguities, soft_mask, split_counts
 
     halves = split_counts(ds.frames)
     recs = [reconstruct(replace(ds, frames=h), **it, **kw)[0] for h in halves]
     lit = recs[0].illumination()
-    mask = (lit > 0.1 * lit.max()) & (np.abs(recs[0].object) > 0.3 * np.abs(recs[0].object).max())
-    b, _ = remove_ambiguities(recs[1].object, recs[0].object, mask, shift_search=True)
-    at = ds.ground_truth_attrs
-    lab = [object_to_lab(o * mask, recs[0].layout, at["grid_origin_m"], at["grid_voxel_m"], ds.ground_truth["density"].shape)
-           for o in (recs[0].object, b)]
-    freq, fsc = fourier_shell_correlation(lab[0], lab[1], float(at["grid_voxel_m"]))
+    a = recs[0].object
+    mask = (lit > 0.1 * lit.max()) & (np.abs(a) > 0.3 * np.abs(a).max())
+    b, _ = remove_ambiguities(recs[1].object, a, mask, shift_search=True)
+    w = soft_mask(mask)
+    freq, fsc = fourier_shell_correlation(a * w, b * w, recs[0].layout.voxel_m)
     return fsc_resolution(freq, fsc)
 
 
@@ -209,8 +208,9 @@ of view, after removing the ambiguities (global complex factor, linear phase ram
 translation along k_i). "W held" is the beam width the effective rocking step can hold (Eq. 2).
 
 {head}{body}
-Resolution of the joint x2 reconstruction, Fourier shell correlation (threshold 1/7) between
-two reconstructions of half-dose copies of the scan (binomial split of every count):
+Resolution (half period) of the joint x2 reconstruction, Fourier shell correlation (threshold 1/7)
+between reconstructions of two half-dose copies of the scan (binomial split of every count), on
+the reconstruction grid inside a soft mask of the illuminated crystal:
 {extra['fsc_resolution_nm']:.0f} nm (voxels dr3, dr1, dr2: {', '.join(f'{v:.0f}' for v in extra['voxel_nm'])} nm).
 
 Implanted layer: mean reconstructed eps_zz where the truth is the implanted layer:

@@ -183,16 +183,18 @@ def ground_truth_at_resolution(gt_density: np.ndarray, origin_m, voxel_m: float,
     return (acc / sub ** 3).astype(np.complex64)
 
 
-def fourier_shell_correlation(a: np.ndarray, b: np.ndarray, voxel_m: float, n_shells: int | None = None):
-    """Fourier shell correlation of two complex 3D maps on the same isotropic grid.
+def fourier_shell_correlation(a: np.ndarray, b: np.ndarray, voxel_m, n_shells: int | None = None):
+    """Fourier shell correlation of two complex maps on the same grid (2D or 3D).
 
-    Returns ``(spatial frequency (1/m) of each shell centre, FSC of the shell)``, both 1D;
-    ``FSC = Re sum A B* / sqrt(sum |A|^2 sum |B|^2)`` over each shell of ``|f|``.
+    ``voxel_m``: one spacing or one per axis (m); shells of ``|f|`` run to the lowest Nyquist
+    frequency. Returns ``(shell-centre spatial frequencies (1/m), FSC per shell)`` with
+    ``FSC = Re sum A B* / sqrt(sum |A|^2 sum |B|^2)``.
     """
+    spacing = np.broadcast_to(np.asarray(voxel_m, float), (a.ndim,))
     fa, fb = np.fft.fftn(a), np.fft.fftn(b)
-    freqs = np.meshgrid(*(np.fft.fftfreq(n, voxel_m) for n in a.shape), indexing="ij")
+    freqs = np.meshgrid(*(np.fft.fftfreq(n, d) for n, d in zip(a.shape, spacing)), indexing="ij")
     f = np.sqrt(sum(g ** 2 for g in freqs))
-    fmax = 0.5 / voxel_m
+    fmax = 0.5 / spacing.max()
     n = n_shells or max(4, min(a.shape) // 2)
     edges = np.linspace(0, fmax, n + 1)
     idx = np.digitize(f.ravel(), edges) - 1
@@ -204,16 +206,24 @@ def fourier_shell_correlation(a: np.ndarray, b: np.ndarray, voxel_m: float, n_sh
 
 
 def fsc_resolution(freq: np.ndarray, fsc: np.ndarray, threshold: float = 1 / 7) -> float:
-    """Resolution (m): one over the first frequency where the FSC falls below ``threshold``
-    (linear interpolation between shells); the Nyquist period if it never does."""
+    """Half-period resolution (m), ``1 / (2 f)`` at the first frequency where the FSC falls below
+    ``threshold`` (linear interpolation between shells); the last shell's if it never does (the
+    grid, not the data, then limits the resolution)."""
     below = np.nonzero(fsc < threshold)[0]
     below = below[below > 0]
     if not below.size:
-        return float(1 / freq[-1])
+        return float(1 / (2 * freq[-1]))
     k = int(below[0])
     f0, f1, c0, c1 = freq[k - 1], freq[k], fsc[k - 1], fsc[k]
     fcut = f0 + (c0 - threshold) / (c0 - c1) * (f1 - f0) if c0 != c1 else f1
-    return float(1 / fcut)
+    return float(1 / (2 * fcut))
+
+
+def soft_mask(mask: np.ndarray, sigma_voxels: float = 1.5) -> np.ndarray:
+    """A binary mask smoothed by a Gaussian (float32): no hard edge for an FSC to correlate."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(mask.astype(np.float32), sigma_voxels)
 
 
 def split_counts(frames: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

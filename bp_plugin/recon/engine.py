@@ -91,19 +91,29 @@ class Reconstructor:
         """Scale the probe so the model's total intensity matches the data's (valid, measured pixels)."""
         xp = self.backend.xp
         model = data = 0.0
-        for j in range(self.layout.n_positions):
-            if not self.measured[:, j].any():
-                continue
-            w = self._weights(j)
-            big_psi = self.fft.forward(self.probe3d(j) * self._obj[self.layout.view(j)])
-            model += float(xp.sum(w * xp.abs(big_psi[self.planes]) ** 2))
-            data += float(xp.sum(w * self.amp[j] ** 2))
+        for j in np.nonzero(self.measured.any(0))[0]:
+            _, bm, _, a, w = self._model([j], (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
+            model += float(xp.sum(w * xp.abs(bm) ** 2))
+            data += float(xp.sum(w * a ** 2))
         if model > 0 and data > 0:
             self.probe2d *= np.float32(np.sqrt(data / model))
 
-    def _weights(self, j: int):
+    def _weights(self, js):
+        """``w`` of the measured planes: ``(n_a, N1, N2)`` for one position, ``(B, n_a, N1, N2)`` for several."""
         xp = self.backend.xp
-        return self.mask[None] * xp.asarray(self.measured[:, j].astype(np.float32))[:, None, None]
+        m = xp.asarray(self.measured[:, js].T.astype(np.float32))
+        return self.mask * m[..., None, None]
+
+    def _model(self, js, psi):
+        """Forward model of positions ``js`` (1D) for exit waves ``psi`` ``(B, N3, N1, N2)``.
+
+        Returns ``(Psi, Psi on the measured planes, sqrt(h), measured amplitudes, w)``.
+        """
+        xp = self.backend.xp
+        big = self.fft.forward(psi)
+        bm = big[:, self.planes]                                  # (B, n_a, N1, N2)
+        sqrt_h = xp.sqrt(xp.maximum(xp.abs(bm) ** 2 + self.background, 1e-12))
+        return big, bm, sqrt_h, self.amp[js], self._weights(js)
 
     def probe3d(self, j: int):
         """The probe of position ``j`` on its box, sub-voxel shift included, complex64 ``(N3, N1, N2)``."""
@@ -120,13 +130,7 @@ class Reconstructor:
         xp = self.backend.xp
         single = np.ndim(js) == 0
         js = np.atleast_1d(js)
-        psi = psi[None] if single else psi
-        big = self.fft.forward(psi)
-        bm = big[:, self.planes]                                  # (B, n_a, N1, N2) measured planes
-        h = xp.abs(bm) ** 2 + self.background
-        sqrt_h = xp.sqrt(xp.maximum(h, 1e-12))
-        a = self.amp[js]
-        w = self.mask * xp.asarray(self.measured[:, js].T.astype(np.float32))[:, :, None, None]
+        big, bm, sqrt_h, a, w = self._model(js, psi[None] if single else psi)
         cost = float(xp.sum(w * (a - sqrt_h) ** 2))
         norm = float(xp.sum(w * a * a))
         dbig = xp.zeros_like(big)

@@ -90,12 +90,6 @@ class ScanLayout:
         return (r3[:, None, None, None] * e[2] + r1[None, :, None, None] * e[0]
                 + r2[None, None, :, None] * e[1])
 
-    def plane_weights(self) -> np.ndarray:
-        """``(N3,)`` float32: 1 on measured planes, 0 on virtual (up-sampled) planes."""
-        w = np.zeros(self.box_shape[0], np.float32)
-        w[self.planes] = 1
-        return w
-
     def describe(self) -> str:
         n3, n1, n2 = self.object_shape
         return (f"object grid {n3} x {n1} x {n2} voxels ({', '.join(f'{v * 1e9:.1f}' for v in self.voxel_m)} nm), "

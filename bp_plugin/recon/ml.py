@@ -21,9 +21,8 @@ def _cost(rec, rho) -> float:
     xp = rec.backend.xp
     total = 0.0
     for j in np.nonzero(rec.measured.any(0))[0]:
-        big = rec.fft.forward(rec.probe3d(j) * rho[rec.layout.view(j)])
-        h = xp.abs(big[rec.planes]) ** 2 + rec.background
-        total += float(xp.sum(rec._weights(j) * (rec.amp[j] - xp.sqrt(xp.maximum(h, 1e-12))) ** 2))
+        _, _, sqrt_h, a, w = rec._model([j], (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
+        total += float(xp.sum(w * (a - sqrt_h) ** 2))
     return total + _penalty(rec, rho)
 
 

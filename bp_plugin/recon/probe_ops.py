@@ -81,11 +81,6 @@ class ProbeOperator:
         n2 = p3.shape[-1]
         return self._project @ p3.reshape(-1, n2)
 
-    def coverage(self):
-        """``(np1,)`` bool: p1 samples that some voxel of the box maps to."""
-        return np.asarray(self._project.getnnz(axis=1) > 0) if self.backend.device == "cpu" else \
-            self.backend.asnumpy(self._project.getnnz(axis=1) > 0)
-
     # --- constraints and shifts ------------------------------------------------------------
     def na_constraint(self, p2):
         """Zero the section's 2D spectrum outside ``na_factor`` x the numerical-aperture rectangle."""

@@ -84,6 +84,7 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     illum = backend.asnumpy(rec.illumination())
     obj, probe = backend.asnumpy(rec.object), backend.asnumpy(rec.probe2d)
     metrics = {"iterations": rec.iteration, "seconds": seconds, "device": backend.device,
+               "layout": rec.layout.describe(),
                "final_error": rec.history[-1]["error"] if rec.history else float("nan")}
     if "density" in ds.ground_truth:
         at = ds.ground_truth_attrs
