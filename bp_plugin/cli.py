@@ -63,6 +63,8 @@ def format_geometry(geo: ExperimentGeometry) -> str:
         ("max rocking step, Eq. 12", f"{s['rocking_step_max_deg']:.5f} deg for W = {um(geo.beam_width_m)}"
          f"  (up-sampling needed: x{s['upsampling_needed']})"),
         ("intersection length L", um(s["intersection_length_m"])),
+        ("exit wave along r1, W + 2cT", f"{um(s['exit_wave_extent_r1_m'])} (window {um(s['window_m'][0])}: "
+         + ("fits)" if s["pixel_sampling_ok"] else "TOO WIDE: frames alias; use smaller pixels or a longer distance)")),
         ("focus FWHM (V, H)", ", ".join(nm(v) for v in s["focus_fwhm_m"])),
         ("depth of focus (V, H)", ", ".join(f"{v * 1e3:.2f} mm" for v in s["depth_of_focus_m"])),
         ("footprint (x, y)", ", ".join(nm(v) for v in s["footprint_m"])),

@@ -93,6 +93,16 @@ def intersection_length_m(theta_b: float, thickness_m: float, beam_width_m: floa
     return thickness_m / math.sin(theta_b) + beam_width_m / math.tan(theta_b)
 
 
+def exit_wave_extent_r1_m(theta_b: float, thickness_m: float, beam_width_m: float) -> float:
+    """Extent (m) along r1 of the exit wave of a beam of width W (along p1) through a foil of
+    thickness T: ``W + 2 cos(tB) T`` (from ``r1 = p1 - 2 cos(tB) z`` in the scattering plane).
+
+    The detector samples the far field every ``dq1``, so the exit wave must fit in the window
+    ``lambda D / p`` along r1, or the frames alias (the pixel sampling condition).
+    """
+    return beam_width_m + 2 * math.cos(theta_b) * thickness_m
+
+
 def depth_of_focus_m(wavelength: float, na: float) -> float:
     """Depth of focus ``lambda / (2 NA^2)`` in metres."""
     return wavelength / (2.0 * na * na)
@@ -294,6 +304,11 @@ class ExperimentGeometry:
         return intersection_length_m(self.theta_bragg_rad, self.thickness_m, self.beam_width_m)
 
     @property
+    def exit_wave_extent_r1_m(self) -> float:
+        """``W + 2 cos(tB) T`` (m): must not exceed the r1 window ``N1 dr1 = lambda D / p``."""
+        return exit_wave_extent_r1_m(self.theta_bragg_rad, self.thickness_m, self.beam_width_m)
+
+    @property
     def focus_fwhm_m(self) -> tuple[float, float]:
         """Intensity FWHM of the focus ``(along p1 / vertical, along p2 / horizontal)`` (m)."""
         return tuple(focus_fwhm_m(self.wavelength_m, na) for na in self.numerical_aperture)
@@ -337,6 +352,8 @@ class ExperimentGeometry:
             "rocking_step_max_deg": self.rocking_step_max_deg,
             "upsampling_needed": self.upsampling_needed(),
             "intersection_length_m": self.intersection_length_m,
+            "exit_wave_extent_r1_m": self.exit_wave_extent_r1_m,
+            "pixel_sampling_ok": self.exit_wave_extent_r1_m <= self.window_m[0],
             "focus_fwhm_m": list(self.focus_fwhm_m),
             "depth_of_focus_m": list(self.depth_of_focus_m),
             "footprint_m": list(self.footprint_m),

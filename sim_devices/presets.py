@@ -118,14 +118,16 @@ def _tiny() -> Preset:
 
 def _small() -> Preset:
     na = (3.7e-4, 1.9e-4)
+    # the beam (1.1 um with its tails) plus 2 cos(tB) T must fit the detector's window
+    # lambda D / p = 1.97 um along r1, or the frames alias: here 1.1 + 0.43 = 1.53 um
     geo = ExperimentGeometry(pixel_size_m=110e-6, crop=(64, 64), rocking_step_deg=0.015, n_angles=16, upsampling=3,
                              raster_step_m=(80e-9, 80e-9), raster_shape=(8, 8), thickness_m=0.3e-6,
-                             beam_width_m=1.6e-6, numerical_aperture=na)
+                             beam_width_m=1.1e-6, numerical_aperture=na)
     return Preset(
         name="small", description="8 x 8 positions, 16 angles, 64 x 64 pixels (2x2-binned Maxipix): a minute",
         geometry=geo,
-        probe=ProbeModel(numerical_aperture=na, coma_rad=(0.6, 0.4), extent_m=(1.6e-6, 1.6e-6),
-                         taper_m=(0.3e-6, 0.3e-6)),
+        probe=ProbeModel(numerical_aperture=na, coma_rad=(0.6, 0.4), extent_m=(1.1e-6, 1.1e-6),
+                         taper_m=(0.25e-6, 0.25e-6)),
         detector=DetectorModel(peak_rate_cps=2e5, count_time_s=0.2, background_cps=0.5, gap_rows=(45, 46),
                                gap_cols=(20,), n_hot=2, n_dead=3),
         gt_voxel_m=10e-9, gt_margin_m=0.4e-6,

@@ -109,3 +109,20 @@ def test_cli_geometry_json_gives_the_paper_numbers():
     assert out["rocking_step_max_deg"] == pytest.approx(0.00494, rel=0.01)
     human = subprocess.run(cmd[:-1], check=True, capture_output=True, text=True).stdout
     assert "Bragg angle" in human and "43.8" in human
+
+
+def test_exit_wave_extent_along_r1_and_the_pixel_sampling_condition():
+    tb, t, w = PAPER.theta_bragg_rad, 0.5e-6, 1.7e-6
+    # brute force: the r1 extent of the intersection of the beam band and the foil band
+    e = g.recon_basis(tb)
+    p1, z = g.probe_basis(tb)[0], np.array([0.0, 0.0, 1.0])
+    corners = []
+    for a in (-1, 1):
+        for b in (-1, 1):
+            # solve p1 . r = a W/2, z . r = b T/2 in the scattering plane (r = r1 e1 + r3 e3)
+            m = np.array([[p1 @ e[0], p1 @ e[2]], [z @ e[0], z @ e[2]]])
+            corners.append(np.linalg.solve(m, [a * w / 2, b * t / 2])[0])
+    assert np.ptp(corners) == pytest.approx(g.exit_wave_extent_r1_m(tb, t, w), rel=1e-9)
+    assert PAPER.summary()["pixel_sampling_ok"]
+    binned = ExperimentGeometry(pixel_size_m=440e-6, beam_width_m=1.7e-6)   # window 0.49 um
+    assert not binned.summary()["pixel_sampling_ok"]
