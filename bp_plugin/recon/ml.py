@@ -28,7 +28,7 @@ def _cost(rec, rho) -> float:
 
 def _penalty(rec, rho) -> float:
     xp = rec.backend.xp
-    return float(xp.sum(rec._ml_mu * (1 - rec.support) * xp.abs(rho) ** 2))
+    return float(xp.sum(rec._ml_mu_out * xp.abs(rho) ** 2))
 
 
 def _cost_grad(rec, rho):
@@ -42,7 +42,7 @@ def _cost_grad(rec, rho):
         d, cj, _ = rec._fourier(j, probe * rho[v], False)
         total += cj
         grad[v] -= xp.conj(probe) * d
-    grad += rec._ml_mu * (1 - rec.support) * rho
+    grad += rec._ml_mu_out * rho
     return total, total + _penalty(rec, rho), grad
 
 
@@ -56,9 +56,10 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
     active = np.nonzero(rec.measured.any(0))[0]
     norm = sum(float(xp.sum(rec._weights(j) * rec.amp[j] ** 2)) for j in active)
     illum = rec.illumination()
-    rec._ml_mu = xp.zeros(rec._obj.shape, np.float32)
+    mu_sum = xp.zeros(rec._obj.shape, np.float32)
     for j in active:
-        rec._ml_mu[rec.layout.view(j)] += rec.config.mu * float(xp.abs(rec.probe3d(j)).max() ** 2)
+        mu_sum[rec.layout.view(j)] += rec.config.mu * float(xp.abs(rec.probe3d(j)).max() ** 2)
+    rec._ml_mu_out = mu_sum * (~rec.support).astype(np.float32)   # sum of mu_j, outside the support
     precond = 1.0 / (illum + 1e-3 * illum.max())
     rho = rec._obj
     g_prev = s = pg_prev = None
