@@ -175,6 +175,7 @@ def test_resume_repeats_an_uninterrupted_run(tiny_scan):
 
 def test_cli_reconstruct_writes_result_metrics_and_figures(tiny_scan, tmp_path):
     _, path = tiny_scan
+    tmp_path = tmp_path / "new" / "folder"                   # created by the command
     out = tmp_path / "result.h5"
     opts = ReconstructOptions(iterations=10, ml_iterations=2, progress=False)
     m = reconstruct_file(path, out, opts)

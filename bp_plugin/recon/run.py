@@ -60,6 +60,7 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
 
     opts = opts or ReconstructOptions()
     out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)   # before hours of work, not after
     ds = read_dataset(scan_path, allow_partial=True)
     if opts.resume and not out_path.exists():
         raise FileNotFoundError(f"--resume: no result file {out_path} to continue from")
