@@ -25,7 +25,6 @@ from bp_plugin.dataset import read_dataset
 from bp_plugin.geometry import window_w_m
 from bp_plugin.recon.config import ReconConfig
 from bp_plugin.recon.engine import Reconstructor
-from bp_plugin.recon.probe_ops import na_focus
 from bp_plugin.recon.results import evaluate
 from sim_devices.experiment import simulate_to_file
 from sim_devices.presets import get_preset

@@ -26,7 +26,7 @@ Conventions (used everywhere in the project, checked by ``tests/test_geometry.py
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 

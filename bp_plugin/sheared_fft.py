@@ -39,9 +39,14 @@ def fft_order_indices(n: int) -> np.ndarray:
     return np.rint(np.fft.fftfreq(n) * n).astype(np.int64)
 
 
-def modulation(n: int) -> np.ndarray:
-    """``g(m) = exp(2 pi i (n // 2) m / n)`` for ``m = 0 .. n - 1``, complex128 (+-1 for even n)."""
-    return np.exp(2j * np.pi * (n // 2) * np.arange(n) / n)
+def modulation(n: int, length: int | None = None) -> np.ndarray:
+    """``g(m) = exp(2 pi i (n // 2) m / n)`` for ``m = 0 .. length - 1`` (default ``n``), complex128.
+
+    ``n`` is the box size along the axis; a longer ``length`` extends ``g`` over an object grid,
+    on which a box starting at ``b`` sees ``g(b + m) = g(b) g(m)``: its own modulation up to a
+    constant phase. +-1 for even ``n``.
+    """
+    return np.exp(2j * np.pi * (n // 2) * np.arange(n if length is None else length) / n)
 
 
 def centred_indices(n: int) -> np.ndarray:
@@ -94,7 +99,7 @@ class ShearedFFT:
     def forward(self, psi):
         """Real space -> detector space: ``Psi = F[psi]``; shape ``(..., N3, N1, N2)`` complex."""
         self._check(psi)
-        fft, kw, xp = self.backend.fft, self.backend.fft_kwargs(), self.backend.xp
+        fft, kw = self.backend.fft, self.backend.fft_kwargs()
         if self.centred:
             psi = fft.ifftshift(psi, axes=(-3, -2, -1))
         a = fft.fft(psi, axis=-3, norm="ortho", **kw)

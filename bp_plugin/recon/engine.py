@@ -65,9 +65,8 @@ class Reconstructor:
         # the "modulated" layout: no shifts on the hot path; the object is stored times the
         # modulation g of the box (see bp_plugin.sheared_fft), which a box sees up to a constant
         self.fft = ShearedFFT.from_geometry(geometry, self.backend, layout="modulated")
-        g = [np.exp(2j * np.pi * (nb // 2) * np.arange(no) / nb).astype(np.complex64)
-             for nb, no in zip(self.layout.box_shape, self.layout.object_shape)]
-        self._mod = xp.asarray(np.einsum("i,j,k->ijk", *g))
+        g = [modulation(nb, no) for nb, no in zip(self.layout.box_shape, self.layout.object_shape)]
+        self._mod = xp.asarray(np.einsum("i,j,k->ijk", *g).astype(np.complex64))
         self.amp = xp.asarray(np.sqrt(frames.astype(np.float32)).transpose(1, 0, 2, 3).copy())  # (n_p, n_a, N1, N2)
         self.mask = xp.asarray(np.asarray(mask, bool).astype(np.float32))
         self.measured = np.ones((n_a, n_p), bool) if measured is None else np.asarray(measured, bool).copy()
