@@ -84,16 +84,21 @@ def cmd_geometry(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_simulate(a: argparse.Namespace) -> int:
+def _simulate(out, preset: str, seed: int, *, device: str = "auto", progress: bool = True,
+              max_positions: int | None = None, overwrite: bool = False) -> None:
     from sim_devices.experiment import simulate_to_file
 
     t0 = time.perf_counter()
-    info = simulate_to_file(a.out, preset=a.preset, seed=a.seed, device=a.device,
-                            progress=not a.no_progress, max_positions=a.max_positions,
-                            overwrite=a.overwrite)
+    info = simulate_to_file(out, preset=preset, seed=seed, device=device, progress=progress,
+                            max_positions=max_positions, overwrite=overwrite)
     dt = time.perf_counter() - t0
-    print(f"wrote {a.out}: {info['n_frames']} frames of {info['frame_shape'][0]} x {info['frame_shape'][1]} "
+    print(f"wrote {out}: {info['n_frames']} frames of {info['frame_shape'][0]} x {info['frame_shape'][1]} "
           f"in {dt:.1f} s ({info['n_frames'] / dt:.1f} frames/s, device {info['device']})")
+
+
+def cmd_simulate(a: argparse.Namespace) -> int:
+    _simulate(a.out, a.preset, a.seed, device=a.device, progress=not a.no_progress,
+              max_positions=a.max_positions, overwrite=a.overwrite)
     return 0
 
 
@@ -108,18 +113,24 @@ def cmd_show(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reconstruct(a: argparse.Namespace) -> int:
-    from .recon.run import ReconstructOptions, reconstruct_file
+def _reconstruct(scan, out, opts) -> None:
+    from .recon.run import reconstruct_file
 
-    opts = ReconstructOptions(iterations=a.iterations, ml_iterations=a.ml_iterations, upsampling=a.upsampling,
-                              fixed_probe=a.fixed_probe, mode=a.mode, device=a.device, resume=a.resume,
-                              progress=not a.no_progress, figures=not a.no_figures, seed=a.seed)
-    m = reconstruct_file(a.scan, a.out, opts)
-    print(f"wrote {a.out}: {m['iterations']} iterations in {m['seconds']:.1f} s on {m['device']}, "
+    m = reconstruct_file(scan, out, opts)
+    print(f"wrote {out}: {m['iterations']} iterations in {m['seconds']:.1f} s on {m['device']}, "
           f"final error {m['final_error']:.4g}")
     keys = ("object_error", "probe_error", "strain_rms_error", "tilt_rms_error_rad", "field_of_view_fraction")
     if "object_error" in m:
         print("against ground truth: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys if k in m))
+
+
+def cmd_reconstruct(a: argparse.Namespace) -> int:
+    from .recon.run import ReconstructOptions
+
+    _reconstruct(a.scan, a.out, ReconstructOptions(
+        iterations=a.iterations, ml_iterations=a.ml_iterations, upsampling=a.upsampling, fixed_probe=a.fixed_probe,
+        mode=a.mode, device=a.device, resume=a.resume, progress=not a.no_progress, figures=not a.no_figures,
+        seed=a.seed))
     return 0
 
 
@@ -130,24 +141,25 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     from sim_devices.presets import get_preset
 
+    from .dataset import read_dataset
+    from .figures import overview_figure
+    from .recon.run import ReconstructOptions
+
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     preset = get_preset(a.preset)
     print(f"== {preset.name}: {preset.description}\n{format_geometry(preset.geometry)}\n")
     scan = out / "scan.h5"
-    rc = cmd_simulate(argparse.Namespace(out=str(scan), preset=a.preset, seed=a.seed, device="auto",
-                                         no_progress=False, max_positions=None, overwrite=True))
-    if rc == 0:
-        rc = cmd_show(argparse.Namespace(scan=str(scan), out=str(out / "overview.png")))
-    if rc == 0 and a.iterations > 0:
+    _simulate(scan, a.preset, a.seed, overwrite=True)     # the demo's own output folder
+    overview_figure(read_dataset(scan), out / "overview.png")
+    print(f"wrote {out / 'overview.png'}")
+    if a.iterations > 0:
         print(f"\n== reconstruction ({a.iterations} joint + {a.ml_iterations} maximum-likelihood iterations)")
-        rc = cmd_reconstruct(argparse.Namespace(
-            scan=str(scan), out=str(out / "result.h5"), iterations=a.iterations, ml_iterations=a.ml_iterations,
-            upsampling=None, fixed_probe=False, mode="sequential", device="auto", resume=False, no_progress=False,
-            no_figures=False, seed=a.seed))
+        _reconstruct(scan, out / "result.h5",
+                     ReconstructOptions(iterations=a.iterations, ml_iterations=a.ml_iterations, seed=a.seed))
         print(f"figures: {out}/overview.png, {out}/result_maps.png, {out}/result_truth_maps.png, "
               f"{out}/result_probe.png; metrics: {out}/metrics.json")
-    return rc
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

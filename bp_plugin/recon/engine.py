@@ -90,12 +90,16 @@ class Reconstructor:
         """Scale the probe so the model's total intensity matches the data's (valid, measured pixels)."""
         xp = self.backend.xp
         model = data = 0.0
-        for j in np.nonzero(self.measured.any(0))[0]:
+        for j in self.active_positions():
             _, bm, _, a, w = self._model([j], (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
             model += float(xp.sum(w * xp.abs(bm) ** 2))
             data += float(xp.sum(w * a ** 2))
         if model > 0 and data > 0:
             self.probe2d *= np.float32(np.sqrt(data / model))
+
+    def active_positions(self) -> np.ndarray:
+        """Indices of the positions with at least one measured frame."""
+        return np.nonzero(self.measured.any(0))[0]
 
     def _weights(self, js):
         """``w`` of the measured planes: ``(n_a, N1, N2)`` for one position, ``(B, n_a, N1, N2)`` for several."""
@@ -164,13 +168,14 @@ class Reconstructor:
         """
         xp, c = self.backend.xp, self.config
         r2 = xp.abs(rho_v) ** 2
-        if c.probe_norm == "line":
+        line = c.probe_norm == "line"
+        if line:
             r2 = self.probe_op.project(r2.astype(np.complex64)).real
-            lam = (1 - c.alpha) * r2 + c.alpha * r2.max()
-            inc = self.probe_op.project(xp.conj(rho_v) * d) / xp.maximum(lam, 1e-20)
+        lam = xp.maximum((1 - c.alpha) * r2 + c.alpha * r2.max(), 1e-20)
+        if line:
+            inc = self.probe_op.project(xp.conj(rho_v) * d) / lam
         else:
-            lam = (1 - c.alpha) * r2 + c.alpha * r2.max()
-            inc = self.probe_op.project(xp.conj(rho_v) * d / xp.maximum(lam, 1e-20))
+            inc = self.probe_op.project(xp.conj(rho_v) * d / lam)
         s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
         return self.probe_op.shift(inc, -s1, -s2)
 
@@ -186,8 +191,7 @@ class Reconstructor:
 
     def _positions(self) -> np.ndarray:
         # the order depends only on (seed, iteration), so a resumed run repeats an uninterrupted one
-        active = np.nonzero(self.measured.any(0))[0]
-        return np.random.default_rng((self.config.seed, self.iteration)).permutation(active)
+        return np.random.default_rng((self.config.seed, self.iteration)).permutation(self.active_positions())
 
     def step(self) -> float:
         """One iteration (every measured position once); returns the normalised cost."""
@@ -291,7 +295,7 @@ class Reconstructor:
         """``sum_j |P_j|^2`` over the measured positions, on the object grid (float32, device array)."""
         xp = self.backend.xp
         out = xp.zeros(self._obj.shape, np.float32)
-        for j in np.nonzero(self.measured.any(0))[0]:
+        for j in self.active_positions():
             out[self.layout.view(j)] += xp.abs(self.probe3d(j)) ** 2
         return out
 

@@ -20,7 +20,7 @@ import numpy as np
 def _cost(rec, rho) -> float:
     xp = rec.backend.xp
     total = 0.0
-    for j in np.nonzero(rec.measured.any(0))[0]:
+    for j in rec.active_positions():
         _, _, sqrt_h, a, w = rec._model([j], (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
         total += float(xp.sum(w * (a - sqrt_h) ** 2))
     return total + _penalty(rec, rho)
@@ -36,7 +36,7 @@ def _cost_grad(rec, rho):
     xp = rec.backend.xp
     grad = xp.zeros_like(rho)
     total = 0.0
-    for j in np.nonzero(rec.measured.any(0))[0]:
+    for j in rec.active_positions():
         v = rec.layout.view(j)
         probe = rec.probe3d(j)
         d, cj, _ = rec._fourier(j, probe * rho[v], False)
@@ -53,7 +53,7 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
     data cost / data norm, as for the joint updates) and calls ``callback(rec)`` after each.
     """
     xp = rec.backend.xp
-    active = np.nonzero(rec.measured.any(0))[0]
+    active = rec.active_positions()
     norm = sum(float(xp.sum(rec._weights(j) * rec.amp[j] ** 2)) for j in active)
     illum = rec.illumination()
     mu_sum = xp.zeros(rec._obj.shape, np.float32)

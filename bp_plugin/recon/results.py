@@ -88,11 +88,14 @@ def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, lay
         out.update(probe_error=pq["probe_error"], probe_fwhm_m=pq["fwhm_m"], probe_fwhm_true_m=pq["fwhm_true_m"],
                    probe_fwhm_rel_error=pq["fwhm_rel_error"])
     out["arrays"] = {"rec": rec_maps, "ref": ref_maps, "core": core}
+    if "probe" in gt:
+        out["arrays"]["probe_truth"] = pq["truth"]
     return out
 
 
-def save_result(path, rec, maps: dict, lab_grid, *, metrics: dict | None = None, source: str = "") -> None:
-    """Write a :class:`Reconstructor`'s state and its lab maps to the result file ``path``."""
+def save_result(path, rec, maps: dict, lab_grid, illumination: np.ndarray, *, metrics: dict | None = None,
+                source: str = "") -> None:
+    """Write a :class:`Reconstructor`'s state, its illumination (host array) and its lab maps to ``path``."""
     st = rec.state()
     origin, voxel, _ = lab_grid
     with h5py.File(path, "w") as f:
@@ -104,7 +107,7 @@ def save_result(path, rec, maps: dict, lab_grid, *, metrics: dict | None = None,
             f.attrs["metrics_json"] = json.dumps(metrics)
         f["object"] = st["object"]
         f["support"] = st["support"].astype(np.uint8)
-        f["illumination"] = rec.backend.asnumpy(rec.illumination())
+        f["illumination"] = illumination
         f["probe2d"] = st["probe2d"]
         f["probe_p1_m"] = rec.probe_op.p1_m
         f["probe_r2_m"] = rec.probe_op.r2_m

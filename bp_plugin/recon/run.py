@@ -61,9 +61,9 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     opts = opts or ReconstructOptions()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)   # before hours of work, not after
-    ds = read_dataset(scan_path, allow_partial=True)
     if opts.resume and not out_path.exists():
         raise FileNotFoundError(f"--resume: no result file {out_path} to continue from")
+    ds = read_dataset(scan_path, allow_partial=True)
     state = load_state(out_path) if opts.resume else None
     cfg = make_config(opts, state["config"] if state else None)
     backend = get_backend(opts.device)
@@ -98,15 +98,15 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
         grid = default_lab_grid(rec.layout, illum)
         maps = lab_maps(obj, rec.layout, ds.geometry.q_bragg_inv_m, *grid)
         arrays = None
-    save_result(out_path, rec, maps, grid, metrics=metrics, source=str(scan_path))
+    save_result(out_path, rec, maps, grid, illum, metrics=metrics, source=str(scan_path))
     folder = out_path.parent
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if opts.figures:
-        _figures(rec, maps, grid, arrays, ds, folder, out_path.stem, illum)
+        _figures(rec, maps, grid, arrays, folder, out_path.stem, illum)
     return metrics
 
 
-def _figures(rec, maps, grid, arrays, ds, folder: Path, stem: str, illum) -> None:
+def _figures(rec, maps, grid, arrays, folder: Path, stem: str, illum) -> None:
     from ..recon_figures import default_slices, maps_figure, probe_and_convergence_figure
     from ..strain import object_to_lab
 
@@ -127,11 +127,8 @@ def _figures(rec, maps, grid, arrays, ds, folder: Path, stem: str, illum) -> Non
     if arrays is not None:
         maps_figure(arrays["ref"], origin, voxel, folder / f"{stem}_truth_maps.png", mask=ref_mask, slices=slices,
                     title="ground truth at the reconstruction's resolution (scanned field of view)")
-        from ..quality import probe_quality
-
-        gt = ds.ground_truth
-        truth = probe_quality(a(rec.probe2d), rec.probe_op.p1_m, rec.probe_op.r2_m, gt["probe"], gt["probe_p1_m"],
-                              gt["probe_p2_m"])["truth"]
+        truth = arrays.get("probe_truth")
+    if truth is not None:
         scale = np.vdot(truth, a(rec.probe2d))
         truth = truth * (scale / abs(scale)) if abs(scale) > 0 else truth
     probe_and_convergence_figure(a(rec.probe2d), rec.probe_op.p1_m, rec.probe_op.r2_m, rec.history,
