@@ -1,4 +1,4 @@
-"""Command line: ``bp-plugin geometry | simulate | show`` (more commands join as issues land)."""
+"""Command line: ``bp-plugin geometry | simulate | show | reconstruct | demo | serve | acquire | export | replay``."""
 from __future__ import annotations
 
 import argparse
@@ -162,6 +162,83 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .tiled_server import start_tiled_server
+
+    server = start_tiled_server(a.dir, readable=a.read, port=a.port, api_key=a.api_key)
+    print(f"Tiled server at {server.url} (API key {server.api_key}), catalog in {server.directory}; Ctrl-C stops it",
+          flush=True)
+    try:
+        while server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_acquire(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from plans.acquire import AcquireOptions, acquire
+
+    opts = AcquireOptions(preset=a.preset, out=Path(a.out), tiled_url=a.tiled_url, api_key=a.api_key, seed=a.seed,
+                          order=a.order, snake=a.snake, realtime=a.realtime, progress=not a.no_progress)
+    r = acquire(opts)
+    print(f"run {r['uid']} ({r['exit_status']}): {r['n_events']} frames in {r['seconds']:.1f} s "
+          f"({r['frames_per_s']:.1f} frames/s)")
+    print(f"  Tiled: {r['tiled_url']}/api/v1/metadata/{r['uid']}  (API key {r['api_key']})")
+    if r["server_dir"]:
+        print(f"  the embedded server has stopped; browse the run again with: bp-plugin serve --dir {r['server_dir']} "
+              f"--read {Path(a.out) / 'detector'}")
+    print(f"  detector files: {', '.join(r['detector_files'])}")
+    print(f"  live monitor figure: {r['monitor_png']}")
+    return 0 if r["exit_status"] == "success" else 1
+
+
+def _open_run(a):
+    from .tiled_server import connect
+
+    client = connect(a.tiled_url, a.api_key)
+    if a.run not in client:
+        raise ValueError(f"no run {a.run!r} in the Tiled server at {a.tiled_url}; list the runs with a Tiled client")
+    return client[a.run]
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .run_export import run_to_dataset
+
+    r = run_to_dataset(_open_run(a), a.out, overwrite=a.overwrite, progress=not a.no_progress)
+    state = "complete" if r["complete"] else f"partial: {r['n_frames']} of {r['n_points']} frames"
+    print(f"run {r['uid'][:8]} -> {r['path']} ({state}); reconstruct with: bp-plugin reconstruct {r['path']} --out ...")
+    return 0
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from plans.monitor import LiveScanMonitor
+    from plans.replay import dataset_documents, replay, tiled_documents
+
+    if Path(a.run).suffix in (".h5", ".hdf5", ".cxi") and Path(a.run).exists():
+        docs = dataset_documents(a.run, rate=a.rate)
+    else:
+        docs = tiled_documents(_open_run(a), rate=a.rate, original=a.original_rate)
+    monitor = LiveScanMonitor(a.png_dir, progress=not a.no_progress)
+    n = replay(docs, [monitor])
+    print(f"replayed {n} frames; monitor figure: {monitor.last_png}")
+    return 0
+
+
+def _add_tiled_args(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument("--tiled-url", default=os.environ.get("BP_TILED_URL", "http://127.0.0.1:8000"),
+                   help="Tiled server (default $BP_TILED_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", default=os.environ.get("BP_TILED_API_KEY"), help="API key (default $BP_TILED_API_KEY)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bp-plugin", description="3D Bragg ptychography beamline plugin")
     sub = p.add_subparsers(dest="command", required=True)
@@ -209,6 +286,42 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--iterations", type=int, default=40, help="joint updates of the reconstruction (0: none)")
     pd.add_argument("--ml-iterations", type=int, default=10)
     pd.set_defaults(func=cmd_demo)
+
+    pv = sub.add_parser("serve", help="run the Tiled server (catalog of runs and results) on 127.0.0.1")
+    pv.add_argument("--dir", default="out/tiled", help="server home (catalog, data, log)")
+    pv.add_argument("--read", action="append", default=[], help="extra readable folder (detector files); repeatable")
+    pv.add_argument("--port", type=int, default=8000)
+    pv.add_argument("--api-key", default=None, help="key clients must give (default $BP_TILED_API_KEY or random)")
+    pv.set_defaults(func=cmd_serve)
+
+    pa = sub.add_parser("acquire", help="run a Bragg ptychography scan on the simulated beamline, recorded in Tiled")
+    pa.add_argument("--preset", default="small", help="tiny | small | paper")
+    pa.add_argument("--out", default="out/acquire", help="folder for detector files, the Tiled catalog and PNGs")
+    pa.add_argument("--tiled-url", default=None, help="use this Tiled server instead of starting the embedded one")
+    pa.add_argument("--api-key", default=None)
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--order", default="angle-outer", choices=["angle-outer", "position-outer"])
+    pa.add_argument("--snake", action="store_true")
+    pa.add_argument("--realtime", action="store_true", help="real exposure times and motor speeds")
+    pa.add_argument("--no-progress", action="store_true")
+    pa.set_defaults(func=cmd_acquire)
+
+    pe = sub.add_parser("export", help="write a recorded run (Tiled) as a dataset file for `reconstruct`")
+    pe.add_argument("run", help="run uid")
+    pe.add_argument("--out", required=True, help="output dataset (HDF5)")
+    pe.add_argument("--overwrite", action="store_true")
+    pe.add_argument("--no-progress", action="store_true")
+    _add_tiled_args(pe)
+    pe.set_defaults(func=cmd_export)
+
+    pp = sub.add_parser("replay", help="re-emit a recorded run (Tiled uid or dataset file) as documents and frames")
+    pp.add_argument("run", help="run uid in Tiled, or a dataset file (.h5)")
+    pp.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as possible)")
+    pp.add_argument("--original-rate", action="store_true", help="keep the recorded time between frames")
+    pp.add_argument("--png-dir", default="out/replay", help="where the live monitor writes its figure")
+    pp.add_argument("--no-progress", action="store_true")
+    _add_tiled_args(pp)
+    pp.set_defaults(func=cmd_replay)
     return p
 
 

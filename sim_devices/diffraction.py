@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,6 +154,10 @@ class BraggSimulator:
         self._axes = [np.arange(a, b) * s for (a, b), s in zip(self.box, self.step)]  # r3, r1, r2 (m)
         self._probe_box = self._probe_on_box()
         self._scale = None
+        #: budget (bytes) for whole exit waves cached per translation (0: none). A detector that
+        #: computes one rocking angle per frame reuses them: the exit wave, not the sum, dominates.
+        self.cache_bytes = 0
+        self._cache: OrderedDict = OrderedDict()
 
     # --- the box -----------------------------------------------------------------------------
     def _bounding_box(self, trange):
@@ -221,6 +226,19 @@ class BraggSimulator:
             out[i3[:, None], i1[:, None], cols[None, :]] = psi
         return out
 
+    def _cached_exit_wave(self, translation_m):
+        """The whole box's exit wave for a translation, from the LRU cache when it fits the budget."""
+        key = tuple(np.round(np.asarray(translation_m, float) * 1e12).astype(np.int64))  # picometres
+        psi = self._cache.get(key)
+        if psi is None:
+            psi = self.exit_wave_chunk(translation_m, 0, len(self._axes[0]))
+            self._cache[key] = psi
+            while self._cache and sum(v.nbytes for v in self._cache.values()) > self.cache_bytes:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return psi
+
     def amplitudes(self, translation_m, deltas_rad) -> np.ndarray:
         """Far-field amplitude ``Psi`` at rocking offsets ``deltas_rad`` (rad from theta_B).
 
@@ -237,9 +255,12 @@ class BraggSimulator:
         c, s = math.cos(self.theta_b), math.sin(self.theta_b)
         acc = np.zeros((len(deltas), len(r1) * len(r2)), np.complex64)
         planes = max(1, self.chunk_voxels // (len(r1) * len(r2)))
+        whole = None
+        if self.cache_bytes and 8 * len(r3) * len(r1) * len(r2) <= self.cache_bytes:
+            whole, planes = self._cached_exit_wave(translation_m), len(r3)
         for i3a in range(0, len(r3), planes):
             i3b = min(len(r3), i3a + planes)
-            psi = self.exit_wave_chunk(translation_m, i3a, i3b)
+            psi = whole if whole is not None else self.exit_wave_chunk(translation_m, i3a, i3b)
             phase3 = np.exp(-1j * self.q * c * np.multiply.outer(deltas, r3[i3a:i3b])).astype(np.complex64)
             acc += phase3 @ psi.reshape(i3b - i3a, -1)
         acc = acc.reshape(len(deltas), len(r1), len(r2))

@@ -1,0 +1,175 @@
+"""The embedded Tiled server: the default store of runs and results, started by our own code.
+
+``start_tiled_server(directory)`` runs ``tiled serve catalog`` in a child process on 127.0.0.1 with
+an API key (required for reading and writing), a persistent SQLite catalog in ``directory``, a
+writable data folder, and read access to the folders that hold detector files (so Tiled serves
+frames from the detectors' HDF5 files as external data; raw frames never travel through Tiled's HTTP
+write path, which tops out at about 20 frames/s here).
+
+Why a child process and not a thread of the caller: the detector writes HDF5 in SWMR mode in the
+acquiring process while the server reads the same files; two HDF5 handles on one file in one
+process do not mix SWMR-write and read modes, and the server would compete with the RunEngine and
+the reconstruction for the GIL. The child gets ``TILED_HDF5_SWMR_DEFAULT=1`` (read files being
+written) and ``HDF5_PLUGIN_PATH`` (the bitshuffle-LZ4 filter of our detector files).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TiledServerError(RuntimeError):
+    """The Tiled server could not be started or reached; the message says why and what to do."""
+
+
+@dataclass
+class TiledServer:
+    """A running server: its URL, API key, directory and child process (None if not ours)."""
+
+    url: str
+    api_key: str
+    directory: Path | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    log_path: Path | None = None
+
+    def client(self):
+        """A Tiled client authenticated with the API key."""
+        return connect(self.url, self.api_key)
+
+    def stop(self, timeout: float = 10.0):
+        """Stop the child process (no-op for a server we did not start)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the server gets SIGTERM when the process that started it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _tiled_command() -> list[str]:
+    exe = shutil.which("tiled", path=os.path.dirname(sys.executable)) or shutil.which("tiled")
+    return [exe] if exe else [sys.executable, "-m", "tiled"]
+
+
+def start_tiled_server(directory, *, readable=(), port: int | None = None, api_key: str | None = None,
+                       timeout: float = 90.0) -> TiledServer:
+    """Start ``tiled serve catalog`` on 127.0.0.1 and wait until it answers.
+
+    Args:
+        directory: server home: ``catalog.db`` (created on first use, kept across restarts),
+            ``data/`` (arrays written through Tiled), ``tables.duckdb`` (event tables) and ``server.log``.
+        readable: extra directories the server may read (detector files); ``directory`` is always
+            readable.
+        port: TCP port (default: a free one).
+        api_key: the key clients must present (default: a new random key, or ``$BP_TILED_API_KEY``).
+        timeout: seconds to wait for the server to answer.
+
+    Returns:
+        :class:`TiledServer` (use it as a context manager, or call ``stop()``).
+    """
+    import hdf5plugin
+
+    directory = Path(directory).resolve()
+    (directory / "data").mkdir(parents=True, exist_ok=True)
+    api_key = api_key or os.environ.get("BP_TILED_API_KEY") or secrets.token_hex(16)
+    port = port or free_port()
+    catalog = directory / "catalog.db"
+    # arrays go to files under data/, tables (the runs' event streams) to an embedded DuckDB
+    cmd = [*_tiled_command(), "serve", "catalog", str(catalog), "--write", str(directory / "data"),
+           "--write", f"duckdb:///{directory / 'tables.duckdb'}",
+           "--read", str(directory), "--api-key", api_key, "--host", "127.0.0.1", "--port", str(port)]
+    for r in readable:
+        Path(r).mkdir(parents=True, exist_ok=True)
+        cmd += ["--read", str(Path(r).resolve())]
+    if not catalog.exists():
+        cmd.append("--init")
+    env = dict(os.environ, TILED_HDF5_SWMR_DEFAULT="1", HDF5_PLUGIN_PATH=hdf5plugin.PLUGIN_PATH,
+               HDF5_USE_FILE_LOCKING="FALSE")
+    log_path = directory / "server.log"
+    log = open(log_path, "ab")
+    # own session: a Ctrl-C at the terminal reaches us first, so we can drain writers before stopping it
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    log.close()
+    url = f"http://127.0.0.1:{port}"
+    server = TiledServer(url=url, api_key=api_key, directory=directory, process=proc, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise TiledServerError(f"the Tiled server exited with code {proc.returncode} while starting "
+                                   f"(command: {' '.join(cmd[:4])} ...). Its log ({log_path}) ends with:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.25)
+    server.stop()
+    raise TiledServerError(f"the Tiled server did not answer at {url} within {timeout:.0f} s; see {log_path}")
+
+
+def connect(url: str, api_key: str | None):
+    """A Tiled client, with clear errors for an unreachable server or a rejected key."""
+    import httpx
+    from tiled.client import from_uri
+
+    try:   # fail fast: the client itself retries an unreachable server for about 25 s
+        urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/", timeout=5).close()
+    except urllib.error.HTTPError:
+        pass   # it answers; the client reports what is wrong
+    except (urllib.error.URLError, OSError) as exc:
+        raise TiledServerError(f"cannot reach the Tiled server at {url} ({exc}); check the URL, or start one "
+                               "with `bp-plugin serve`") from None
+    try:
+        return from_uri(url, api_key=api_key)
+    except httpx.ConnectError as exc:
+        raise TiledServerError(f"cannot reach the Tiled server at {url} ({exc}); check the URL, or start one "
+                               "with `bp-plugin serve`") from None
+    except RuntimeError as exc:
+        if "API key" in str(exc):   # tiled's own message when the key is missing or wrong
+            raise TiledServerError(f"the Tiled server at {url} requires an API key and refused "
+                                   f"{'the one given' if api_key else 'none'}; pass the key the server was "
+                                   "started with (--api-key or $BP_TILED_API_KEY)") from None
+        raise
+    except httpx.HTTPStatusError as exc:
+        code = exc.response.status_code
+        if code in (401, 403):
+            raise TiledServerError(f"the Tiled server at {url} refused the API key (HTTP {code}); pass the key "
+                                   "the server was started with (--api-key or $BP_TILED_API_KEY)") from None
+        raise TiledServerError(f"the Tiled server at {url} answered HTTP {code}: {exc}") from None

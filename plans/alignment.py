@@ -1,0 +1,86 @@
+"""Alignment plans for the start of a beamtime: find the Bragg peak, centre the raster on the crystal.
+
+Both are ordinary bluesky plans (recorded runs, detector frames in HDF5 like any scan) that end by
+moving to what they found and return it, so ``RE(find_bragg_peak(...))`` leaves the goniometer on
+the peak and ``bragg_ptycho_scan(..., eta_centre=<returned value>)`` is centred on it.
+"""
+from __future__ import annotations
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import bluesky.preprocessors as bpp
+import numpy as np
+from bluesky.callbacks.core import CallbackBase
+from bluesky.callbacks.fitting import PeakStats
+
+from .checks import PlanError, check_angle_motor, check_targets
+
+
+def _total_key(detector) -> str:
+    key = f"{detector.name}_total"
+    if key not in detector.describe():
+        raise PlanError(f"detector {detector.name!r} has no {key!r} reading (total counts per frame); "
+                        "alignment needs an integrated-intensity signal")
+    return key
+
+
+def find_bragg_peak(detector, rocking, *, centre: float | None = None, half_range: float = 0.2, num: int = 41,
+                    md: dict | None = None):
+    """Rocking scan around ``centre`` (deg), fit the peak, move there; returns the peak position (deg).
+
+    The peak is the centre of a Gaussian fit (bluesky's ``PeakStats``), falling back to the
+    centre of mass when the fit fails. Refuses to move when no peak stands out of the background
+    (maximum under 3 times the median), since then the crystal is not in the beam.
+    """
+    check_angle_motor(rocking)
+    key = _total_key(detector)
+    c = float(rocking.position if centre is None else centre)
+    if num < 5 or not half_range > 0:
+        raise PlanError(f"num={num}, half_range={half_range}: use at least 5 points over a positive range")
+    check_targets(rocking, [c - half_range, c + half_range], "the rocking scan")
+    ps = PeakStats(rocking.name, key)
+    _md = {"plan_name": "find_bragg_peak", "purpose": "alignment", **(md or {})}
+    yield from bpp.subs_wrapper(bp.scan([detector], rocking, c - half_range, c + half_range, num, md=_md), ps)
+    y = np.asarray(ps.y_data, float)
+    if y.size == 0 or y.max() < 3 * max(np.median(y), 1.0):
+        raise PlanError(f"no Bragg peak between {c - half_range:g} and {c + half_range:g} deg (max "
+                        f"{y.max() if y.size else 0:g} counts vs median {np.median(y) if y.size else 0:g}); "
+                        "widen half_range, check the energy, or move the crystal into the beam")
+    peak = ps.cen if ps.cen is not None and abs(ps.cen - c) <= half_range else ps.com
+    peak = float(peak)
+    yield from bps.mv(rocking, peak)
+    return peak
+
+
+class _MapCollector(CallbackBase):
+    def __init__(self, keys):
+        super().__init__()
+        self.keys, self.rows = keys, []
+
+    def event(self, doc):
+        self.rows.append([doc["data"][k] for k in self.keys])
+
+
+def centre_raster(detector, x, y, *, x_range: tuple[float, float], y_range: tuple[float, float], num: int = 11,
+                  md: dict | None = None):
+    """Coarse intensity map over ``x_range`` x ``y_range`` (motor units); move to the crystal's centre.
+
+    The centre is the intensity-weighted centroid of the points brighter than half the maximum
+    (the crystal, not the background). Returns ``(x, y)`` in motor units.
+    """
+    key = _total_key(detector)
+    for m, r in ((x, x_range), (y, y_range)):
+        check_targets(m, r, "the alignment map")
+    col = _MapCollector([x.name, y.name, key])
+    _md = {"plan_name": "centre_raster", "purpose": "alignment", **(md or {})}
+    yield from bpp.subs_wrapper(
+        bp.grid_scan([detector], y, y_range[0], y_range[1], num, x, x_range[0], x_range[1], num, md=_md), col)
+    a = np.asarray(col.rows, float)
+    w = a[:, 2] - np.median(a[:, 2])
+    bright = w >= 0.5 * w.max() if w.max() > 0 else np.zeros(len(w), bool)
+    if not bright.any():
+        raise PlanError("the intensity map is flat: no crystal in the mapped area; map a wider area")
+    cx = float(np.average(a[bright, 0], weights=w[bright]))
+    cy = float(np.average(a[bright, 1], weights=w[bright]))
+    yield from bps.mv(x, cx, y, cy)
+    return cx, cy

@@ -1,0 +1,125 @@
+"""``bragg_ptycho_scan``: a 2D raster times a rocking curve in one bluesky run.
+
+What a run holds, so that the run alone is enough to reconstruct it (``bp-plugin export``):
+
+- start document: ``bp_geometry`` (``ExperimentGeometry.to_dict()``: energy, reflection, distance,
+  pixel, crop, raster, angles, intended up-sampling, ...) and ``bp_scan`` (motor names and units,
+  centres, order, snake, the ROI of the crop on the detector, the image data key, the number of
+  points, the detector's count time); ``bp_sim`` (preset, seed) when the devices are simulated;
+- one event per point in the ``primary`` stream: the rocking and raster motors' readbacks, the
+  detector's total counts, ``bp_index_angle`` and ``bp_index_pos`` (the point's place in the
+  ``[n_angles, n_positions]`` dataset), and the frame as external data (StreamDatum into the
+  detector's HDF5 file).
+"""
+from __future__ import annotations
+
+import math
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+
+from .checks import (PlanError, check_angle_motor, check_detector, check_sampling, check_targets, length_unit_m,
+                     resolve_geometry, scan_points)
+
+PLAN_VERSION = 1
+
+
+class ScanIndex(Device):
+    """Where a point belongs in the dataset: angle and position indices (read in every event)."""
+
+    angle = Cpt(Signal, value=0, kind="normal")
+    pos = Cpt(Signal, value=0, kind="normal")
+
+
+def bragg_ptycho_scan(detectors, rocking, x, y, geometry="small", *, eta_centre: float | None = None,
+                      x_centre: float = 0.0, y_centre: float = 0.0, order: str = "angle-outer",
+                      snake: bool = False, count_time: float | None = None, roi_origin=None, md: dict | None = None):
+    """Raster ``x`` x ``y`` at each angle of a rocking curve of ``rocking`` (or the other way round).
+
+    Args:
+        detectors: list of detectors; the first one must give 2D frames (the diffraction).
+        rocking: the goniometer rocking axis (degrees).
+        x, y: raster axes (any length unit: um, mm, nm, m), lab x and y of the sample.
+        geometry: ``ExperimentGeometry``, a dict of its fields, or a preset name; its raster
+            (shape, step), rocking (n_angles, step), crop and intended up-sampling define the scan.
+        eta_centre: rocking angle (deg) of the central angle index (``n_angles // 2``); default the
+            computed Bragg angle (use :func:`plans.alignment.find_bragg_peak` to measure it).
+        x_centre, y_centre: raster centre in the motors' units.
+        order: "angle-outer" (a full raster per angle, the paper's order) or "position-outer"
+            (a full rocking curve per position).
+        snake: reverse every other raster row.
+        count_time: exposure (s) set on the detector before the scan; default: as it is.
+        roi_origin: (row, col) of the crop's corner on the detector; default centred.
+        md: extra start-document metadata.
+
+    Raises:
+        PlanError: before any motion, for limits, sampling, an unreachable Bragg angle, a wrong
+            detector or inconsistent arguments.
+    """
+    detectors = list(detectors)
+    if not detectors:
+        raise PlanError("no detector given: pass the area detector first in the list")
+    geo = resolve_geometry(geometry)
+    check_angle_motor(rocking)
+    ux, uy = length_unit_m(x), length_unit_m(y)
+    check_sampling(geo)
+    key, frame_shape, roi = check_detector(detectors[0], geo, roi_origin)
+    tb_deg = math.degrees(geo.theta_bragg_rad)
+    eta_c = tb_deg if eta_centre is None else float(eta_centre)
+    if abs(eta_c - tb_deg) > 5.0:
+        raise PlanError(f"eta_centre {eta_c:g} deg is {eta_c - tb_deg:+.2f} deg from the computed Bragg angle "
+                        f"{tb_deg:.4f} deg; check the energy and reflection or re-run find_bragg_peak")
+    if count_time is not None and not count_time > 0:
+        raise PlanError(f"count_time {count_time} s: give a positive exposure")
+    pts = scan_points(geo, x_centre=x_centre, y_centre=y_centre, x_unit_m=ux, y_unit_m=uy, eta_centre_deg=eta_c,
+                      order=order, snake=snake)
+    check_targets(rocking, pts.eta, "the rocking curve")
+    check_targets(x, pts.x, "the raster")
+    check_targets(y, pts.y, "the raster")
+
+    index = ScanIndex(name="bp_index")
+    n_points = len(pts.angle_index)
+    det = detectors[0]
+    ct = count_time if count_time is not None else (det.count_time.get() if hasattr(det, "count_time") else None)
+    scan_md = {
+        "version": PLAN_VERSION, "order": order, "snake": bool(snake), "n_points": n_points,
+        "n_angles": int(geo.n_angles), "n_positions": int(len(pts.x)), "raster_shape": list(geo.raster_shape),
+        "rocking_motor": rocking.name, "x_motor": x.name, "y_motor": y.name,
+        "x_unit_m": ux, "y_unit_m": uy, "x_centre": x_centre, "y_centre": y_centre, "eta_centre_deg": eta_c,
+        "eta_setpoints_deg": [float(v) for v in pts.eta],
+        "detector": det.name, "image_key": key, "frame_shape": list(frame_shape), "roi_origin": list(roi),
+        "count_time_s": ct,
+    }
+    _md = {
+        "plan_name": "bragg_ptycho_scan", "technique": "bragg-ptychography",
+        "detectors": [d.name for d in detectors], "motors": [rocking.name, x.name, y.name],
+        "num_points": n_points, "num_intervals": n_points - 1,
+        "plan_args": {"geometry": geo.to_dict(), "order": order, "snake": snake},
+        "bp_geometry": geo.to_dict(), "bp_scan": scan_md,
+        "hints": {"dimensions": [([rocking.name], "primary"), ([x.name], "primary"), ([y.name], "primary")]},
+    }
+    sim_md = getattr(det, "sim_metadata", None)
+    if sim_md:
+        _md["bp_sim"] = dict(sim_md)
+    _md.update(md or {})
+
+    @bpp.stage_decorator(detectors)
+    @bpp.run_decorator(md=_md)
+    def inner():
+        if count_time is not None:
+            yield from bps.mv(det.count_time, count_time)
+        last = {}
+        for ia, ip in zip(pts.angle_index, pts.position_index):
+            moves = []
+            for motor, target in ((rocking, pts.eta[ia]), (x, pts.x[ip]), (y, pts.y[ip])):
+                if last.get(motor.name) != target:
+                    moves += [motor, float(target)]
+                    last[motor.name] = target
+            if moves:
+                yield from bps.mv(*moves)
+            yield from bps.mv(index.angle, int(ia), index.pos, int(ip))
+            yield from bps.trigger_and_read([*detectors, rocking, x, y, index])
+
+    return (yield from inner())

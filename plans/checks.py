@@ -1,0 +1,150 @@
+"""Checks a Bragg ptychography scan must pass before anything moves.
+
+Every check raises :class:`PlanError` with a message that names the problem and the fix. They run
+when the plan generator is first advanced, before its first message, so a bad plan never moves a
+motor (the queue server's plan validation runs them too when it opens the plan).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bp_plugin.geometry import ExperimentGeometry
+
+UNIT_TO_M = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "micron": 1e-6, "nm": 1e-9}
+
+
+class PlanError(ValueError):
+    """A scan that cannot run as asked; the message says why and what to change."""
+
+
+def length_unit_m(motor) -> float:
+    """Metres per unit of a translation motor (from its ``egu``)."""
+    egu = str(getattr(motor, "egu", "") or "").strip()
+    if egu not in UNIT_TO_M:
+        raise PlanError(f"motor {motor.name!r} has units {egu!r}; a raster axis needs a length unit, one of "
+                        f"{sorted(UNIT_TO_M)} (set the motor's egu)")
+    return UNIT_TO_M[egu]
+
+
+def check_angle_motor(motor):
+    egu = str(getattr(motor, "egu", "") or "").strip()
+    if egu not in ("deg", "degree", "degrees"):
+        raise PlanError(f"rocking motor {motor.name!r} has units {egu!r}; it must be an angle in degrees "
+                        "(pass the goniometer's rocking axis, e.g. eta)")
+
+
+def resolve_geometry(geometry) -> ExperimentGeometry:
+    """An :class:`ExperimentGeometry` from itself, a dict (``to_dict`` form) or a preset name."""
+    if isinstance(geometry, ExperimentGeometry):
+        return geometry
+    if isinstance(geometry, dict):
+        try:
+            return ExperimentGeometry.from_dict(geometry)
+        except (TypeError, ValueError) as exc:
+            raise PlanError(f"invalid geometry: {exc}") from None
+    if isinstance(geometry, str):
+        from sim_devices.presets import PRESETS, get_preset
+        if geometry in PRESETS:
+            return get_preset(geometry).geometry
+        raise PlanError(f"geometry {geometry!r} is not a preset ({sorted(PRESETS)}); pass a dict of "
+                        "ExperimentGeometry fields instead")
+    raise PlanError(f"geometry must be an ExperimentGeometry, a dict or a preset name, not {type(geometry).__name__}")
+
+
+def check_sampling(geo: ExperimentGeometry):
+    """Eq. 12 with the intended up-sampling; the message gives the ratio that makes the scan valid."""
+    needed = geo.upsampling_needed()
+    if geo.upsampling < needed:
+        raise PlanError(
+            f"rocking step {geo.rocking_step_deg:g} deg with up-sampling x{geo.upsampling} violates the sampling "
+            f"condition (Eq. 12) for a beam of {geo.beam_width_m * 1e6:.2f} um on a {geo.thickness_m * 1e6:.2f} um "
+            f"crystal: the largest valid step is {geo.rocking_step_max_deg:.4g} deg. Use upsampling={needed} "
+            f"(reconstruct with --upsampling {needed}), or a step of at most "
+            f"{geo.rocking_step_max_deg * geo.upsampling:.4g} deg")
+
+
+def check_detector(detector, geo: ExperimentGeometry, roi_origin: tuple[int, int] | None):
+    """The detector gives 2D frames that hold the reconstruction crop; returns (image key, shape, roi origin)."""
+    desc = detector.describe()
+    images = [(k, v) for k, v in desc.items() if len(v.get("shape", [])) == 2]
+    if not images:
+        raise PlanError(f"detector {detector.name!r} produces no 2D image (its data keys: {sorted(desc)}); "
+                        "pass an area detector")
+    key, d = images[0]
+    shape = tuple(int(s) for s in d["shape"])
+    n1, n2 = geo.crop
+    if shape[0] < n1 or shape[1] < n2:
+        raise PlanError(f"detector {detector.name!r} frames are {shape[0]} x {shape[1]} pixels, smaller than the "
+                        f"reconstruction crop {n1} x {n2}; reduce geometry.crop or use the right detector")
+    pix = getattr(detector, "pixel_size_m", None)
+    if pix is not None and not math.isclose(pix, geo.pixel_size_m, rel_tol=1e-3):
+        raise PlanError(f"detector {detector.name!r} has {pix * 1e6:g} um pixels but the geometry says "
+                        f"{geo.pixel_size_m * 1e6:g} um; set geometry.pixel_size_m (binning included) to match")
+    if roi_origin is None:
+        roi_origin = ((shape[0] - n1) // 2, (shape[1] - n2) // 2)
+    r0, c0 = (int(v) for v in roi_origin)
+    if r0 < 0 or c0 < 0 or r0 + n1 > shape[0] or c0 + n2 > shape[1]:
+        raise PlanError(f"crop of {n1} x {n2} at origin ({r0}, {c0}) leaves the {shape[0]} x {shape[1]} frame; "
+                        "move roi_origin so the crop fits")
+    return key, shape, (r0, c0)
+
+
+def check_targets(motor, targets, what: str):
+    """Every target inside the motor's limits (the motor's own check_value where it has one)."""
+    targets = np.asarray(targets, float)
+    if not np.all(np.isfinite(targets)):
+        raise PlanError(f"{what}: non-finite target positions for {motor.name!r}")
+    lo, hi = float(targets.min()), float(targets.max())
+    limits = getattr(motor, "limits", (0, 0))
+    if limits and limits[0] < limits[1] and (lo < limits[0] or hi > limits[1]):
+        egu = getattr(motor, "egu", "")
+        raise PlanError(f"{what} needs {motor.name} from {lo:g} to {hi:g} {egu}, outside its limits "
+                        f"[{limits[0]:g}, {limits[1]:g}] {egu}; move the scan centre or shrink the scan")
+    check = getattr(motor, "check_value", None)
+    if check is not None:
+        for t in (lo, hi):
+            try:
+                check(t)
+            except Exception as exc:
+                raise PlanError(f"{what}: {motor.name} refuses {t:g}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ScanPoints:
+    """The ordered points of a raster x rocking scan.
+
+    Attributes:
+        angle_index, position_index: int ``(n_points,)`` indices of each point.
+        x, y: raster setpoints in the x / y motors' units, ``(n_positions,)``.
+        eta: rocking setpoints (deg), ``(n_angles,)``.
+    """
+
+    angle_index: np.ndarray
+    position_index: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    eta: np.ndarray
+
+
+def scan_points(geo: ExperimentGeometry, *, x_centre: float, y_centre: float, x_unit_m: float, y_unit_m: float,
+                eta_centre_deg: float, order: str, snake: bool) -> ScanPoints:
+    """Setpoints and point order; positions row-major (y outer), angle index ``n // 2`` at ``eta_centre``."""
+    if order not in ("angle-outer", "position-outer"):
+        raise PlanError(f"order {order!r} is unknown: use 'angle-outer' (the paper's) or 'position-outer'")
+    ny, nx = (int(v) for v in geo.raster_shape)
+    if nx < 1 or ny < 1 or geo.n_angles < 2:
+        raise PlanError(f"raster {ny} x {nx} with {geo.n_angles} angles: need at least 1 x 1 positions and 2 angles")
+    sx, sy = geo.raster_step_m
+    ix, iy = np.meshgrid(np.arange(nx), np.arange(ny))
+    if snake:
+        ix[1::2] = ix[1::2, ::-1]
+    x = x_centre + (ix.ravel() - (nx - 1) / 2) * sx / x_unit_m
+    y = y_centre + (iy.ravel() - (ny - 1) / 2) * sy / y_unit_m
+    eta = eta_centre_deg + (np.arange(geo.n_angles) - geo.n_angles // 2) * geo.rocking_step_deg
+    a, p = np.meshgrid(np.arange(geo.n_angles), np.arange(nx * ny), indexing="ij")
+    if order == "position-outer":
+        a, p = a.T, p.T
+    return ScanPoints(a.ravel(), p.ravel(), x, y, eta)
