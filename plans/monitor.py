@@ -37,13 +37,15 @@ class LiveScanMonitor(CallbackBase):
         self.png_dir = Path(png_dir) if png_dir else None
         self.png_every_s = png_every_s
         self.progress = progress
-        self.scan = None
+        self.scan = None          # bp_scan of the current (or last) run
+        self.active = False
         self.last_png: Path | None = None
 
     def start(self, doc):
-        self.scan = doc.get("bp_scan")
-        if self.scan is None:
+        self.active = "bp_scan" in doc
+        if not self.active:
             return
+        self.scan = doc["bp_scan"]
         s = self.scan
         self.uid = doc["uid"]
         self.total_key = f"{s['detector']}_total"
@@ -59,7 +61,7 @@ class LiveScanMonitor(CallbackBase):
             self.bar = tqdm(total=int(s["n_points"]), desc=f"scan {self.uid[:8]}", unit="frame")
 
     def event(self, doc):
-        if self.scan is None:
+        if not self.active:
             return
         d = doc["data"]
         if self.total_key not in d:
@@ -75,13 +77,13 @@ class LiveScanMonitor(CallbackBase):
             self.write_png()
 
     def stop(self, doc):
-        if self.scan is None:
+        if not self.active:
             return
         if self.bar is not None:
             self.bar.close()
         if self.png_dir:
             self.write_png(final=True, exit_status=doc.get("exit_status"))
-        self.scan = None
+        self.active = False
 
     # --- derived quantities ---------------------------------------------------------------------
     def rocking_curve(self) -> np.ndarray:

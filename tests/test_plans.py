@@ -218,10 +218,17 @@ def test_find_bragg_peak_moves_to_the_peak(tmp_path):
 
 
 def test_replay_reemits_frames_from_tiled_and_from_a_dataset(exact_run, tiled_server, tmp_path):
+    from plans.monitor import LiveScanMonitor
+
     bl, uid, docs, _ = exact_run
     got = []
-    n = replay(tiled_documents(tiled_server.client()[uid]), [lambda name, doc: got.append((name, doc))])
+    monitor = LiveScanMonitor(tmp_path / "monitor", progress=False)
+    n = replay(tiled_documents(tiled_server.client()[uid]), [lambda name, doc: got.append((name, doc)), monitor])
     assert n == 300 and got[0][0] == "start" and got[-1][0] == "stop"
+    # the live monitor's rocking curve peaks at the Bragg angle (central index) and its map is the raster
+    assert monitor.last_png.stat().st_size > 10_000
+    curve = monitor.rocking_curve()
+    assert abs(int(np.argmax(curve)) - bl.geometry.n_angles // 2) <= 1 and monitor.intensity_map().shape == (5, 5)
     ev = [d for name, d in got if name == "event"]
     rs, cs = bl.crop_slices()
     live = [d for name, d in docs if name == "event"]
@@ -271,3 +278,23 @@ def test_detector_file_is_readable_while_open(tmp_path):
         assert names == ["stream_resource", "stream_datum"] and list(d.collect_asset_docs()) == []
     finally:
         d.unstage()
+
+
+def test_motor_limits_and_speed():
+    from ophyd.utils import LimitError
+
+    from sim_devices.motors import SimAxis
+
+    m = SimAxis(name="m", egu="um", limits=(-1.0, 1.0), velocity=4.0)
+    with pytest.raises(LimitError, match="outside the limits"):
+        m.set(2.0)
+    st = m.set(1.0)
+    assert not st.done          # a move at finite speed takes time, like a real stage
+    st.wait(5)
+    assert m.position == 1.0
+    fast = SimAxis(name="f", egu="um", limits=(-1.0, 1.0), readback_jitter=0.01, seed=4)
+    fast.set(0.5).wait(1)
+    first = fast.position
+    fast.set(0.0).wait(1)
+    fast.set(0.5).wait(1)
+    assert fast.position == first != 0.5     # repeatable readback error at the same target
