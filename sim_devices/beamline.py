@@ -176,7 +176,7 @@ class SimBraggBeamline:
         det = self.preset.detector
         counts[~self.mask] = 0
         rs, cs = self.crop_slices()
-        hot, _ = det._bad_pixels(tuple(self.geometry.crop))
+        hot, _ = det.bad_pixels(tuple(self.geometry.crop))
         counts[rs, cs].flat[hot] = det.hot_value  # hot pixels read a large constant (masked)
         return counts
 

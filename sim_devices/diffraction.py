@@ -63,7 +63,8 @@ class DetectorModel:
     hot_value: int = 1 << 20
     seed: int = 1234
 
-    def _bad_pixels(self, shape):
+    def bad_pixels(self, shape):
+        """Flat indices ``(hot, dead)`` of the bad pixels of a ``shape`` frame (fixed by ``seed``)."""
         rng = np.random.default_rng(self.seed)
         idx = rng.choice(shape[0] * shape[1], size=self.n_hot + self.n_dead, replace=False)
         return idx[: self.n_hot], idx[self.n_hot:]
@@ -73,7 +74,7 @@ class DetectorModel:
         m = np.ones(shape, bool)
         m[list(self.gap_rows), :] = False
         m[:, list(self.gap_cols)] = False
-        hot, dead = self._bad_pixels(shape)
+        hot, dead = self.bad_pixels(shape)
         m.flat[np.concatenate([hot, dead])] = False
         return m
 
@@ -90,7 +91,7 @@ class DetectorModel:
         counts = rng.poisson(expected + self.background(shape)).astype(np.uint32)
         counts[..., list(self.gap_rows), :] = 0
         counts[..., :, list(self.gap_cols)] = 0
-        hot, dead = self._bad_pixels(shape)
+        hot, dead = self.bad_pixels(shape)
         flat = counts.reshape(counts.shape[:-2] + (-1,))
         flat[..., dead] = 0
         flat[..., hot] = self.hot_value
