@@ -19,6 +19,7 @@ from event_model import compose_run
 
 from bp_plugin.dataset import read_dataset
 from bp_plugin.geometry import ExperimentGeometry
+from bp_plugin.run_export import run_columns
 
 DETECTOR = "replay"
 
@@ -90,8 +91,7 @@ def tiled_documents(run, *, rate: float | None = None, original: bool = False) -
     geo = ExperimentGeometry.from_dict(start["bp_geometry"])
     s = start["bp_scan"]
     stream = run["primary"]
-    col = {k: np.asarray(stream[k].read()) for k in (s["x_motor"], s["y_motor"], s["rocking_motor"], "bp_index_angle",
-                                                   "bp_index_pos", "time")}
+    col = run_columns(stream, [s["x_motor"], s["y_motor"], s["rocking_motor"], "bp_index_angle", "bp_index_pos", "time"])
     image = stream[s["image_key"]]
     n = min(len(col["time"]), image.shape[0])
     (r0, c0), (n1, n2) = s["roi_origin"], geo.crop
