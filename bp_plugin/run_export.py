@@ -85,11 +85,9 @@ def run_to_dataset(run, path, *, overwrite: bool = False, mask: np.ndarray | Non
         if sel.any():
             translations[j, :2] = x[sel].mean(), y[sel].mean()
             seen[j] = True
-    if not seen.all():  # planned positions never reached: their setpoints keep the file well formed
-        ny, nx = geo.raster_shape
-        k = np.arange(n_p)
-        translations[~seen, 0] = scan["x_centre"] * scan["x_unit_m"] + ((k % nx) - (nx - 1) / 2)[~seen] * geo.raster_step_m[0]
-        translations[~seen, 1] = scan["y_centre"] * scan["y_unit_m"] + ((k // nx) - (ny - 1) / 2)[~seen] * geo.raster_step_m[1]
+    # planned positions never reached (a stopped run): their setpoints keep the file well formed
+    translations[~seen, 0] = np.asarray(scan["x_setpoints"], float)[~seen] * scan["x_unit_m"]
+    translations[~seen, 1] = np.asarray(scan["y_setpoints"], float)[~seen] * scan["y_unit_m"]
     setpoints = np.asarray(scan["eta_setpoints_deg"], float)
     angles = np.array([eta[ia == i].mean() if (ia == i).any() else setpoints[i] for i in range(n_a)])
     r0, c0 = scan["roi_origin"]

@@ -89,6 +89,7 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry="small", *, eta_centre:
         "rocking_motor": rocking.name, "x_motor": x.name, "y_motor": y.name,
         "x_unit_m": ux, "y_unit_m": uy, "x_centre": x_centre, "y_centre": y_centre, "eta_centre_deg": eta_c,
         "eta_setpoints_deg": [float(v) for v in pts.eta],
+        "x_setpoints": [float(v) for v in pts.x], "y_setpoints": [float(v) for v in pts.y],
         "detector": det.name, "image_key": key, "frame_shape": list(frame_shape), "roi_origin": list(roi),
         "count_time_s": ct,
     }

@@ -103,7 +103,7 @@ class LiveScanMonitor(CallbackBase):
             m[1::2] = m[1::2, ::-1]
         return m
 
-    def eta_left_s(self) -> float:
+    def time_left_s(self) -> float:
         rate = self.done / max(time.monotonic() - self.t0, 1e-9)
         return (int(self.scan["n_points"]) - self.done) / rate if rate else float("inf")
 
@@ -123,7 +123,7 @@ class LiveScanMonitor(CallbackBase):
         a2.set_xlabel(f"{self.scan['x_motor']} index")
         a2.set_ylabel(f"{self.scan['y_motor']} index")
         a2.set_title("integrated intensity")
-        state = f"final ({exit_status})" if final else f"live, about {self.eta_left_s():.0f} s left"
+        state = f"final ({exit_status})" if final else f"live, about {self.time_left_s():.0f} s left"
         fig.suptitle(f"run {self.uid[:8]}: {self.done} / {self.scan['n_points']} frames, {state}")
         fig.tight_layout()
         path = self.png_dir / f"scan_{self.uid[:8]}.png"

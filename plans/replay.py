@@ -24,13 +24,16 @@ from bp_plugin.run_export import run_columns
 DETECTOR = "replay"
 
 
-def _scan_md(geo: ExperimentGeometry, angles_deg, n_points: int, order: str, snake: bool, count_time_s, extra=None):
+def _scan_md(geo: ExperimentGeometry, angles_deg, xy_um, n_points: int, order: str, snake: bool, count_time_s,
+             extra=None):
+    """``bp_scan`` of a replayed run; ``xy_um``: raster setpoints ``(n_positions, 2)`` in um."""
     return {
         "version": 1, "order": order, "snake": bool(snake), "n_points": int(n_points), "n_angles": int(geo.n_angles),
         "n_positions": int(np.prod(geo.raster_shape)), "raster_shape": list(geo.raster_shape),
         "rocking_motor": "eta", "x_motor": "x", "y_motor": "y", "x_unit_m": 1e-6, "y_unit_m": 1e-6,
         "x_centre": 0.0, "y_centre": 0.0, "eta_centre_deg": float(angles_deg[len(angles_deg) // 2]),
         "eta_setpoints_deg": [float(a) for a in angles_deg], "detector": DETECTOR,
+        "x_setpoints": [float(v) for v in xy_um[:, 0]], "y_setpoints": [float(v) for v in xy_um[:, 1]],
         "image_key": f"{DETECTOR}_image", "frame_shape": list(geo.crop), "roi_origin": [0, 0],
         "count_time_s": count_time_s, **(extra or {})}
 
@@ -72,7 +75,8 @@ def dataset_documents(path, *, rate: float | None = None) -> Iterator[tuple[str,
     geo = ds.geometry
     n_a, n_p = ds.measured.shape
     pts = [(ia, ip) for ia in range(n_a) for ip in range(n_p) if ds.measured[ia, ip]]
-    scan_md = _scan_md(geo, ds.angles_deg, len(pts), "angle-outer", False, ds.count_time_s)
+    scan_md = _scan_md(geo, ds.angles_deg, ds.translations_m[:, :2] * 1e6, len(pts), "angle-outer", False,
+                       ds.count_time_s)
     extra = {"replay_of": str(path), **({"bp_sim": {"preset": ds.metadata["preset"], "seed": ds.metadata.get("seed", 0)}}
                                         if ds.metadata.get("simulated") else {})}
 
@@ -95,7 +99,8 @@ def tiled_documents(run, *, rate: float | None = None, original: bool = False) -
     image = stream[s["image_key"]]
     n = min(len(col["time"]), image.shape[0])
     (r0, c0), (n1, n2) = s["roi_origin"], geo.crop
-    scan_md = _scan_md(geo, s["eta_setpoints_deg"], n, s["order"], s["snake"], s.get("count_time_s"),
+    xy_um = np.stack([np.asarray(s["x_setpoints"]) * s["x_unit_m"], np.asarray(s["y_setpoints"]) * s["y_unit_m"]], 1) * 1e6
+    scan_md = _scan_md(geo, s["eta_setpoints_deg"], xy_um, n, s["order"], s["snake"], s.get("count_time_s"),
                        {"raster_shape": s["raster_shape"]})
     extra = {"replay_of": start["uid"], **({"bp_sim": start["bp_sim"]} if "bp_sim" in start else {})}
 
