@@ -54,7 +54,7 @@ def reconstruct(ds, *, iterations=60, ml=20, probe2d=None, **kw):
     rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, ds.measured, config=cfg)
     if probe2d is not None:
         rec.probe2d = rec.backend.xp.asarray(probe2d(rec))
-        rec._scale_probe_to_data()
+        rec.scale_probe_to_data()
     t0 = time.perf_counter()
     rec.run()
     q = evaluate(rec.object, rec.probe2d, rec.illumination(), rec.layout, (rec.probe_op.p1_m, rec.probe_op.r2_m),

@@ -226,9 +226,29 @@ def cmd_replay(a: argparse.Namespace) -> int:
     else:
         docs = tiled_documents(_open_run(a), rate=a.rate, original=a.original_rate)
     monitor = LiveScanMonitor(a.png_dir, progress=not a.no_progress)
-    n = replay(docs, [monitor])
-    print(f"replayed {n} frames; monitor figure: {monitor.last_png}")
+    callbacks = [monitor]
+    if a.stream:
+        from streaming.commands import replay_streamer
+        callbacks.append(replay_streamer(a.stream))
+    n = replay(docs, callbacks)
+    if a.stream:
+        callbacks[-1].close()
+    print(f"replayed {n} frames{f' (streamed to {a.stream})' if a.stream else ''}; monitor figure: {monitor.last_png}")
     return 0
+
+
+def cmd_reconstructor(a: argparse.Namespace) -> int:
+    from streaming.commands import run_reconstructor
+
+    return run_reconstructor(a.listen, a.workdir, tiled_url=a.tiled_url, api_key=a.api_key, device=a.device,
+                             max_runs=a.max_runs, final_iterations=a.iterations, ml_iterations=a.ml_iterations,
+                             publish_interval_s=a.publish_interval, quiet=a.quiet)
+
+
+def cmd_stream(a: argparse.Namespace) -> int:
+    from streaming.commands import stream_dataset
+
+    return stream_dataset(a.scan, a.to, rate=a.rate, progress=not a.no_progress)
 
 
 def _add_tiled_args(p: argparse.ArgumentParser) -> None:
@@ -320,8 +340,34 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--original-rate", action="store_true", help="keep the recorded time between frames")
     pp.add_argument("--png-dir", default="out/replay", help="where the live monitor writes its figure")
     pp.add_argument("--no-progress", action="store_true")
+    pp.add_argument("--stream", default=None, metavar="ADDRESS",
+                    help="also stream the frames to an online reconstructor (e.g. tcp://127.0.0.1:5577)")
     _add_tiled_args(pp)
     pp.set_defaults(func=cmd_replay)
+
+    import os
+
+    pc = sub.add_parser("reconstructor", help="the online reconstructor service: frames in over ZeroMQ, "
+                                              "results out to Tiled, run after run")
+    pc.add_argument("--listen", default="tcp://127.0.0.1:5577", help="ZeroMQ address to bind (PULL)")
+    pc.add_argument("--workdir", default="out/reconstructor", help="spool, checkpoints and results, per run")
+    pc.add_argument("--tiled-url", default=os.environ.get("BP_TILED_URL"),
+                    help="publish results there (default $BP_TILED_URL; none: not published)")
+    pc.add_argument("--api-key", default=os.environ.get("BP_TILED_API_KEY"), help="default $BP_TILED_API_KEY")
+    pc.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    pc.add_argument("--iterations", type=int, default=60, help="joint iterations of the final schedule")
+    pc.add_argument("--ml-iterations", type=int, default=20, help="ML iterations of the final schedule")
+    pc.add_argument("--publish-interval", type=float, default=1.0, help="seconds between publications")
+    pc.add_argument("--max-runs", type=int, default=None, help="exit after this many runs (default: serve on)")
+    pc.add_argument("--quiet", action="store_true", help="no status lines")
+    pc.set_defaults(func=cmd_reconstructor)
+
+    pt = sub.add_parser("stream", help="stream a recorded dataset file to an online reconstructor")
+    pt.add_argument("scan", help="dataset file (.h5)")
+    pt.add_argument("--to", default="tcp://127.0.0.1:5577", help="the reconstructor's address")
+    pt.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as taken)")
+    pt.add_argument("--no-progress", action="store_true")
+    pt.set_defaults(func=cmd_stream)
     return p
 
 

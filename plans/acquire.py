@@ -53,13 +53,15 @@ def make_run_engine():
     return RunEngine({}, call_returns_result=False)
 
 
-def acquire(opts: AcquireOptions, *, server=None, extra_callbacks=()) -> dict:
+def acquire(opts: AcquireOptions, *, server=None, extra_callbacks=(), callbacks_for=None) -> dict:
     """Run ``bragg_ptycho_scan`` on the simulated beamline, recorded in Tiled.
 
     Args:
         opts: :class:`AcquireOptions`.
         server: a running :class:`~bp_plugin.tiled_server.TiledServer` to use (tests, the demo).
         extra_callbacks: more callbacks (called in the RunEngine's thread: keep them fast).
+        callbacks_for: ``f(beamline) -> callbacks`` for callbacks that need the devices (the frame
+            streamer taps the detector); each is subscribed behind its own queue and drained at the end.
 
     Returns:
         dict: ``uid``, ``tiled_url``, ``api_key``, ``n_events``, ``seconds``, ``frames_per_s``,
@@ -92,6 +94,9 @@ def acquire(opts: AcquireOptions, *, server=None, extra_callbacks=()) -> dict:
         RE.subscribe(wmon)
         for cb in extra_callbacks:
             RE.subscribe(cb)
+        late = [buffered(cb) for cb in (callbacks_for(bl) if callbacks_for else [])]
+        for cb in late:
+            RE.subscribe(cb)
         stop_doc = {}
         RE.subscribe(lambda name, doc: stop_doc.update(doc) if name == "stop" else None)
         t0 = time.perf_counter()
@@ -101,6 +106,8 @@ def acquire(opts: AcquireOptions, *, server=None, extra_callbacks=()) -> dict:
         finally:
             seconds = time.perf_counter() - t0
             wmon.shutdown(wait=True)
+            for cb in late:
+                cb.shutdown(wait=True)
             writer.shutdown(wait=True)
         n = (stop_doc.get("num_events") or {}).get("primary", 0)
         return {"uid": uids[0] if uids else stop_doc.get("run_start"), "tiled_url": url, "api_key": key,

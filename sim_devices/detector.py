@@ -10,6 +10,8 @@
 - ``describe()`` declares ``{name}_image`` as external ``STREAM:`` data (uint32, with
   ``dtype_numpy``, so the Tiled writer keeps uint32) and ``{name}_total`` (the sum of valid pixels,
   in each event, for live rocking curves and maps without opening the file).
+- ``frame_listeners``: callables ``f(file_uri, index, frame)`` called in the trigger thread after
+  each frame is written (the detector-side hook a frame streamer taps, see ``streaming.sender``);
 - ``collect_asset_docs()`` yields one StreamResource per file (mimetype ``application/x-hdf5``,
   dataset ``/entry/data/data``) and one StreamDatum per frame, as bluesky's ``WritesStreamAssets``
   protocol asks.
@@ -64,6 +66,9 @@ class SimAreaDetector(Device):
         self._bundle = None
         self._n_announced = 0
         self.file_history: list[Path] = []
+        # detector-side frame hooks, like a real detector's stream interface (Eiger's ZeroMQ
+        # stream): f(file_uri, index_in_file, frame) after the frame is safely on disk
+        self.frame_listeners: list[Callable[[str, int, np.ndarray], None]] = []
 
     @property
     def image_key(self) -> str:
@@ -104,7 +109,9 @@ class SimAreaDetector(Device):
             try:
                 t0 = time.monotonic()
                 frame = self.frame_source(count_time)
-                self._file.append(frame)
+                index = self._file.append(frame)
+                for listener in list(self.frame_listeners):
+                    listener(self._file.uri, index, frame)
                 self.total.put(int(frame[self.mask].sum(dtype=np.uint64)))
                 if self.realtime:
                     time.sleep(max(0.0, count_time - (time.monotonic() - t0)))

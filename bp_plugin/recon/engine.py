@@ -77,7 +77,7 @@ class Reconstructor:
         self.probe2d = xp.asarray(na_focus(self.probe_op) if probe2d is None else np.asarray(probe2d, np.complex64))
         if self.probe2d.shape != self.probe_op.shape2d:
             raise ValueError(f"probe2d must have the section shape {self.probe_op.shape2d}, got {self.probe2d.shape}")
-        self._scale_probe_to_data()
+        self.scale_probe_to_data()
         self.iteration = 0
         self.history: list[dict] = []
 
@@ -86,7 +86,7 @@ class Reconstructor:
         c = self.config
         return slab_support(self.layout, c.slab_factor_at(iteration) * self.geometry.thickness_m, *c.slab_tilt_deg)
 
-    def _scale_probe_to_data(self) -> None:
+    def scale_probe_to_data(self) -> None:
         """Scale the probe so the model's total intensity matches the data's (valid, measured pixels)."""
         xp = self.backend.xp
         model = data = 0.0

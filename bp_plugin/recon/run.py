@@ -82,28 +82,46 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     rec.run(tick)
     bar.close()
     seconds = time.perf_counter() - t0
-    illum = backend.asnumpy(rec.illumination())
-    obj, probe = backend.asnumpy(rec.object), backend.asnumpy(rec.probe2d)
-    metrics = {"iterations": rec.iteration, "seconds": seconds, "device": backend.device,
-               "layout": rec.layout.describe(),
+    metrics, maps, grid, arrays, illum = summarize(rec, ds.ground_truth, ds.ground_truth_attrs)
+    metrics["seconds"] = seconds
+    write_outputs(rec, out_path, metrics, maps, grid, arrays, illum, source=str(scan_path), figures=opts.figures)
+    return metrics
+
+
+def summarize(rec: Reconstructor, ground_truth: dict | None = None, gt_attrs: dict | None = None):
+    """Metrics, lab maps, lab grid, aligned arrays (None without ground truth) and illumination of a
+    reconstruction; quality entries (``object_error``, ...) only when ``ground_truth`` has a density.
+
+    Returns ``(metrics, maps, grid, arrays, illumination)``; ``grid = (origin (x, y, z) m, voxel m,
+    shape (z, y, x))``.
+    """
+    a = rec.backend.asnumpy
+    illum = a(rec.illumination())
+    obj, probe = a(rec.object), a(rec.probe2d)
+    metrics = {"iterations": rec.iteration, "device": rec.backend.device, "layout": rec.layout.describe(),
                "final_error": rec.history[-1]["error"] if rec.history else float("nan")}
-    if "density" in ds.ground_truth:
-        at = ds.ground_truth_attrs
-        grid = (tuple(at["grid_origin_m"]), float(at["grid_voxel_m"]), ds.ground_truth["density"].shape)
-        q = evaluate(obj, probe, illum, rec.layout, (rec.probe_op.p1_m, rec.probe_op.r2_m), ds.ground_truth, at)
+    if ground_truth and "density" in ground_truth:
+        at = gt_attrs
+        grid = (tuple(at["grid_origin_m"]), float(at["grid_voxel_m"]), ground_truth["density"].shape)
+        q = evaluate(obj, probe, illum, rec.layout, (rec.probe_op.p1_m, rec.probe_op.r2_m), ground_truth, at)
         arrays = q.pop("arrays")
         metrics.update(q)
         maps = arrays["rec"]
     else:
         grid = default_lab_grid(rec.layout, illum)
-        maps = lab_maps(obj, rec.layout, ds.geometry.q_bragg_inv_m, *grid)
+        maps = lab_maps(obj, rec.layout, rec.geometry.q_bragg_inv_m, *grid)
         arrays = None
-    save_result(out_path, rec, maps, grid, illum, metrics=metrics, source=str(scan_path))
-    folder = out_path.parent
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if opts.figures:
-        _figures(rec, maps, grid, arrays, folder, out_path.stem, illum)
-    return metrics
+    return metrics, maps, grid, arrays, illum
+
+
+def write_outputs(rec: Reconstructor, out_path, metrics: dict, maps, grid, arrays, illum, *, source: str = "",
+                  figures: bool = True) -> None:
+    """The result file, ``metrics.json`` and (``figures``) the PNGs, in ``out_path``'s folder."""
+    out_path = Path(out_path)
+    save_result(out_path, rec, maps, grid, illum, metrics=metrics, source=source)
+    (out_path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if figures:
+        _figures(rec, maps, grid, arrays, out_path.parent, out_path.stem, illum)
 
 
 def _figures(rec, maps, grid, arrays, folder: Path, stem: str, illum) -> None:

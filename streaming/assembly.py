@@ -1,0 +1,218 @@
+"""One run as the reconstructor receives it: frames placed into an on-disk spool, with accounting.
+
+The spool is a folder per run (``<workdir>/<run uid>/``): ``start.json`` (the start message),
+``frames.npy`` (float32 ``(n_angles, n_positions, N1, N2)``, memory-mapped) and ``measured.npy``
+(bool ``(n_angles, n_positions)``). A frame is written there when it arrives, before the engine
+sees it, so a reconstructor killed mid-run restarts from the spool (plus its checkpoint) and
+recovers the frames it never got from the detector files listed in the ``stop`` message.
+
+Accounting, published with the status: every frame message of the run is ``received`` and ends up
+exactly one of ``placed``, ``duplicates`` (its seq or its (angle, position) was already placed) or
+``rejected`` (wrong shape, index out of range, NaN / negative values, ...): ``received = placed +
+duplicates + rejected``. ``missing`` counts the seq numbers never seen, ``recovered`` the frames read
+back from files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers bitshuffle-LZ4, the detector files' compression)
+import numpy as np
+
+from bp_plugin.geometry import ExperimentGeometry
+
+from .protocol import Message
+
+log = logging.getLogger(__name__)
+
+
+class RunAssembly:
+    """Frames of one run, placed as they arrive (thread-safe: the receiver places, the engine drains).
+
+    Args:
+        start: the ``start`` message header.
+        folder: the run's spool folder (created; reused when it already holds this run).
+    """
+
+    def __init__(self, start: dict, folder):
+        self.start = start
+        self.uid = start["run_uid"]
+        self.geometry = ExperimentGeometry.from_dict(start["geometry"])
+        self.translations_m = np.asarray(start["translations_m"], float)
+        self.n_frames_expected = int(start["n_frames"])
+        n_a, n_p = self.geometry.n_angles, len(self.translations_m)
+        self.shape = (n_a, n_p) + tuple(self.geometry.crop)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        resume = (self.folder / "frames.npy").exists() and (self.folder / "measured.npy").exists()
+        mode = "r+" if resume else "w+"
+        self.frames = np.lib.format.open_memmap(self.folder / "frames.npy", mode, np.float32, self.shape)
+        self.measured_disk = np.lib.format.open_memmap(self.folder / "measured.npy", mode, np.bool_, (n_a, n_p))
+        self.resumed = resume
+        if not resume:
+            (self.folder / "start.json").write_text(json.dumps(start))
+        self.mask_sent: np.ndarray | None = None
+        self._lo = np.full(self.shape[2:], np.inf, np.float32)   # running min / max for a derived mask
+        self._hi = np.full(self.shape[2:], -np.inf, np.float32)
+        # seq numbers seen, on disk with the frames, so a restarted process still knows the gaps
+        self._seen_disk = np.lib.format.open_memmap(self.folder / "seen.npy", mode, np.bool_,
+                                                    (self.n_frames_expected + 64,))
+        self._seen_extra: set[int] = set()
+        self.max_seq = int(np.nonzero(self._seen_disk)[0].max()) if resume and self._seen_disk.any() else -1
+        self.counters = {"received": 0, "placed": 0, "duplicates": 0, "rejected": 0, "recovered": 0,
+                         "malformed": 0, "out_of_order": 0}
+        self.pending: list[tuple[int, int, float]] = []     # (ia, ip, time placed) not yet in the engine
+        self.stop: dict | None = None
+        self.lock = threading.Lock()
+        if resume and (self.folder / "mask.npy").exists():
+            self.mask_sent = np.load(self.folder / "mask.npy")
+        if resume:
+            for ia, ip in zip(*np.nonzero(self.measured_disk)):
+                self._extend_range(self.frames[ia, ip])
+            self.counters["placed"] = 0
+
+    @classmethod
+    def resume(cls, folder) -> "RunAssembly | None":
+        """The assembly of a run spooled in ``folder`` by an earlier process, or None."""
+        p = Path(folder) / "start.json"
+        return cls(json.loads(p.read_text()), folder) if p.exists() else None
+
+    # --- receiving --------------------------------------------------------------------------------
+    def _extend_range(self, f: np.ndarray) -> None:
+        np.minimum(self._lo, f, out=self._lo)
+        np.maximum(self._hi, f, out=self._hi)
+
+    def _check(self, msg: Message) -> str | None:
+        h, f = msg.header, msg.array
+        n_a, n_p = self.shape[:2]
+        if not (0 <= h["angle_index"] < n_a and 0 <= h["position_index"] < n_p):
+            return f"indices ({h['angle_index']}, {h['position_index']}) outside the scan ({n_a} x {n_p})"
+        if f.shape != self.shape[2:]:
+            return f"frame shape {f.shape}, the run's ROI is {self.shape[2:]}"
+        if f.dtype.kind == "f" and not np.isfinite(f).all():
+            return "frame holds NaN or infinite values"
+        if f.dtype.kind in "fi" and (f < 0).any():
+            return "frame holds negative counts"
+        return None
+
+    def place(self, msg: Message) -> str:
+        """Place a ``frame`` message; returns ``placed``, ``duplicate`` or ``rejected: why``."""
+        with self.lock:
+            c = self.counters
+            c["received"] += 1
+            seq = msg.seq
+            if self._seen(seq):
+                c["duplicates"] += 1
+                return "duplicate"
+            self._mark_seen(seq)
+            if seq < self.max_seq:
+                c["out_of_order"] += 1
+            self.max_seq = max(self.max_seq, seq)
+            why = self._check(msg)
+            if why:
+                c["rejected"] += 1
+                log.warning("run %s: frame seq %d rejected: %s", self.uid[:8], seq, why)
+                return f"rejected: {why}"
+            ia, ip = msg.header["angle_index"], msg.header["position_index"]
+            if self.measured_disk[ia, ip]:
+                c["duplicates"] += 1
+                return "duplicate"
+            self._store(ia, ip, msg.array)
+            c["placed"] += 1
+            return "placed"
+
+    def _seen(self, seq: int) -> bool:
+        return bool(self._seen_disk[seq]) if 0 <= seq < len(self._seen_disk) else seq in self._seen_extra
+
+    def _mark_seen(self, seq: int) -> None:
+        if 0 <= seq < len(self._seen_disk):
+            self._seen_disk[seq] = True
+        else:
+            self._seen_extra.add(seq)
+
+    def _n_seen(self) -> int:
+        return int(self._seen_disk.sum()) + len(self._seen_extra)
+
+    def _store(self, ia: int, ip: int, frame: np.ndarray) -> None:
+        f = np.asarray(frame, np.float32)
+        self.frames[ia, ip] = f
+        self.measured_disk[ia, ip] = True
+        self._extend_range(f)
+        self.pending.append((ia, ip, time.monotonic()))
+
+    def set_mask(self, mask: np.ndarray) -> None:
+        if mask.shape != self.shape[2:]:
+            raise ValueError(f"mask of shape {mask.shape}, the run's ROI is {self.shape[2:]}")
+        self.mask_sent = np.asarray(mask, bool).copy()
+        np.save(self.folder / "mask.npy", self.mask_sent)
+
+    def mask(self) -> np.ndarray:
+        """The sent mask, else one derived from the frames so far (always 0 or never changing: masked)."""
+        if self.mask_sent is not None:
+            return self.mask_sent
+        n = int(self.measured_disk.sum())
+        dead = self._hi <= 0
+        hot = (self._lo == self._hi) & (self._hi > 0) if n >= 4 else np.zeros_like(dead)
+        return ~(dead | hot)
+
+    def take_pending(self) -> list[tuple[int, int, float]]:
+        with self.lock:
+            out, self.pending = self.pending, []
+            return out
+
+    # --- status -----------------------------------------------------------------------------------
+    @property
+    def n_measured(self) -> int:
+        return int(self.measured_disk.sum())
+
+    @property
+    def missing_seq(self) -> int:
+        """Frame messages never seen: sent (from the stop message) or, before the stop, gaps below the
+        highest seq seen (seq 0 is the start message, one more may be the mask)."""
+        if self.stop is not None:
+            return max(0, int(self.stop["n_frames"]) - self._n_seen())
+        return max(0, self.max_seq - (self.mask_sent is not None) - self._n_seen())
+
+    def status(self) -> dict:
+        with self.lock:
+            return {**self.counters, "frames_expected": self.n_frames_expected, "frames_measured": self.n_measured,
+                    "missing": self.missing_seq, "pending": len(self.pending)}
+
+    def flush(self) -> None:
+        self._seen_disk.flush()
+        self.frames.flush()
+        self.measured_disk.flush()
+
+    # --- recovery from files ------------------------------------------------------------------------
+    def recover(self, sources: list[dict]) -> int:
+        """Read every frame listed in the stop message's ``sources`` that was never placed; returns the count."""
+        n = 0
+        for src in sources:
+            todo = [fr for fr in src.get("frames", []) if not self.measured_disk[fr[0], fr[1]]]
+            if not todo:
+                continue
+            try:
+                if src.get("format") == "bp-dataset":
+                    from bp_plugin.dataset import read_dataset
+                    ds = read_dataset(src["file"], allow_partial=True)
+                    for ia, ip, *_ in todo:
+                        with self.lock:
+                            self._store(ia, ip, ds.frames[ia, ip])
+                        n += 1
+                else:
+                    (r0, c0), (n1, n2) = src.get("roi_origin", (0, 0)), self.shape[2:]
+                    with h5py.File(src["file"], "r", libver="latest", swmr=True) as f:
+                        d = f[src.get("dataset", "/entry/data/data")]
+                        for ia, ip, k in todo:
+                            with self.lock:
+                                self._store(ia, ip, d[k, r0:r0 + n1, c0:c0 + n2])
+                            n += 1
+            except (OSError, KeyError) as exc:
+                log.error("run %s: cannot recover frames from %s: %s", self.uid[:8], src.get("file"), exc)
+        self.counters["recovered"] += n
+        return n

@@ -1,0 +1,80 @@
+"""Command-line entry points of the streaming side: ``reconstructor``, ``stream`` and ``replay --stream``.
+
+``bp_plugin.cli`` only parses arguments and calls these.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def status_line(st: dict) -> str:
+    """One line of reconstruction status, for terminals and logs."""
+    err = st.get("error")
+    return (f"[{st.get('state', '?'):>7}] frames {st.get('frames_measured', 0)}/{st.get('frames_expected', '?')} "
+            f"(placed {st.get('placed', 0)}, dup {st.get('duplicates', 0)}, rejected {st.get('rejected', 0)}, "
+            f"missing {st.get('missing', 0)}, recovered {st.get('recovered', 0)}) "
+            f"it {st.get('iteration', 0)} {st.get('stage', '')} error {err if err is None else f'{err:.4g}'}"
+            f"{'  BEHIND' if st.get('behind') else ''}")
+
+
+def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, device="auto", max_runs=None,
+                      final_iterations=60, ml_iterations=20, publish_interval_s=1.0, quiet=False) -> int:
+    """``bp-plugin reconstructor``: serve until Ctrl-C / SIGTERM (or ``max_runs`` runs)."""
+    from .live import LiveOptions
+    from .service import ReconstructorService, ServiceOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    logging.getLogger("httpx").setLevel(logging.WARNING)        # one line per HTTP request otherwise
+    last = [0.0]
+
+    def progress(st):
+        if not quiet and time.monotonic() - last[0] > 2.0:
+            print(status_line(st), flush=True)
+            last[0] = time.monotonic()
+
+    opts = ServiceOptions(listen=listen, workdir=Path(workdir), tiled_url=tiled_url, api_key=api_key, device=device,
+                          max_runs=max_runs, live=LiveOptions(final_iterations=final_iterations,
+                                                              ml_iterations=ml_iterations,
+                                                              publish_interval_s=publish_interval_s))
+    svc = ReconstructorService(opts, progress=progress)
+
+    def stop(signum, frame):
+        print(f"signal {signum}: checkpointing the current run and stopping", flush=True)
+        svc.shutdown()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+    print(f"reconstructor listening on {svc.address} (device {svc.backend.device}, work folder {opts.workdir}"
+          f"{', publishing to ' + tiled_url if tiled_url else ', not publishing'})", flush=True)
+    (Path(workdir) / "ready").write_text(svc.address)
+    svc.serve()
+    for uid, st in svc.finished.items():
+        print(f"run {uid[:8]}: {st.get('state')}; result {st.get('result', '-')}", flush=True)
+    return 0
+
+
+def stream_dataset(path, to: str, *, rate=None, progress=True) -> int:
+    """``bp-plugin stream scan.h5 --to tcp://...``."""
+    from .sender import send_dataset
+
+    r = send_dataset(path, to, rate=rate, progress=progress)
+    note = f" ({r['unsent']} not taken: the reconstructor reads them from the file)" if r["unsent"] else ""
+    print(f"streamed {r['frames']} frames of run {r['run_uid']} to {to} in {r['seconds']:.1f} s{note}")
+    return 0
+
+
+def replay_streamer(to: str):
+    """A bluesky callback streaming replayed documents (inline frames) to ``to``; call ``.close()`` after."""
+    from .sender import BlueskyFrameStreamer, FrameSender
+
+    sender = FrameSender(to)
+    streamer = BlueskyFrameStreamer(sender)
+    streamer.close = sender.close
+    return streamer

@@ -1,0 +1,225 @@
+"""The reconstruction of one streamed run: the engine refined while frames arrive, then the full schedule.
+
+Live phase: the :class:`~bp_plugin.recon.engine.Reconstructor` is built at the start message with no
+frame measured; each loop places the frames received since the last one (``set_frame``: they join the
+next iteration, unmeasured planes and positions stay free through the mask ``w``) and runs one
+iteration over the positions measured so far. The support stays at the first slab of the schedule
+and the probe is held until half of the frames are in, so early, partial data cannot drag it away.
+
+Final phase (after the stop message, with frames the stream missed recovered from files): the full
+schedule of :class:`~bp_plugin.recon.config.ReconConfig` compressed to ``final_iterations``, started
+from the live state (slab steps, shrink-wrap, ML), then the result file, metrics and figures.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bp_plugin.backend import Backend
+from bp_plugin.recon.config import ReconConfig
+from bp_plugin.recon.engine import Reconstructor
+from bp_plugin.recon.results import default_lab_grid, lab_maps
+
+from .assembly import RunAssembly
+from .publish import HISTORY_MAX, PUBLICATION_VERSION, UNITS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveOptions:
+    """How a streamed run is reconstructed.
+
+    Attributes:
+        final_iterations: joint iterations of the final schedule (the paper's 1000, compressed).
+        ml_iterations: ML iterations after them (None: the schedule's share).
+        probe_after_fraction: fraction of the frames measured before the live phase updates the probe.
+        publish_interval_s: shortest time between two publications.
+        checkpoint_interval_s: shortest time between two checkpoints of the engine state.
+        behind_after_s: a frame waiting longer than this for the engine makes the status "behind".
+        mode: engine update mode ("sequential" or "batched").
+        figures: write PNG figures with the final result.
+    """
+
+    final_iterations: int = 60
+    ml_iterations: int | None = 20
+    probe_after_fraction: float = 0.5
+    publish_interval_s: float = 1.0
+    checkpoint_interval_s: float = 10.0
+    behind_after_s: float = 2.0
+    mode: str = "sequential"
+    figures: bool = True
+
+
+def full_illumination(rec: Reconstructor) -> np.ndarray:
+    """``sum_j |P_j|^2`` over every planned position (host float32): the field of view of the scan."""
+    xp = rec.backend.xp
+    out = xp.zeros(rec.object.shape, np.float32)
+    for j in range(rec.layout.n_positions):
+        out[rec.layout.view(j)] += xp.abs(rec.probe3d(j)) ** 2
+    return rec.backend.asnumpy(out)
+
+
+class LiveReconstruction:
+    """Engine state of one run, driven by :class:`streaming.service.ReconstructorService`."""
+
+    def __init__(self, asm: RunAssembly, opts: LiveOptions, backend: Backend):
+        self.asm, self.opts = asm, opts
+        geo = asm.geometry
+        self.final_config = ReconConfig(mode=opts.mode).scaled(opts.final_iterations)
+        if opts.ml_iterations is not None:
+            self.final_config.ml_iterations = opts.ml_iterations
+        c = self.final_config
+        # the live configuration: first slab only, no shrink-wrap, probe released later
+        self.live_config = ReconConfig(**{**asdict(c), "iterations": 1 << 62, "ml_iterations": 0, "slab_steps": (0,),
+                                          "slab_thickness_factors": c.slab_thickness_factors[:1],
+                                          "shrinkwrap_start": 1 << 62, "shrinkwrap_stop": 1 << 62,
+                                          "probe_update": False})
+        empty = np.zeros(asm.shape, np.float32)
+        self.rec = Reconstructor(geo, empty, asm.translations_m, asm.mask(), np.zeros(asm.shape[:2], bool),
+                                 config=self.live_config, backend=backend)
+        self._scaled = False
+        self.grid = default_lab_grid(self.rec.layout, full_illumination(self.rec))
+        self.stage = "live"
+        self.started = time.time()
+        self.behind = False
+        self.t_first_frame = None
+        self._mask_version = None
+        if asm.resumed:                              # a restart: the spool holds the old process's frames
+            for ia, ip in zip(*np.nonzero(asm.measured_disk)):
+                self.rec.set_frame(ia, ip, asm.frames[ia, ip])
+        ck = asm.folder / "checkpoint.npz"
+        if ck.exists():
+            self._load_checkpoint(ck)
+        self.in_engine = 0
+
+    # --- live phase -------------------------------------------------------------------------------
+    def ingest(self) -> int:
+        """Move the frames placed since the last call into the engine; returns how many."""
+        asm, rec = self.asm, self.rec
+        new = asm.take_pending()
+        if new:
+            self.behind = (time.monotonic() - min(t for _, _, t in new)) > self.opts.behind_after_s
+            self.t_first_frame = self.t_first_frame or time.time()
+        for ia, ip, _ in new:
+            rec.set_frame(ia, ip, asm.frames[ia, ip])
+        if new or (rec.measured.any() and not self._scaled):
+            mask = asm.mask()
+            key = (asm.mask_sent is not None, int(mask.sum()))
+            if key != self._mask_version:            # the sent mask, or the derived one when it changes
+                rec.mask = rec.backend.xp.asarray(mask.astype(np.float32))
+                self._mask_version = key
+            if not self._scaled:
+                rec.scale_probe_to_data()
+                self._scaled = True
+        self.in_engine = int(rec.measured.sum())
+        return len(new)
+
+    def live_step(self) -> float | None:
+        """One iteration over the measured positions (None when nothing is measured yet)."""
+        rec = self.rec
+        if not rec.measured.any():
+            return None
+        frac = rec.measured.mean()
+        rec.config.probe_update = frac >= self.opts.probe_after_fraction
+        err = rec.step()
+        rec.history[-1]["stage"] = "live"
+        return err
+
+    # --- final phase ------------------------------------------------------------------------------
+    def run_final(self, callback=None) -> None:
+        """The full schedule from the live state (the iteration count restarts for the schedule)."""
+        rec = self.rec
+        self.stage = "final-schedule"
+        rec.config = self.final_config
+        live_history = list(rec.history)
+        rec.iteration = 0
+        rec.history = []
+        rec.run(callback)
+        for h in rec.history:
+            h.setdefault("stage", "joint")
+        rec.history = live_history + rec.history
+        rec.iteration = len(rec.history)
+        self.stage = "final"
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        """Engine state and the spool flushed to disk (atomic rename: a kill never leaves half a file)."""
+        st = self.rec.state()
+        tmp = self.asm.folder / "checkpoint.tmp.npz"
+        np.savez(tmp, object=st["object"], probe2d=st["probe2d"], background=st["background"],
+                 support=st["support"], iteration=st["iteration"],
+                 history_error=np.array([h["error"] for h in st["history"]], np.float64))
+        self.asm.flush()
+        tmp.replace(self.asm.folder / "checkpoint.npz")
+
+    def _load_checkpoint(self, path: Path) -> None:
+        with np.load(path) as z:
+            st = {k: z[k] for k in ("object", "probe2d", "background", "support")}
+            st["iteration"] = int(z["iteration"])
+            st["history"] = [{"iteration": i, "error": float(e), "seconds": 0.0, "stage": "live"}
+                             for i, e in enumerate(z["history_error"])]
+        self.rec.load_state(st)
+        self._scaled = True
+        log.info("run %s: resumed from checkpoint at iteration %d", self.asm.uid[:8], st["iteration"])
+
+    # --- publication ------------------------------------------------------------------------------
+    def status(self, state: str) -> dict:
+        h = self.rec.history
+        return {"state": state, "stage": self.stage, "iteration": len(h), "error": h[-1]["error"] if h else None,
+                "behind": bool(self.behind), "frames_in_engine": self.in_engine, "updated": time.time(),
+                "seconds": time.time() - self.started, **self.asm.status()}
+
+    def metadata(self, state: str, metrics: dict | None = None) -> dict:
+        rec, (origin, voxel, shape) = self.rec, self.grid
+        h = rec.history[-HISTORY_MAX:]
+        err = [e["error"] for e in h]
+        md = {"kind": "bp-reconstruction", "version": PUBLICATION_VERSION, "raw_uid": self.asm.uid,
+              "status": self.status(state),
+              "history": {"iteration": list(range(len(rec.history) - len(h), len(rec.history))),
+                          "error": [float(e) if np.isfinite(e) else None for e in err],
+                          "stage": [e.get("stage", "joint") for e in h]},
+              "grid": {"origin_m": [float(v) for v in origin], "voxel_m": float(voxel), "shape": list(shape),
+                       "axes": ["z", "y", "x"]},
+              "probe_grid": {"p1_m": [float(v) for v in rec.probe_op.p1_m], "r2_m": [float(v) for v in rec.probe_op.r2_m]},
+              "units": UNITS, "scan": {"n_angles": int(self.asm.shape[0]), "n_positions": int(self.asm.shape[1]),
+                                       "frames_expected": self.asm.n_frames_expected},
+              "geometry": self.asm.start["geometry"]}
+        if metrics:
+            md["metrics"] = _json_safe(metrics)
+        return md
+
+    def arrays(self, maps: dict | None = None) -> dict:
+        """Float32 maps on the lab grid (strain and tilts NaN outside the crystal), probe, background."""
+        rec, a = self.rec, self.rec.backend.asnumpy
+        if maps is None:
+            maps = lab_maps(a(rec.object), rec.layout, rec.geometry.q_bragg_inv_m, *self.grid)
+        amp = np.abs(maps["density"]).astype(np.float32)
+        ref = np.percentile(amp, 99.5)
+        crystal = amp > 0.3 * ref if ref > 0 else np.zeros(amp.shape, bool)
+        out = {"density": amp, "phase": np.angle(maps["density"]).astype(np.float32)}
+        for k in ("eps_zz", "omega_x", "omega_y"):
+            out[k] = np.where(crystal, maps[k], np.nan).astype(np.float32)
+        p = a(rec.probe2d)
+        out.update(probe_amplitude=np.abs(p).astype(np.float32), probe_phase=np.angle(p).astype(np.float32),
+                   background=a(rec.background).astype(np.float32),
+                   measured=self.asm.measured_disk.astype(np.uint8))
+        return out
+
+
+def _json_safe(v):
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return float(v) if np.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.ndarray):
+        return _json_safe(v.tolist())
+    return v

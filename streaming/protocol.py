@@ -1,0 +1,150 @@
+"""The frame-streaming wire protocol (``bp-stream``, version 1): encode and decode, nothing else.
+
+Every message is a ZeroMQ multipart message: part 0 is a UTF-8 JSON header, part 1 (``frame`` and
+``mask`` messages only) the array as raw C-ordered bytes, sent without a copy. Any ZeroMQ client in
+any language can produce it; docs/streaming-protocol.md is the reference. Message kinds:
+
+- ``start``: a new run: ``geometry`` (``ExperimentGeometry.to_dict()``), ``translations_m``
+  (``n_positions x 3``, lab frame, m), ``n_frames`` expected, optional ``scan`` and ``sim``;
+- ``mask``: valid-pixel mask of the frames (uint8, 1 = good), optional;
+- ``frame``: one detector frame with ``frame_index`` (0-based order in the run), ``angle_index``,
+  ``position_index``, ``motors`` and optional ``source`` (where the raw frame lies on disk);
+- ``stop``: end of run: ``exit_status``, ``n_frames`` sent, optional ``sources`` (the detector files,
+  for a receiver that must recover frames it never got).
+
+All messages carry ``protocol = "bp-stream"``, ``version``, ``kind``, ``run_uid`` and ``seq``
+(0 for ``start``, +1 per message of the run): a receiver sees gaps and duplicates in ``seq``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PROTOCOL = "bp-stream"
+VERSION = 1
+KINDS = ("start", "mask", "frame", "stop")
+FRAME_DTYPES = ("<u2", "<u4", "<i4", "<f4")
+MAX_HEADER_BYTES = 1 << 20
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; the text says what is wrong."""
+
+
+@dataclass
+class Message:
+    """A decoded message: its header (dict) and, for ``frame`` / ``mask``, the array (read-only view)."""
+
+    kind: str
+    run_uid: str
+    seq: int
+    header: dict
+    array: np.ndarray | None = field(default=None, repr=False)
+
+
+def _header(kind: str, run_uid: str, seq: int, **fields) -> dict:
+    return {"protocol": PROTOCOL, "version": VERSION, "kind": kind, "run_uid": str(run_uid), "seq": int(seq), **fields}
+
+
+def _dump(h: dict) -> bytes:
+    return json.dumps(h, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_start(run_uid: str, seq: int, geometry: dict, translations_m, n_frames: int, *,
+                 scan: dict | None = None, sim: dict | None = None) -> list:
+    """``start`` message. ``translations_m``: ``(n_positions, 3)`` sample translations (m)."""
+    t = np.asarray(translations_m, float)
+    if t.ndim != 2 or t.shape[1] != 3:
+        raise ProtocolError(f"translations_m must be (n_positions, 3), got shape {t.shape}")
+    return [_dump(_header("start", run_uid, seq, geometry=geometry, translations_m=t.tolist(),
+                          n_frames=int(n_frames), scan=scan or {}, sim=sim))]
+
+
+def encode_mask(run_uid: str, seq: int, mask: np.ndarray) -> list:
+    """``mask`` message: ``(N1, N2)`` bool or 0/1 array, True / 1 = valid pixel."""
+    m = np.ascontiguousarray(np.asarray(mask).astype(np.uint8))
+    return [_dump(_header("mask", run_uid, seq, dtype="|u1", shape=list(m.shape))), m]
+
+
+def encode_frame(run_uid: str, seq: int, frame: np.ndarray, *, frame_index: int, angle_index: int,
+                 position_index: int, motors: dict | None = None, source: dict | None = None) -> list:
+    """``frame`` message: header and the frame itself (C-contiguous; sent as is, no copy).
+
+    Args:
+        frame: ``(N1, N2)`` counts, uint16 / uint32 / int32 / float32, cropped to the
+            reconstruction ROI of the start message's geometry.
+        motors: readbacks, e.g. ``{"eta_deg": ..., "x_m": ..., "y_m": ...}``.
+        source: where the raw frame lies: ``{"file", "dataset", "index", "roi_origin"}``.
+    """
+    f = np.ascontiguousarray(frame)
+    if f.dtype.str not in FRAME_DTYPES:
+        raise ProtocolError(f"frame dtype {f.dtype} is not one of {FRAME_DTYPES}; convert it before sending")
+    h = _header("frame", run_uid, seq, frame_index=int(frame_index), angle_index=int(angle_index),
+                position_index=int(position_index), dtype=f.dtype.str, shape=list(f.shape),
+                motors={k: float(v) for k, v in (motors or {}).items()})
+    if source:
+        h["source"] = source
+    return [_dump(h), f]
+
+
+def encode_stop(run_uid: str, seq: int, *, exit_status: str, n_frames: int, sources: list | None = None) -> list:
+    """``stop`` message. ``sources``: ``[{"file", "dataset", "roi_origin", "frames": [[i_file, ia, ip], ...]}]``."""
+    return [_dump(_header("stop", run_uid, seq, exit_status=str(exit_status), n_frames=int(n_frames),
+                          sources=sources or []))]
+
+
+def _need(h: dict, key: str, types, kind: str):
+    if key not in h:
+        raise ProtocolError(f"{kind} message without {key!r}")
+    if not isinstance(h[key], types) or (isinstance(h[key], bool) and types is int):
+        raise ProtocolError(f"{kind} message: {key!r} has the wrong type ({type(h[key]).__name__})")
+    return h[key]
+
+
+def decode(parts) -> Message:
+    """Decode a multipart message (list of bytes / zmq.Frame); raises :class:`ProtocolError`."""
+    if not parts:
+        raise ProtocolError("empty message")
+    raw = parts[0].buffer if hasattr(parts[0], "buffer") else parts[0]
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        h = json.loads(bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"header is not JSON: {exc}") from None
+    if not isinstance(h, dict) or h.get("protocol") != PROTOCOL:
+        raise ProtocolError(f"not a {PROTOCOL} message (protocol field: {h.get('protocol') if isinstance(h, dict) else h!r})")
+    if h.get("version") != VERSION:
+        raise ProtocolError(f"protocol version {h.get('version')} is not supported (this receiver speaks {VERSION})")
+    kind = h.get("kind")
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown message kind {kind!r} (expected one of {KINDS})")
+    run_uid = _need(h, "run_uid", str, kind)
+    seq = _need(h, "seq", int, kind)
+    array = None
+    if kind in ("frame", "mask"):
+        if len(parts) != 2:
+            raise ProtocolError(f"{kind} message must have 2 parts (header, array), got {len(parts)}")
+        dtype, shape = _need(h, "dtype", str, kind), _need(h, "shape", list, kind)
+        if kind == "frame" and dtype not in FRAME_DTYPES or kind == "mask" and dtype != "|u1":
+            raise ProtocolError(f"{kind} message: dtype {dtype!r} not allowed")
+        if len(shape) != 2 or not all(isinstance(n, int) and n > 0 for n in shape):
+            raise ProtocolError(f"{kind} message: shape {shape} is not (N1, N2)")
+        buf = parts[1].buffer if hasattr(parts[1], "buffer") else parts[1]
+        nbytes = np.dtype(dtype).itemsize * shape[0] * shape[1]
+        if len(buf) != nbytes:
+            raise ProtocolError(f"{kind} message: {len(buf)} payload bytes, header says {shape} {dtype} = {nbytes}")
+        array = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        if kind == "frame":
+            for key in ("frame_index", "angle_index", "position_index"):
+                if _need(h, key, int, kind) < 0:
+                    raise ProtocolError(f"frame message: negative {key}")
+    elif kind == "start":
+        _need(h, "geometry", dict, kind)
+        _need(h, "translations_m", list, kind)
+        _need(h, "n_frames", int, kind)
+    elif kind == "stop":
+        _need(h, "n_frames", int, kind)
+    return Message(kind, run_uid, seq, h, array)

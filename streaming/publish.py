@@ -1,0 +1,150 @@
+"""Publication of a reconstruction in Tiled: one container per run, updated in place about once a second.
+
+Layout (publication version 1, documented in docs/streaming-protocol.md, read by the viewer):
+
+``reconstructions/<raw run uid>`` container, metadata:
+
+- ``kind = "bp-reconstruction"``, ``version``, ``raw_uid``;
+- ``status``: ``state`` (``waiting``, ``live``, ``final``, ``failed``), frame counters, ``behind``,
+  ``iteration``, ``error``, ``stage``, ``updated`` (unix time), ...;
+- ``history``: ``{"iteration": [...], "error": [...]}`` (the last ``HISTORY_MAX`` iterations);
+- ``grid``: lab grid of the maps: ``origin_m`` (x, y, z), ``voxel_m``, ``shape`` (z, y, x), ``axes``;
+- ``probe_grid``: ``p1_m`` and ``r2_m`` axis coordinates of the probe section;
+- ``units`` of each array, ``metrics`` (final, when the run was simulated: errors against ground truth).
+
+Arrays (all written at the first publication and overwritten in place afterwards, same shapes):
+``density`` / ``phase`` / ``eps_zz`` / ``omega_x`` / ``omega_y`` float32 ``(nz, ny, nx)`` chunked in
+slabs of z (strain and tilts are NaN outside the crystal mask), ``probe_amplitude`` /
+``probe_phase`` float32 ``(np1, N2)``, ``background`` float32 ``(n_angles, N1, N2)``, ``measured``
+uint8 ``(n_angles, n_positions)``.
+
+Publishing runs in its own thread: :meth:`TiledPublisher.submit` only swaps a "latest snapshot"
+slot, so a slow server never slows the reconstruction (older snapshots are simply superseded).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ROOT = "reconstructions"
+PUBLICATION_VERSION = 1
+HISTORY_MAX = 2000
+UNITS = {"density": "arb. units (|rho|)", "phase": "rad", "eps_zz": "1 (strain)", "omega_x": "rad",
+         "omega_y": "rad", "probe_amplitude": "arb. units", "probe_phase": "rad", "background": "counts/pixel",
+         "measured": "1 = frame received"}
+DIMS = {"density": ["z", "y", "x"], "phase": ["z", "y", "x"], "eps_zz": ["z", "y", "x"], "omega_x": ["z", "y", "x"],
+        "omega_y": ["z", "y", "x"], "probe_amplitude": ["p1", "r2"], "probe_phase": ["p1", "r2"],
+        "background": ["angle", "n1", "n2"], "measured": ["angle", "position"]}
+
+
+def _slab_chunks(a: np.ndarray):
+    """A dask array chunked in slabs along axis 0 (a few MB each): a z slice reads one chunk."""
+    import dask.array as da
+
+    per = max(1, int(4e6 // max(1, a[0].nbytes)))
+    return da.from_array(a, chunks=(min(len(a), per),) + a.shape[1:])
+
+
+class TiledPublisher:
+    """Keeps ``reconstructions/<raw_uid>`` in a Tiled server up to date.
+
+    Args:
+        client: a writable Tiled client (root node).
+        raw_uid: uid of the raw run the reconstruction belongs to.
+        min_interval_s: shortest time between two publications (s).
+    """
+
+    def __init__(self, client, raw_uid: str, *, min_interval_s: float = 1.0):
+        self.client = client
+        self.raw_uid = raw_uid
+        self.min_interval_s = float(min_interval_s)
+        self.published = 0
+        self.last_error: str | None = None
+        self._node = None
+        self._children: dict = {}
+        self._slot = None
+        self._cv = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"publish-{raw_uid[:8]}")
+        self._thread.start()
+
+    # --- the reconstruction's side ----------------------------------------------------------------
+    def submit(self, metadata: dict, arrays: dict | None = None) -> None:
+        """Offer a snapshot (never blocks); ``arrays=None`` updates the metadata only."""
+        with self._cv:
+            if self._slot is not None and arrays is None:
+                arrays = self._slot[1]          # keep pending arrays when only metadata is newer
+            self._slot = (metadata, arrays)
+            self._cv.notify()
+
+    def close(self, metadata: dict | None = None, arrays: dict | None = None, timeout: float = 120.0) -> None:
+        """Publish a last snapshot (the final result) synchronously and stop the thread."""
+        if metadata is not None:
+            self.submit(metadata, arrays)
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    # --- the thread ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        last = 0.0
+        while True:
+            with self._cv:
+                while self._slot is None and not self._closing:
+                    self._cv.wait()
+                if self._slot is None and self._closing:
+                    return
+                closing = self._closing
+            if not closing:
+                time.sleep(max(0.0, self.min_interval_s - (time.monotonic() - last)))
+            with self._cv:
+                snap, self._slot = self._slot, None
+            last = time.monotonic()
+            try:
+                self._publish(*snap)
+                self.published += 1
+                self.last_error = None
+            except Exception as exc:  # a server hiccup must not stop the reconstruction
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("publication to Tiled failed (will retry with the next snapshot): %s", self.last_error)
+
+    def _container(self, metadata: dict):
+        if self._node is not None:
+            return self._node
+        root = self.client
+        if ROOT not in root:
+            try:
+                root.create_container(ROOT, metadata={"description": "online Bragg ptychography reconstructions, "
+                                                                     "one container per raw run uid"})
+            except Exception:
+                if ROOT not in root:
+                    raise
+        parent = root[ROOT]
+        if self.raw_uid in parent:
+            self._node = parent[self.raw_uid]
+        else:
+            self._node = parent.create_container(self.raw_uid, metadata=metadata)
+        return self._node
+
+    def _publish(self, metadata: dict, arrays: dict | None) -> None:
+        node = self._container(metadata)
+        for name, a in (arrays or {}).items():
+            a = np.ascontiguousarray(a)
+            child = self._children.get(name)
+            if child is None and name in node:     # a restarted reconstructor takes over its arrays
+                child = self._children[name] = node[name]
+            if child is not None:
+                if tuple(child.shape) != a.shape:
+                    raise ValueError(f"{name}: published shape {tuple(child.shape)} cannot change to {a.shape}")
+                child.write(a)
+            else:
+                data = _slab_chunks(a) if a.ndim == 3 else a
+                self._children[name] = node.write_array(data, key=name, dims=DIMS.get(name),
+                                                        metadata={"units": UNITS.get(name, "")})
+        node.update_metadata(metadata=metadata, drop_revision=True)

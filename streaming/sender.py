@@ -1,0 +1,275 @@
+"""Sources of the frame stream: a PUSH sender, a bluesky callback, a detector tap, a dataset sender.
+
+- :class:`FrameSender` owns one ZeroMQ PUSH socket (PUSH blocks at its high-water mark instead of
+  dropping, unlike PUB) and numbers the messages of each run (``seq``).
+- :class:`BlueskyFrameStreamer` is a bluesky callback: it turns a ``bragg_ptycho_scan`` run's
+  documents into ``start`` / ``mask`` / ``frame`` / ``stop`` messages. Frames come inline in the event
+  (replay) or, for a live detector whose events only reference the HDF5 file, from a
+  :class:`DetectorFrameTap` (the detector-side hook; reading the file back in the acquiring process
+  is not possible while it is open for SWMR writing). Subscribe it through ``plans.monitor.buffered``
+  so the RunEngine never waits for the network.
+- :func:`send_dataset` streams a recorded dataset file (docs/dataset-format.md).
+
+Raw frames are on disk before they are streamed; when the receiver is away the sender keeps going
+(counting what it could not send) and the ``stop`` message lists the files, so the reconstructor
+recovers every frame it missed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from urllib.parse import urlparse
+
+import numpy as np
+import zmq
+
+from . import protocol
+
+log = logging.getLogger(__name__)
+
+
+class FrameSender:
+    """One PUSH socket connected to a reconstructor.
+
+    Args:
+        address: e.g. ``tcp://127.0.0.1:5577``.
+        hwm: messages queued before ``send`` blocks (PUSH never drops at the mark).
+        timeout_s: longest a send may block (no receiver, or one that cannot keep up); after a
+            timeout the sender counts the message as unsent and tries each later one only briefly,
+            until a send succeeds again.
+    """
+
+    def __init__(self, address: str, *, hwm: int = 1000, timeout_s: float = 30.0, context=None):
+        self.address = address
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.SNDHWM, int(hwm))
+        self._sock.setsockopt(zmq.LINGER, 5000)
+        self._sock.connect(address)
+        self.timeout_s = float(timeout_s)
+        self._stalled = False
+        self.sent = 0
+        self.unsent = 0
+        self._seq: dict[str, int] = {}
+
+    def next_seq(self, run_uid: str) -> int:
+        s = self._seq.get(run_uid, 0)
+        self._seq[run_uid] = s + 1
+        return s
+
+    def send(self, parts: list) -> bool:
+        """Send one multipart message (arrays without a copy); False if it timed out."""
+        self._sock.setsockopt(zmq.SNDTIMEO, int((0.2 if self._stalled else self.timeout_s) * 1000))
+        try:
+            self._sock.send_multipart(parts, copy=False)
+        except zmq.Again:
+            if not self._stalled:
+                log.warning("no reconstructor took messages at %s for %.0f s; going on without it (raw frames "
+                            "stay in the detector files, the stop message lists them)", self.address, self.timeout_s)
+            self._stalled = True
+            self.unsent += 1
+            return False
+        self._stalled = False
+        self.sent += 1
+        return True
+
+    def close(self, linger_s: float = 5.0) -> None:
+        self._sock.close(linger=int(linger_s * 1000))
+
+
+class DetectorFrameTap:
+    """Detector-side hook: keeps the frames a detector has written until the streamer takes them.
+
+    Args:
+        detector: a device with ``frame_listeners`` (``sim_devices.detector.SimAreaDetector``).
+        max_frames: frames held at most; older ones are dropped (the receiver recovers them from
+            the file), so a stalled network cannot exhaust memory.
+    """
+
+    def __init__(self, detector, *, max_frames: int = 2048):
+        self.detector = detector
+        self.max_frames = int(max_frames)
+        self._frames: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.dropped = 0
+        detector.frame_listeners.append(self._on_frame)
+
+    def _on_frame(self, uri: str, index: int, frame: np.ndarray) -> None:
+        with self._lock:
+            self._frames[(uri, int(index))] = frame
+            while len(self._frames) > self.max_frames:
+                self._frames.popitem(last=False)
+                self.dropped += 1
+
+    def take(self, uri: str, index: int) -> np.ndarray | None:
+        with self._lock:
+            return self._frames.pop((uri, int(index)), None)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return np.asarray(self.detector.mask, bool)
+
+    def detach(self) -> None:
+        if self._on_frame in self.detector.frame_listeners:
+            self.detector.frame_listeners.remove(self._on_frame)
+
+
+def _uri_path(uri: str) -> str:
+    return urlparse(uri).path if uri.startswith("file:") else uri
+
+
+class BlueskyFrameStreamer:
+    """Bluesky callback streaming the frames of ``bragg_ptycho_scan`` runs (live or replayed).
+
+    Args:
+        sender: the :class:`FrameSender`.
+        tap: frames of a live detector (events that reference a file); None for inline frames.
+        mask: valid-pixel mask of the full detector frame (default: the tap's detector mask).
+    """
+
+    def __init__(self, sender: FrameSender, tap: DetectorFrameTap | None = None, mask: np.ndarray | None = None):
+        self.sender, self.tap, self.mask = sender, tap, mask
+        self._reset()
+
+    def _reset(self):
+        self.uid = None
+        self._scan = None
+        self._primary = None
+        self._resources: dict[str, dict] = {}
+        self._datums: list[tuple[dict, dict]] = []   # (stream datum, resource)
+        self._res_frames: dict[str, list] = {}       # resource uid -> [[ia, ip, index in file], ...]
+        self._n_frames = 0
+        self._mask_sent = False
+        self.missing_frames = 0
+
+    def __call__(self, name: str, doc: dict) -> None:
+        getattr(self, f"_{name}", lambda d: None)(doc)
+
+    def _start(self, doc):
+        self._reset()
+        if "bp_geometry" not in doc or "bp_scan" not in doc:
+            return                                  # not a Bragg ptychography run: nothing to stream
+        s = self._scan = doc["bp_scan"]
+        self.uid = doc["uid"]
+        self._crop_shape = tuple(doc["bp_geometry"]["crop"])
+        xy = np.stack([np.asarray(s["x_setpoints"], float) * s["x_unit_m"],
+                       np.asarray(s["y_setpoints"], float) * s["y_unit_m"]], 1)
+        t = np.concatenate([xy, np.zeros((len(xy), 1))], 1)
+        self.sender.send(protocol.encode_start(self.uid, self.sender.next_seq(self.uid), doc["bp_geometry"], t,
+                                               s["n_points"], scan=s, sim=doc.get("bp_sim")))
+
+    def _descriptor(self, doc):
+        if self.uid and doc.get("name") == "primary":
+            self._primary = doc["uid"]
+
+    def _stream_resource(self, doc):
+        if self.uid:
+            self._resources[doc["uid"]] = doc
+
+    def _stream_datum(self, doc):
+        if self.uid:
+            self._datums.append((doc, self._resources.get(doc["stream_resource"])))
+
+    def _file_index(self, seq_num: int):
+        for datum, res in reversed(self._datums):
+            if datum["seq_nums"]["start"] <= seq_num < datum["seq_nums"]["stop"] and res is not None:
+                return res, datum["indices"]["start"] + seq_num - datum["seq_nums"]["start"]
+        return None, None
+
+    def _crop(self, frame: np.ndarray) -> np.ndarray:
+        (r0, c0), (n1, n2) = self._scan["roi_origin"], self._crop_shape
+        return frame[r0:r0 + n1, c0:c0 + n2]
+
+    def _event(self, doc):
+        if not self.uid or doc["descriptor"] != self._primary:
+            return
+        s, data = self._scan, doc["data"]
+        ia, ip = int(data["bp_index_angle"]), int(data["bp_index_pos"])
+        motors = {"eta_deg": data.get(s["rocking_motor"], np.nan), "x_m": data.get(s["x_motor"], np.nan) * s["x_unit_m"],
+                  "y_m": data.get(s["y_motor"], np.nan) * s["y_unit_m"]}
+        motors = {k: v for k, v in motors.items() if np.isfinite(v)}
+        img = data.get(s["image_key"])
+        source = None
+        if isinstance(img, (np.ndarray, list)):
+            frame = np.asarray(img)                 # inline (replay): already cropped
+        else:
+            res, k = self._file_index(doc["seq_num"])
+            frame = None
+            if res is not None:
+                source = {"file": _uri_path(res["uri"]), "dataset": res["parameters"]["dataset"], "index": [int(k)],
+                          "roi_origin": list(s["roi_origin"])}
+                self._res_frames.setdefault(res["uid"], []).append([ia, ip, int(k)])
+                full = self.tap.take(res["uri"], k) if self.tap is not None else None
+                if full is not None:
+                    frame = self._crop(full)
+                    if not self._mask_sent:
+                        m = self.mask if self.mask is not None else self.tap.mask
+                        self.sender.send(protocol.encode_mask(self.uid, self.sender.next_seq(self.uid), self._crop(m)))
+                        self._mask_sent = True
+            if frame is None:
+                self.missing_frames += 1            # the receiver recovers it from the file at stop
+                return
+        if frame.dtype.str not in protocol.FRAME_DTYPES:
+            frame = frame.astype(np.uint32)
+        self.sender.send(protocol.encode_frame(self.uid, self.sender.next_seq(self.uid), frame,
+                                               frame_index=self._n_frames, angle_index=ia, position_index=ip,
+                                               motors=motors, source=source))
+        self._n_frames += 1
+
+    def _stop(self, doc):
+        if not self.uid:
+            return
+        sources = [{"format": "detector", "file": _uri_path(r["uri"]), "dataset": r["parameters"]["dataset"],
+                    "roi_origin": list(self._scan["roi_origin"]), "frames": self._res_frames.get(r["uid"], [])}
+                   for r in self._resources.values()]
+        self.sender.send(protocol.encode_stop(self.uid, self.sender.next_seq(self.uid),
+                                              exit_status=doc.get("exit_status", "unknown"),
+                                              n_frames=self._n_frames, sources=sources))
+        self.uid = None
+
+
+def send_dataset(path, address: str, *, rate: float | None = None, run_uid: str | None = None,
+                 progress: bool = True, sender: FrameSender | None = None) -> dict:
+    """Stream a dataset file's measured frames (angle-outer) as one run.
+
+    Args:
+        path: dataset file (docs/dataset-format.md).
+        address: the reconstructor's address.
+        rate: frames per second (None: as fast as the receiver takes them).
+        run_uid: uid of the streamed run (default: the file's ``run_uid`` or a new uuid).
+
+    Returns: ``{"run_uid", "frames", "seconds", "unsent"}``.
+    """
+    import uuid
+
+    from tqdm import tqdm
+
+    from bp_plugin.dataset import read_dataset
+
+    ds = read_dataset(path, allow_partial=True)
+    uid = run_uid or ds.metadata.get("run_uid") or str(uuid.uuid4())
+    own = sender is None
+    sender = sender or FrameSender(address)
+    pts = [(ia, ip) for ia in range(ds.measured.shape[0]) for ip in range(ds.measured.shape[1]) if ds.measured[ia, ip]]
+    sim = {"preset": ds.metadata["preset"], "seed": int(ds.metadata.get("seed", 0))} if ds.metadata.get("simulated") else None
+    t0 = time.perf_counter()
+    sender.send(protocol.encode_start(uid, sender.next_seq(uid), ds.geometry.to_dict(), ds.translations_m, len(pts),
+                                      scan={"source": str(path)}, sim=sim))
+    sender.send(protocol.encode_mask(uid, sender.next_seq(uid), ds.mask))
+    frames = np.ascontiguousarray(ds.frames)
+    if frames.dtype.str not in protocol.FRAME_DTYPES:
+        frames = frames.astype(np.float32 if frames.dtype.kind == "f" else np.uint32)
+    for k, (ia, ip) in enumerate(tqdm(pts, desc=f"stream {uid[:8]}", unit="frame", disable=not progress)):
+        if rate:
+            time.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
+        t = ds.translations_m[ip]
+        sender.send(protocol.encode_frame(uid, sender.next_seq(uid), frames[ia, ip], frame_index=k, angle_index=ia,
+                                          position_index=ip, motors={"eta_deg": ds.angles_deg[ia], "x_m": t[0], "y_m": t[1]}))
+    sender.send(protocol.encode_stop(uid, sender.next_seq(uid), exit_status="success", n_frames=len(pts),
+                                     sources=[{"format": "bp-dataset", "file": str(path), "frames": [list(p) for p in pts]}]))
+    out = {"run_uid": uid, "frames": len(pts), "seconds": time.perf_counter() - t0, "unsent": sender.unsent}
+    if own:
+        sender.close()
+    return out

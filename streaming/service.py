@@ -1,0 +1,262 @@
+"""The online reconstructor service: ``bp-plugin reconstructor --listen tcp://127.0.0.1:PORT``.
+
+Two threads. The receiver binds a PULL socket (PUSH/PULL never drops at the high-water mark: a
+sender blocks instead) and only decodes, checks and places frames into the run's on-disk spool
+(:mod:`streaming.assembly`), so ingest never waits for the reconstruction. The worker takes runs
+one after another (a long-lived service: no restart between scans), refines probe, object and
+background while frames arrive (:mod:`streaming.live`), publishes to Tiled about once a second
+(:mod:`streaming.publish`, its own thread), checkpoints, and at the stop message recovers missed
+frames from the detector files, runs the full schedule and publishes the final result.
+
+Malformed messages are counted, logged and skipped; nothing a sender does can stop the service.
+A frame of a run this process never saw start is taken over from the run's spool folder when an
+earlier process left one (restart in the middle of a run), else counted as an orphan.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from bp_plugin.backend import get_backend
+
+from .assembly import RunAssembly
+from .live import LiveOptions, LiveReconstruction
+from .protocol import ProtocolError, decode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceOptions:
+    """Settings of the service.
+
+    Attributes:
+        listen: ZeroMQ address to bind (``tcp://127.0.0.1:5577``; port 0 or ``*`` picks a free one).
+        workdir: spool, checkpoints and results, one folder per run.
+        tiled_url, api_key: where results are published (None: not published).
+        device: ``auto``, ``cpu`` or ``gpu``.
+        max_runs: stop after this many runs (None: serve until stopped).
+        rcvhwm: messages the PULL socket queues before senders block.
+        live: :class:`LiveOptions`.
+    """
+
+    listen: str = "tcp://127.0.0.1:5577"
+    workdir: Path = Path("out/reconstructor")
+    tiled_url: str | None = None
+    api_key: str | None = None
+    device: str = "auto"
+    max_runs: int | None = None
+    rcvhwm: int = 10000
+    live: LiveOptions = field(default_factory=LiveOptions)
+
+
+class ReconstructorService:
+    """Receiver and worker of the online reconstruction (see the module docstring)."""
+
+    def __init__(self, opts: ServiceOptions, *, progress=None):
+        self.opts = opts
+        self.workdir = Path(opts.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.client = None
+        if opts.tiled_url:
+            from bp_plugin.tiled_server import connect
+            self.client = connect(opts.tiled_url, opts.api_key)   # fails now, clearly, on a bad URL or key
+        self.backend = get_backend(opts.device)
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.PULL)
+        self._sock.setsockopt(zmq.RCVHWM, int(opts.rcvhwm))
+        self._sock.setsockopt(zmq.LINGER, 0)
+        addr = opts.listen.replace(":0", ":*") if opts.listen.endswith(":0") else opts.listen
+        self._sock.bind(addr)
+        self.address = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.runs: dict[str, RunAssembly] = {}
+        self.finished: dict[str, dict] = {}
+        self.counters = {"messages": 0, "malformed": 0, "orphans": 0, "late": 0}
+        self._todo: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self.progress = progress
+        self.current: LiveReconstruction | None = None
+        self._rx = threading.Thread(target=self._receive, daemon=True, name="bp-receiver")
+
+    # --- receiver -----------------------------------------------------------------------------------
+    def _receive(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            parts = self._sock.recv_multipart(copy=False)
+            self.counters["messages"] += 1
+            try:
+                self._dispatch(decode(parts))
+            except ProtocolError as exc:
+                self.counters["malformed"] += 1
+                log.warning("malformed message skipped: %s", exc)
+            except Exception as exc:  # never fatal: count, log, go on
+                self.counters["malformed"] += 1
+                log.exception("message could not be handled: %s", exc)
+
+    def _assembly(self, uid: str) -> RunAssembly | None:
+        asm = self.runs.get(uid)
+        if asm is None and uid not in self.finished:
+            asm = RunAssembly.resume(self.workdir / uid)      # a run an earlier process had started
+            if asm is not None:
+                log.info("run %s: taken over from the spool of an earlier process", uid[:8])
+                self.runs[uid] = asm
+                self._todo.put(uid)
+        return asm
+
+    def _dispatch(self, msg) -> None:
+        uid = msg.run_uid
+        if msg.kind == "start":
+            if uid in self.runs or uid in self.finished:
+                self.counters["late"] += 1
+                return
+            folder = self.workdir / uid
+            asm = RunAssembly(msg.header, folder) if not (folder / "start.json").exists() else RunAssembly.resume(folder)
+            self.runs[uid] = asm
+            self._todo.put(uid)
+            return
+        if uid in self.finished:
+            self.counters["late"] += 1
+            return
+        asm = self._assembly(uid)
+        if asm is None:
+            self.counters["orphans"] += 1
+            log.warning("message %s of run %s arrived without its start message; skipped", msg.kind, uid[:8])
+            return
+        if msg.kind == "frame":
+            asm.place(msg)
+        elif msg.kind == "mask":
+            asm.set_mask(msg.array.astype(bool))
+        elif msg.kind == "stop":
+            asm.stop = msg.header
+
+    # --- worker -------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Take runs until ``max_runs`` are done or :meth:`shutdown` is called."""
+        self._rx.start()
+        done = 0
+        try:
+            while not self._stop.is_set() and (self.opts.max_runs is None or done < self.opts.max_runs):
+                try:
+                    uid = self._todo.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                self.finished[uid] = self._run(self.runs[uid])
+                self.runs.pop(uid, None)
+                done += 1
+        finally:
+            self.shutdown()
+
+    def start(self) -> threading.Thread:
+        """Serve in a background thread (tests, the demo); returns the thread."""
+        t = threading.Thread(target=self.serve, daemon=True, name="bp-reconstructor")
+        t.start()
+        return t
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._rx.is_alive() and threading.current_thread() is not self._rx:
+            self._rx.join(2)
+        self._sock.close(0)
+
+    def _publisher(self, uid: str):
+        if self.client is None:
+            return None
+        from .publish import TiledPublisher
+        return TiledPublisher(self.client, uid, min_interval_s=self.opts.live.publish_interval_s)
+
+    def _run(self, asm: RunAssembly) -> dict:
+        """Live phase until the stop message, then recovery, final schedule, result and publication."""
+        opts = self.opts.live
+        live = self.current = LiveReconstruction(asm, opts, self.backend)
+        pub = self._publisher(asm.uid)
+        t_pub = t_ck = 0.0
+        log.info("run %s: %s", asm.uid[:8], live.rec.layout.describe())
+        try:
+            if pub:
+                pub.submit(live.metadata("waiting"), live.arrays())
+            while not self._stop.is_set():
+                live.ingest()
+                if asm.stop is not None and not asm.pending:
+                    break
+                if live.live_step() is None:
+                    time.sleep(0.02)
+                now = time.monotonic()
+                if pub and now - t_pub >= opts.publish_interval_s:
+                    pub.submit(live.metadata("live"), live.arrays())
+                    t_pub = now
+                if now - t_ck >= opts.checkpoint_interval_s and live.rec.measured.any():
+                    live.checkpoint()
+                    t_ck = now
+                self._report(live)
+            if self._stop.is_set():
+                live.checkpoint()
+                return {"state": "interrupted"}
+            t_stop = time.monotonic()
+            asm.recover(asm.stop.get("sources") or [])
+            live.ingest()
+            if not live.rec.measured.any():
+                md = live.metadata("failed")
+                md["status"]["message"] = "the run ended without a single frame"
+                if pub:
+                    pub.close(md)
+                return md["status"]
+            if pub:
+                pub.submit(live.metadata("live"))
+            live.run_final(lambda r: self._final_tick(live, pub))
+            return self._finish(live, pub, t_stop)
+        except Exception as exc:
+            log.exception("run %s failed", asm.uid[:8])
+            if pub:
+                md = live.metadata("failed")
+                md["status"]["message"] = f"{type(exc).__name__}: {exc}"
+                pub.close(md)
+            return {"state": "failed", "message": str(exc)}
+
+    def _final_tick(self, live, pub) -> None:
+        if pub and time.monotonic() - getattr(self, "_t_tick", 0.0) >= self.opts.live.publish_interval_s:
+            pub.submit(live.metadata("live"), live.arrays())
+            self._t_tick = time.monotonic()
+        self._report(live)
+
+    def _finish(self, live: LiveReconstruction, pub, t_stop: float) -> dict:
+        from bp_plugin.recon.run import summarize, write_outputs
+
+        asm, rec = live.asm, live.rec
+        gt = gt_attrs = None
+        sim = asm.start.get("sim")
+        if sim:
+            from sim_devices.experiment import build_experiment
+            gt, gt_attrs = build_experiment(sim["preset"], seed=int(sim.get("seed", 0))).ground_truth()
+        metrics, maps, grid, arrays, illum = summarize(rec, gt, gt_attrs)
+        metrics["seconds"] = time.time() - live.started
+        metrics["latency_last_frame_to_result_s"] = time.monotonic() - t_stop
+        metrics["counters"] = asm.status()
+        out = asm.folder / "result.h5"
+        write_outputs(rec, out, metrics, maps, grid, arrays, illum, source=f"stream:{asm.uid}",
+                      figures=self.opts.live.figures)
+        if grid != live.grid:                           # keep the published shapes: maps on the live grid
+            maps = None
+        metrics["latency_last_frame_to_result_s"] = time.monotonic() - t_stop
+        status = live.status("final")
+        if pub:
+            t0 = time.monotonic()
+            pub.close(live.metadata("final", metrics), live.arrays(maps))
+            metrics["publish_final_s"] = time.monotonic() - t0
+        metrics["latency_last_frame_to_published_s"] = time.monotonic() - t_stop
+        (asm.folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        log.info("run %s: final, %s", asm.uid[:8], {k: metrics.get(k) for k in ("object_error", "strain_rms_error")})
+        return {**status, "metrics": metrics, "result": str(out)}
+
+    def _report(self, live) -> None:
+        if self.progress is not None:
+            self.progress(live.status(live.stage))

@@ -1,0 +1,217 @@
+"""Streaming online reconstruction: real ZeroMQ sockets, a real RunEngine, a real Tiled server,
+the reconstructor started through its own CLI in a child process.
+
+Quality thresholds of the final streamed result are the engine's (tests/test_engine.py: object
+error 0.22, eps_zz RMS 4.6e-5, tilts 4.5e-5 rad on ``tiny`` after 60 joint + 20 ML iterations): the
+streamed run ends with the same schedule, started from the live state, so it must be at least as good.
+"""
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from bp_plugin.dataset import read_dataset
+from sim_devices.experiment import simulate_to_file
+from streaming import protocol
+from streaming.processes import start_reconstructor, wait_for_state
+from streaming.sender import FrameSender, send_dataset
+from streaming.service import ReconstructorService, ServiceOptions
+from streaming.live import LiveOptions
+
+OBJ, STRAIN, TILT = 0.22, 4.6e-5, 4.5e-5
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stream") / "tiny.h5"
+    simulate_to_file(path, "tiny", seed=0, progress=False)
+    return path
+
+
+def test_protocol_round_trip_and_clear_refusals():
+    f = np.arange(12, dtype=np.uint32).reshape(3, 4)
+    parts = protocol.encode_frame("r1", 5, f, frame_index=2, angle_index=1, position_index=3, motors={"eta_deg": 1.5})
+    m = protocol.decode([bytes(p) if isinstance(p, bytes) else p.tobytes() for p in parts])
+    assert (m.kind, m.run_uid, m.seq, m.header["angle_index"]) == ("frame", "r1", 5, 1)
+    assert np.array_equal(m.array, f)
+    bad = [
+        ([b"\xff\xfe"], "not JSON"),
+        ([json.dumps({"protocol": "other"}).encode()], "not a bp-stream"),
+        ([json.dumps({"protocol": "bp-stream", "version": 99, "kind": "frame"}).encode()], "version 99"),
+        ([parts[0]], "2 parts"),
+        ([parts[0], b"\0" * 7], "payload bytes"),
+        ([parts[0].replace(b'"angle_index":1', b'"angle_index":-1'), f.tobytes()], "negative"),
+    ]
+    for p, text in bad:
+        with pytest.raises(protocol.ProtocolError, match=text):
+            protocol.decode(p)
+
+
+def _service(tmp_path, **live):
+    opts = ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "work", max_runs=1, device="cpu",
+                          live=LiveOptions(final_iterations=6, ml_iterations=0, figures=False, **live))
+    return ReconstructorService(opts)
+
+
+def test_duplicates_out_of_order_gaps_and_garbage_are_counted_never_fatal(tiny_file, tmp_path):
+    svc = _service(tmp_path)
+    th = svc.start()
+    ds = read_dataset(tiny_file)
+    uid = "fault-run"
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(svc.address)
+    pts = [(ia, ip) for ia in range(ds.measured.shape[0]) for ip in range(ds.measured.shape[1])]
+    msgs = [protocol.encode_frame(uid, k + 2, np.asarray(ds.frames[ia, ip], np.uint32), frame_index=k,
+                                  angle_index=ia, position_index=ip) for k, (ia, ip) in enumerate(pts)]
+    push.send_multipart(protocol.encode_start(uid, 0, ds.geometry.to_dict(), ds.translations_m, len(pts)))
+    push.send_multipart(protocol.encode_mask(uid, 1, ds.mask))
+    skipped = {7, 8, 100}                                  # gaps: never sent, recovered from the file at stop
+    order = [k for k in range(len(msgs)) if k not in skipped]
+    order[10:20] = order[10:20][::-1]                      # out of order
+    garbage = [[b"not json at all"], [b'{"protocol": "bp-stream", "version": 1, "kind": "frame"}'],
+               [msgs[0][0]], [msgs[0][0], b"\1\2\3"]]
+    for n, k in enumerate(order):
+        push.send_multipart(msgs[k], copy=False)
+        if n % 50 == 0:
+            push.send_multipart(msgs[k], copy=False)           # duplicate (same seq)
+            push.send_multipart(garbage[(n // 50) % len(garbage)])
+    n = len(msgs)                                          # two bad frames close the stream: seq n + 2, n + 3
+    wrong = protocol.encode_frame(uid, n + 2, np.zeros((5, 5), np.uint32), frame_index=n, angle_index=0,
+                                  position_index=0)
+    nan = protocol.encode_frame(uid, n + 3, np.full(ds.geometry.crop, np.nan, np.float32), frame_index=n + 1,
+                                angle_index=0, position_index=1)
+    push.send_multipart(wrong)
+    push.send_multipart(nan)
+    push.send_multipart(protocol.encode_stop(uid, n + 4, exit_status="success", n_frames=n + 2,
+                                             sources=[{"format": "bp-dataset", "file": str(tiny_file),
+                                                       "frames": [list(p) for p in pts]}]))
+    th.join(300)
+    push.close(0)
+    st = svc.finished[uid]
+    n_dup = len(range(0, len(order), 50))
+    assert st["state"] == "final"
+    assert st["received"] == st["placed"] + st["duplicates"] + st["rejected"]
+    assert st["placed"] == len(msgs) - len(skipped)
+    assert st["duplicates"] == n_dup and st["rejected"] == 2
+    assert st["out_of_order"] > 0 and st["recovered"] == len(skipped) and st["missing"] == len(skipped)
+    assert st["frames_measured"] == len(msgs)
+    assert svc.counters["malformed"] == n_dup                # every garbage message counted, none fatal
+    work = np.load(tmp_path / "work" / uid / "frames.npy", mmap_mode="r")
+    assert np.array_equal(work[2, 7], ds.frames[2, 7].astype(np.float32))
+
+
+def test_scan_streams_live_to_reconstructor_and_tiled(tiled_server, tmp_path):
+    """The end-to-end path: RunEngine -> simulated beamline -> ZeroMQ -> reconstructor -> Tiled."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from bp_plugin.tiled_server import connect
+    from plans.acquire import make_run_engine
+    from plans.bragg_ptycho import bragg_ptycho_scan
+    from plans.monitor import buffered
+    from sim_devices.beamline import build_beamline
+    from streaming.sender import BlueskyFrameStreamer, DetectorFrameTap
+
+    rp = start_reconstructor(tmp_path / "rec", tiled_url=tiled_server.url, api_key=tiled_server.api_key, max_runs=1)
+    try:
+        bl = build_beamline("tiny", write_dir=tiled_server.detector_dir, seed=0)
+        sender = FrameSender(rp.address)
+        streamer = buffered(BlueskyFrameStreamer(sender, DetectorFrameTap(bl.detector)))
+        writer = buffered(TiledWriter(tiled_server.client(), batch_size=10))
+        RE = make_run_engine()
+        RE.subscribe(writer)
+        RE.subscribe(streamer)
+        seen, uid, scanning = [], [], threading.Event()
+        RE.subscribe(lambda name, doc: uid.append(doc["uid"]) if name == "start" else None)
+
+        def watch():                           # a second client, reading while the scan runs
+            viewer = connect(tiled_server.url, tiled_server.api_key)
+            while scanning.is_set():
+                try:
+                    node = viewer["reconstructions"][uid[0]]
+                    st = node.metadata["status"]
+                    if st["state"] == "live" and st["frames_in_engine"] > 0:
+                        seen.append((st["frames_in_engine"], float(np.nanmax(np.abs(node["eps_zz"][:])))))
+                except (KeyError, IndexError):
+                    pass
+                time.sleep(0.3)
+
+        scanning.set()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        RE(bragg_ptycho_scan([bl.detector], bl.eta, bl.piezo_x, bl.piezo_y, bl.preset.geometry))
+        streamer.shutdown(wait=True)
+        scanning.clear()
+        watcher.join(5)
+        writer.shutdown(wait=True)
+        sender.close()
+        md = wait_for_state(tiled_server.client(), uid[0], timeout=600)
+    finally:
+        rp.stop()
+    assert seen, f"no live result was seen in Tiled while the scan ran; reconstructor log:\n{rp.log_tail()}"
+    assert seen[0][0] < 300 and np.isfinite(seen[0][1])    # a partial map, published before the last frame
+    st, m = md["status"], md["metrics"]
+    assert st["state"] == "final", rp.log_tail()
+    assert st["received"] == st["placed"] == 300 and st["duplicates"] == st["rejected"] == st["missing"] == 0
+    assert m["object_error"] < OBJ and m["strain_rms_error"] < STRAIN and m["tilt_rms_error_rad"] < TILT
+    node = tiled_server.client()["reconstructions"][uid[0]]
+    assert node["eps_zz"].shape == tuple(md["grid"]["shape"]) and node["eps_zz"].dtype == np.float32
+    assert node["measured"][:].all()
+
+
+def test_restarted_reconstructor_recovers_and_reaches_the_same_quality(tiled_server, tiny_file, tmp_path):
+    """Kill -9 in the middle of a run; a new process takes the run over from its spool and checkpoint,
+    gets the rest over the wire and the frames lost in between from the file."""
+    work = tmp_path / "rec"
+    args = ["--iterations", "60", "--ml-iterations", "20", "--publish-interval", "0.5"]
+    rp = start_reconstructor(work, tiled_url=tiled_server.url, api_key=tiled_server.api_key, extra_args=args)
+    ds = read_dataset(tiny_file)
+    uid = "restart-run"
+    sender = FrameSender(rp.address, timeout_s=2.0)
+    pts = [(ia, ip) for ia in range(ds.measured.shape[0]) for ip in range(ds.measured.shape[1])]
+    sender.send(protocol.encode_start(uid, sender.next_seq(uid), ds.geometry.to_dict(), ds.translations_m, len(pts),
+                                      sim={"preset": "tiny", "seed": 0}))   # ground truth for the metrics
+    sender.send(protocol.encode_mask(uid, sender.next_seq(uid), ds.mask))
+
+    def send(k):
+        ia, ip = pts[k]
+        sender.send(protocol.encode_frame(uid, sender.next_seq(uid), np.asarray(ds.frames[ia, ip], np.uint32),
+                                          frame_index=k, angle_index=ia, position_index=ip))
+
+    for k in range(150):
+        send(k)
+    client = tiled_server.client()
+    wait_for_state(client, uid, states=("live",), timeout=60)
+    time.sleep(3)                                         # some live iterations and a checkpoint
+    rp.kill()
+    assert (work / uid / "frames.npy").exists() and (work / uid / "checkpoint.npz").exists()
+    for k in range(150, 170):        # lost: ZeroMQ would queue them for the new process, so skip them
+        sender.next_seq(uid)         # (a sender that gave up); the new process reads them from the file
+    rp2 = start_reconstructor(work, address=rp.address, tiled_url=tiled_server.url, api_key=tiled_server.api_key,
+                              extra_args=args, max_runs=1)
+    try:
+        for k in range(170, len(pts)):
+            send(k)
+        sender.send(protocol.encode_stop(uid, sender.next_seq(uid), exit_status="success", n_frames=len(pts),
+                                         sources=[{"format": "bp-dataset", "file": str(tiny_file),
+                                                   "frames": [list(p) for p in pts]}]))
+        md = wait_for_state(client, uid, timeout=600)
+    finally:
+        sender.close(0)
+        rp2.stop()
+    st, m = md["status"], md["metrics"]
+    assert st["state"] == "final", rp2.log_tail()
+    assert st["frames_measured"] == len(pts) and st["recovered"] == 20 and st["missing"] == 20
+    assert "taken over" in rp2.log_tail(20000)
+    assert m["object_error"] < OBJ and m["strain_rms_error"] < STRAIN and m["tilt_rms_error_rad"] < TILT
+
+
+def test_wrong_api_key_is_refused(tiled_server, tmp_path):
+    with pytest.raises(RuntimeError, match="(?i)key"):
+        start_reconstructor(tmp_path / "rec", tiled_url=tiled_server.url, api_key="not-the-key", ready_timeout=60)
+    opts = ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", tiled_url=tiled_server.url,
+                          api_key="wrong")
+    with pytest.raises(RuntimeError, match="(?i)key"):
+        ReconstructorService(opts)
