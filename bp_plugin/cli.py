@@ -135,9 +135,16 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    """The main job, for now: geometry, a simulated scan written to the dataset format, its overview,
-    and its reconstruction (a compressed schedule) with figures and errors against the ground truth."""
+    """The main job: a simulated experiment streamed live (``streaming.demo``); ``--offline``: the
+    file-based path (simulated scan file, overview, reconstruction)."""
     from pathlib import Path
+
+    if not a.offline:
+        from streaming.demo import DemoOptions, run_demo
+
+        s = run_demo(DemoOptions(preset=a.preset, out=Path(a.out), seed=a.seed, browser=not a.no_browser,
+                                 iterations=a.iterations, ml_iterations=a.ml_iterations))
+        return 0 if s.get("state") == "final" else 1
 
     from sim_devices.presets import get_preset
 
@@ -299,12 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-figures", action="store_true")
     pr.set_defaults(func=cmd_reconstruct)
 
-    pd = sub.add_parser("demo", help="the main job: a complete simulated experiment")
+    pd = sub.add_parser("demo", help="the main job: a complete simulated experiment, reconstructed live "
+                                     "(Tiled server, reconstructor, RunEngine, viewer)")
     pd.add_argument("--preset", default="small", help="tiny | small | paper")
     pd.add_argument("--out", default="out/demo", help="output folder")
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--iterations", type=int, default=40, help="joint updates of the reconstruction (0: none)")
     pd.add_argument("--ml-iterations", type=int, default=10)
+    pd.add_argument("--no-browser", action="store_true", help="do not open the viewer in a browser")
+    pd.add_argument("--offline", action="store_true",
+                    help="no streaming: simulate a scan file, then reconstruct it (the file-based path)")
     pd.set_defaults(func=cmd_demo)
 
     pv = sub.add_parser("serve", help="run the Tiled server (catalog of runs and results) on 127.0.0.1")

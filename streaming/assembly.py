@@ -45,6 +45,7 @@ class RunAssembly:
         self.geometry = ExperimentGeometry.from_dict(start["geometry"])
         self.translations_m = np.asarray(start["translations_m"], float)
         self.n_frames_expected = int(start["n_frames"])
+        self.roi_origin = start.get("roi_origin")
         n_a, n_p = self.geometry.n_angles, len(self.translations_m)
         self.shape = (n_a, n_p) + tuple(self.geometry.crop)
         self.folder = Path(folder)
@@ -68,6 +69,7 @@ class RunAssembly:
                          "malformed": 0, "out_of_order": 0}
         self.pending: list[tuple[int, int, float]] = []     # (ia, ip, time placed) not yet in the engine
         self.stop: dict | None = None
+        self.t_first_frame = self.t_last_frame = None     # wall clock of the first / last placed frame
         self.lock = threading.Lock()
         if resume and (self.folder / "mask.npy").exists():
             self.mask_sent = np.load(self.folder / "mask.npy")
@@ -93,7 +95,12 @@ class RunAssembly:
         if not (0 <= h["angle_index"] < n_a and 0 <= h["position_index"] < n_p):
             return f"indices ({h['angle_index']}, {h['position_index']}) outside the scan ({n_a} x {n_p})"
         if f.shape != self.shape[2:]:
-            return f"frame shape {f.shape}, the run's ROI is {self.shape[2:]}"
+            r0, c0 = self.roi_origin if self.roi_origin is not None else (0, 0)
+            if self.roi_origin is None or f.shape[0] < r0 + self.shape[2] or f.shape[1] < c0 + self.shape[3]:
+                return (f"frame shape {f.shape}, the run's ROI is {self.shape[2:]}"
+                        + (f" at {tuple(self.roi_origin)}" if self.roi_origin is not None else ""))
+            f = f[r0:r0 + self.shape[2], c0:c0 + self.shape[3]]
+            msg.array = f                                      # the ROI of a whole detector frame
         if f.dtype.kind == "f" and not np.isfinite(f).all():
             return "frame holds NaN or infinite values"
         if f.dtype.kind in "fi" and (f < 0).any():
@@ -124,6 +131,9 @@ class RunAssembly:
                 return "duplicate"
             self._store(ia, ip, msg.array)
             c["placed"] += 1
+            now = time.time()
+            self.t_first_frame = self.t_first_frame or now
+            self.t_last_frame = now
             return "placed"
 
     def _seen(self, seq: int) -> bool:
@@ -146,6 +156,9 @@ class RunAssembly:
         self.pending.append((ia, ip, time.monotonic()))
 
     def set_mask(self, mask: np.ndarray) -> None:
+        if mask.shape != self.shape[2:] and self.roi_origin is not None:
+            r0, c0 = self.roi_origin
+            mask = mask[r0:r0 + self.shape[2], c0:c0 + self.shape[3]]
         if mask.shape != self.shape[2:]:
             raise ValueError(f"mask of shape {mask.shape}, the run's ROI is {self.shape[2:]}")
         self.mask_sent = np.asarray(mask, bool).copy()
@@ -181,7 +194,8 @@ class RunAssembly:
     def status(self) -> dict:
         with self.lock:
             return {**self.counters, "frames_expected": self.n_frames_expected, "frames_measured": self.n_measured,
-                    "missing": self.missing_seq, "pending": len(self.pending)}
+                    "missing": self.missing_seq, "pending": len(self.pending),
+                    "first_frame_time": self.t_first_frame, "last_frame_time": self.t_last_frame}
 
     def flush(self) -> None:
         self._seen_disk.flush()

@@ -96,6 +96,11 @@ class LiveReconstruction:
         if ck.exists():
             self._load_checkpoint(ck)
         self.in_engine = 0
+        self._live_history: list[dict] = []   # set aside while the final schedule counts from 0
+
+    def history(self) -> list[dict]:
+        """Every iteration so far, live and final."""
+        return self._live_history + self.rec.history
 
     # --- live phase -------------------------------------------------------------------------------
     def ingest(self) -> int:
@@ -136,13 +141,14 @@ class LiveReconstruction:
         rec = self.rec
         self.stage = "final-schedule"
         rec.config = self.final_config
-        live_history = list(rec.history)
+        self._live_history = list(rec.history)
         rec.iteration = 0
         rec.history = []
         rec.run(callback)
         for h in rec.history:
             h.setdefault("stage", "joint")
-        rec.history = live_history + rec.history
+        rec.history = self._live_history + rec.history
+        self._live_history = []
         rec.iteration = len(rec.history)
         self.stage = "final"
 
@@ -169,18 +175,19 @@ class LiveReconstruction:
 
     # --- publication ------------------------------------------------------------------------------
     def status(self, state: str) -> dict:
-        h = self.rec.history
+        h = self.history()
         return {"state": state, "stage": self.stage, "iteration": len(h), "error": h[-1]["error"] if h else None,
                 "behind": bool(self.behind), "frames_in_engine": self.in_engine, "updated": time.time(),
                 "seconds": time.time() - self.started, **self.asm.status()}
 
     def metadata(self, state: str, metrics: dict | None = None) -> dict:
         rec, (origin, voxel, shape) = self.rec, self.grid
-        h = rec.history[-HISTORY_MAX:]
+        full = self.history()
+        h = full[-HISTORY_MAX:]
         err = [e["error"] for e in h]
         md = {"kind": "bp-reconstruction", "version": PUBLICATION_VERSION, "raw_uid": self.asm.uid,
               "status": self.status(state),
-              "history": {"iteration": list(range(len(rec.history) - len(h), len(rec.history))),
+              "history": {"iteration": list(range(len(full) - len(h), len(full))),
                           "error": [float(e) if np.isfinite(e) else None for e in err],
                           "stage": [e.get("stage", "joint") for e in h]},
               "grid": {"origin_m": [float(v) for v in origin], "voxel_m": float(voxel), "shape": list(shape),

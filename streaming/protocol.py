@@ -53,13 +53,18 @@ def _dump(h: dict) -> bytes:
 
 
 def encode_start(run_uid: str, seq: int, geometry: dict, translations_m, n_frames: int, *,
-                 scan: dict | None = None, sim: dict | None = None) -> list:
-    """``start`` message. ``translations_m``: ``(n_positions, 3)`` sample translations (m)."""
+                 scan: dict | None = None, sim: dict | None = None, roi_origin=None) -> list:
+    """``start`` message. ``translations_m``: ``(n_positions, 3)`` sample translations (m).
+
+    ``roi_origin``: (row, col) of the reconstruction ROI (``geometry["crop"]``) on the frames, when the
+    sender streams whole detector frames and lets the receiver crop them (None: frames are the ROI).
+    """
     t = np.asarray(translations_m, float)
     if t.ndim != 2 or t.shape[1] != 3:
         raise ProtocolError(f"translations_m must be (n_positions, 3), got shape {t.shape}")
+    extra = {"roi_origin": [int(v) for v in roi_origin]} if roi_origin is not None else {}
     return [_dump(_header("start", run_uid, seq, geometry=geometry, translations_m=t.tolist(),
-                          n_frames=int(n_frames), scan=scan or {}, sim=sim))]
+                          n_frames=int(n_frames), scan=scan or {}, sim=sim, **extra))]
 
 
 def encode_mask(run_uid: str, seq: int, mask: np.ndarray) -> list:
@@ -132,10 +137,10 @@ def decode(parts) -> Message:
             raise ProtocolError(f"{kind} message: dtype {dtype!r} not allowed")
         if len(shape) != 2 or not all(isinstance(n, int) and n > 0 for n in shape):
             raise ProtocolError(f"{kind} message: shape {shape} is not (N1, N2)")
-        buf = parts[1].buffer if hasattr(parts[1], "buffer") else parts[1]
+        buf = memoryview(parts[1].buffer if hasattr(parts[1], "buffer") else parts[1]).cast("B")
         nbytes = np.dtype(dtype).itemsize * shape[0] * shape[1]
-        if len(buf) != nbytes:
-            raise ProtocolError(f"{kind} message: {len(buf)} payload bytes, header says {shape} {dtype} = {nbytes}")
+        if buf.nbytes != nbytes:
+            raise ProtocolError(f"{kind} message: {buf.nbytes} payload bytes, header says {shape} {dtype} = {nbytes}")
         array = np.frombuffer(buf, dtype=dtype).reshape(shape)
         if kind == "frame":
             for key in ("frame_index", "angle_index", "position_index"):

@@ -215,3 +215,27 @@ def test_wrong_api_key_is_refused(tiled_server, tmp_path):
                           api_key="wrong")
     with pytest.raises(RuntimeError, match="(?i)key"):
         ReconstructorService(opts)
+
+
+def test_replay_and_dataset_sender_are_sources(tiny_file, tmp_path):
+    """A replayed run (inline frames, no mask: the receiver derives one) and ``send_dataset`` both
+    deliver every frame once, in two runs taken one after the other by the same service."""
+    from plans.replay import dataset_documents, replay
+    from streaming.commands import replay_streamer
+
+    opts = ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "work", max_runs=2, device="cpu",
+                          live=LiveOptions(final_iterations=2, ml_iterations=0, figures=False))
+    svc = ReconstructorService(opts)
+    th = svc.start()
+    streamer = replay_streamer(svc.address)
+    assert replay(dataset_documents(tiny_file), [streamer]) == 300
+    streamer.close()
+    r = send_dataset(tiny_file, svc.address, run_uid="second", progress=False)
+    th.join(300)
+    assert len(svc.finished) == 2 and r["unsent"] == 0
+    for st in svc.finished.values():
+        assert st["state"] == "final"
+        assert st["received"] == st["placed"] == st["frames_measured"] == 300 and st["missing"] == 0
+    ds = read_dataset(tiny_file)
+    kept = np.load(tmp_path / "work" / "second" / "mask.npy")
+    assert np.array_equal(kept, ds.mask)                  # the sent mask was kept
