@@ -25,7 +25,7 @@ from bp_plugin.recon.engine import Reconstructor
 from bp_plugin.recon.results import default_lab_grid, lab_maps
 
 from .assembly import RunAssembly
-from .publish import HISTORY_MAX, PUBLICATION_VERSION, UNITS
+from .publish import HISTORY_MAX, PUBLICATION_VERSION, UNITS, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ class LiveReconstruction:
         """Move the frames placed since the last call into the engine; returns how many."""
         asm, rec = self.asm, self.rec
         new = asm.take_pending()
+        # behind: the oldest frame of this batch waited longer than allowed for the engine
+        self.behind = bool(new) and (time.monotonic() - min(t for _, _, t in new)) > self.opts.behind_after_s
         if new:
-            self.behind = (time.monotonic() - min(t for _, _, t in new)) > self.opts.behind_after_s
             self.t_first_frame = self.t_first_frame or time.time()
         for ia, ip, _ in new:
             rec.set_frame(ia, ip, asm.frames[ia, ip])
@@ -197,7 +198,7 @@ class LiveReconstruction:
                                        "frames_expected": self.asm.n_frames_expected},
               "geometry": self.asm.start["geometry"]}
         if metrics:
-            md["metrics"] = _json_safe(metrics)
+            md["metrics"] = json_safe(metrics)
         return md
 
     def arrays(self, maps: dict | None = None) -> dict:
@@ -216,17 +217,3 @@ class LiveReconstruction:
                    background=a(rec.background).astype(np.float32),
                    measured=self.asm.measured_disk.astype(np.uint8))
         return out
-
-
-def _json_safe(v):
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        return float(v) if np.isfinite(v) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.ndarray):
-        return _json_safe(v.tolist())
-    return v

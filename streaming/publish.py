@@ -42,6 +42,23 @@ DIMS = {"density": ["z", "y", "x"], "phase": ["z", "y", "x"], "eps_zz": ["z", "y
         "background": ["angle", "n1", "n2"], "measured": ["angle", "position"]}
 
 
+def json_safe(v):
+    """``v`` with NumPy scalars and arrays as plain Python, NaN / inf as None (Tiled metadata is JSON)."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return json_safe(v.tolist())
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    return v
+
+
 def _slab_chunks(a: np.ndarray):
     """A dask array chunked in slabs along axis 0 (a few MB each): a z slice reads one chunk."""
     import dask.array as da
@@ -76,6 +93,7 @@ class TiledPublisher:
     # --- the reconstruction's side ----------------------------------------------------------------
     def submit(self, metadata: dict, arrays: dict | None = None) -> None:
         """Offer a snapshot (never blocks); ``arrays=None`` updates the metadata only."""
+        metadata = json_safe(metadata)
         with self._cv:
             if self._slot is not None and arrays is None:
                 arrays = self._slot[1]          # keep pending arrays when only metadata is newer
@@ -128,8 +146,9 @@ class TiledPublisher:
         parent = root[ROOT]
         if self.raw_uid in parent:
             self._node = parent[self.raw_uid]
-        else:
-            self._node = parent.create_container(self.raw_uid, metadata=metadata)
+        else:   # a placeholder status: readers keyed on status.updated wait until the arrays exist
+            self._node = parent.create_container(self.raw_uid, metadata={
+                k: metadata[k] for k in ("kind", "version", "raw_uid") if k in metadata} | {"status": {"state": "creating"}})
         return self._node
 
     def _publish(self, metadata: dict, arrays: dict | None) -> None:

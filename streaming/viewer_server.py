@@ -1,0 +1,223 @@
+"""The live web viewer: static page + a read-only, same-origin proxy to the Tiled server.
+
+``start_viewer(tiled_url, api_key)`` serves ``streaming/viewer/`` (plain HTML/JS/CSS, no CDN, so it
+works on an isolated beamline network) and forwards GET requests for Tiled's read endpoints
+(``/api/v1/metadata/``, ``/search/``, ``/array/full/``, ``/array/block/``) to Tiled, adding the API
+key on the server side.
+
+Why a proxy and not the browser talking to Tiled directly:
+
+- same origin: the page and the data share host and port, so Tiled needs no CORS configuration;
+- the browser never holds the API key (which also allows writing): the page cannot modify
+  anything, because every method other than GET is refused here (405) and only read endpoints are
+  forwarded; the viewer is read-only by construction, whoever opens it.
+
+Bodies are streamed (``httpx`` ``iter_raw``, compressed bytes passed through untouched), so a large
+slice costs no extra copy or latency. Run by hand::
+
+    python -m streaming.viewer_server --tiled-url http://127.0.0.1:8000 --api-key KEY --port 8765
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import mimetypes
+import os
+import posixpath
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("viewer")
+# Only the read endpoints the page uses; anything else under /api/ (auth, API-key management,
+# websockets, ...) stays unreachable even with GET, so the server-side key cannot leak any power.
+FORWARDED = ("/api/v1/metadata/", "/api/v1/search/", "/api/v1/array/full/", "/api/v1/array/block/")
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8"}
+REQUEST_HEADERS = ("accept", "accept-encoding", "if-none-match")
+# Tiled's CSRF cookie and hop-by-hop headers make no sense to the browser: only these are relayed.
+RESPONSE_HEADERS = ("content-type", "content-encoding", "content-length", "etag", "cache-control",
+                    "retry-after")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One request; ``server.viewer`` holds the Tiled URL, the key and the shared httpx client."""
+
+    protocol_version = "HTTP/1.1"   # keep-alive: the page polls every second
+    timeout = 120                   # s; frees the thread of an idle keep-alive connection
+    server_version = "bp-viewer"
+
+    # --- plumbing ----------------------------------------------------------------------------------
+    def log_message(self, fmt, *args):  # per-request lines would flood the console at 1 Hz polling
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def _text(self, code: int, message: str, extra: dict | None = None) -> None:
+        body = (message.rstrip() + "\n").encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _refuse(self):
+        """Any method but GET: the viewer only reads; writes go through a Tiled client with the key."""
+        if self.path.startswith("/api/"):
+            msg = (f"405 {self.command} refused: this viewer proxy is read-only and forwards only GET "
+                   "to Tiled. Write through a Tiled client holding the API key.")
+        else:
+            msg = f"405 {self.command} not allowed: the viewer serves static files (GET only)."
+        # the request body is never read: hang up after answering, or keep-alive would parse it
+        # as the next request
+        self.close_connection = True
+        self._text(405, msg, {"Allow": "GET", "Connection": "close"})
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _refuse
+
+    def do_HEAD(self):
+        if self.path.startswith("/api/"):
+            return self._refuse()
+        self._static()
+
+    def do_GET(self):
+        if self.path.startswith("/api/"):
+            self._proxy()
+        else:
+            self._static()
+
+    # --- static files ------------------------------------------------------------------------------
+    def _static(self):
+        name = urllib.parse.urlsplit(self.path).path.lstrip("/") or "index.html"
+        # a flat folder: a plain file name, never a path (no traversal possible)
+        f = STATIC_DIR / name
+        if "/" in name or name.startswith(".") or not f.is_file():
+            return self._text(404, f"404 not found: {self.path}")
+        body = f.read_bytes()
+        # our own table first: the system's mime.types varies (application/x-javascript, ...)
+        ctype = STATIC_TYPES.get(f.suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")   # an upgraded viewer is picked up on reload
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    # --- proxy -------------------------------------------------------------------------------------
+    def _proxy(self):
+        viewer = self.server.viewer
+        split = urllib.parse.urlsplit(self.path)
+        decoded = urllib.parse.unquote(split.path)
+        if ".." in decoded.split("/") or posixpath.normpath(decoded) != decoded.rstrip("/") or \
+                not decoded.startswith(FORWARDED):
+            return self._text(404, f"404 not forwarded: {split.path} (the viewer proxy forwards only "
+                                   f"GET {', '.join(p + '...' for p in FORWARDED)})")
+        headers = {k: v for k, v in self.headers.items() if k.lower() in REQUEST_HEADERS}
+        headers["Authorization"] = f"Apikey {viewer.api_key}"
+        url = viewer.tiled_url + self.path   # raw path and query: Tiled parses them itself
+        try:
+            upstream = viewer.http.send(viewer.http.build_request("GET", url, headers=headers), stream=True)
+        except httpx.HTTPError as exc:
+            return self._text(502, f"502 Tiled server unreachable at {viewer.tiled_url}: "
+                                   f"{type(exc).__name__}: {exc}")
+        try:
+            self.send_response(upstream.status_code)
+            for k in RESPONSE_HEADERS:
+                if k in upstream.headers:
+                    self.send_header(k, upstream.headers[k])
+            chunked = "content-length" not in upstream.headers and upstream.status_code != 304
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in upstream.iter_raw():
+                if not part:
+                    continue
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except httpx.HTTPError as exc:   # headers are gone already: the only honest signal is to hang up
+            log.warning("Tiled stream broke while relaying %s: %s", split.path, exc)
+            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError):   # the browser left (page closed, run switched)
+            self.close_connection = True
+        finally:
+            upstream.close()
+
+
+class ViewerServer:
+    """A running viewer: ``url`` to open in a browser; ``stop()`` (or use as a context manager)."""
+
+    def __init__(self, tiled_url: str, api_key: str | None, host: str, port: int):
+        self.tiled_url = tiled_url.rstrip("/")
+        self.api_key = api_key or ""
+        # one pooled client for all handler threads (httpx.Client is thread-safe); a long read
+        # timeout because a large slice may take Tiled a while, a short connect one for a clear 502
+        self.http = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0))
+        self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.viewer = self
+        h, p = self._httpd.server_address[:2]
+        self.url = f"http://{'127.0.0.1' if h in ('0.0.0.0', '') else h}:{p}/"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="bp-viewer")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the connection pool to Tiled."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+        self.http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self):
+        return f"ViewerServer(url={self.url!r}, tiled_url={self.tiled_url!r})"
+
+
+def start_viewer(tiled_url: str, api_key: str | None, *, host: str = "127.0.0.1", port: int = 0) -> ViewerServer:
+    """Serve the live viewer in a daemon thread and return at once.
+
+    Args:
+        tiled_url: base URL of the Tiled server (e.g. ``TiledServer.url``).
+        api_key: Tiled API key; added to forwarded requests, never sent to the browser.
+        host: interface to listen on; ``"0.0.0.0"`` to let other machines of the beamline network
+            open the page (read-only, see the module docstring).
+        port: TCP port; 0 picks a free one (see ``ViewerServer.url``).
+    """
+    if not (STATIC_DIR / "index.html").is_file():
+        raise FileNotFoundError(f"viewer files missing in {STATIC_DIR}")
+    return ViewerServer(tiled_url, api_key, host, port)
+
+
+def main(argv=None) -> None:
+    """``python -m streaming.viewer_server``: serve the viewer until Ctrl-C."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiled-url", required=True, help="Tiled server URL, e.g. http://127.0.0.1:8000")
+    ap.add_argument("--api-key", default=os.environ.get("BP_TILED_API_KEY"),
+                    help="Tiled API key (default: $BP_TILED_API_KEY)")
+    ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    ap.add_argument("--port", type=int, default=8765)
+    args = ap.parse_args(argv)
+    with start_viewer(args.tiled_url, args.api_key, host=args.host, port=args.port) as v:
+        print(f"live viewer at {v.url} (reading {v.tiled_url}); Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

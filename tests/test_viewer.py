@@ -1,0 +1,224 @@
+"""The live web viewer in a real headless browser, against a real Tiled server (no mocks).
+
+Debian's chromium (/usr/bin/chromium) driven by Python playwright; the page reads Tiled only through
+``streaming.viewer_server`` (same origin, API key added server side). The reconstructions are
+published with the project's own ``TiledPublisher``, exactly as the online reconstruction does.
+Writes ``out/viewer-test.png`` (a screenshot of the page after a streamed update) for a human look.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no browser: {CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+
+from streaming.publish import UNITS, TiledPublisher  # noqa: E402
+from streaming.viewer_server import start_viewer  # noqa: E402
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path(__file__).resolve().parents[1] / "out" / "viewer-test.png"
+NZ, NY, NX = 12, 16, 20
+WAIT_MS = 15_000
+
+
+def snapshot(uid: str, frames: int, offset: float, *, state: str = "live", iterations: int = 20,
+             behind: bool = False):
+    """Metadata and arrays as the online reconstruction publishes them.
+
+    ``eps_zz`` is ``1e-5 z + 1e-6 x + offset`` inside a box (NaN outside), so every z slice has its
+    own range and every snapshot (offset) its own values.
+    """
+    z, y, x = np.meshgrid(np.arange(NZ), np.arange(NY), np.arange(NX), indexing="ij")
+    inside = (x >= 2) & (x < NX - 2) & (y >= 3) & (y < NY - 3)
+    eps = np.where(inside, 1e-5 * z + 1e-6 * x + offset, np.nan).astype(np.float32)
+    tilt = np.where(inside, 1e-4 * np.sin(y / 3.0), np.nan).astype(np.float32)
+    p1, r2 = np.linspace(-1e-6, 1e-6, 24), np.linspace(-1.5e-6, 1.5e-6, 32)
+    amp = np.exp(-(p1[:, None] ** 2 + r2[None] ** 2) / 0.5e-12).astype(np.float32)
+    arrays = {"density": inside.astype(np.float32), "phase": np.where(inside, x / 10.0, 0).astype(np.float32),
+              "eps_zz": eps, "omega_x": tilt, "omega_y": -tilt,
+              "probe_amplitude": amp, "probe_phase": np.angle(np.exp(1j * (r2[None] * 3e6 + p1[:, None] * 1e6))).astype(np.float32),
+              "background": np.zeros((3, 8, 8), np.float32), "measured": np.ones((3, 50), np.uint8)}
+    its = list(range(iterations + 1))
+    status = {"state": state, "frames_expected": 300, "frames_received": frames, "frames_placed": frames,
+              "duplicates": 0, "rejected": 0, "missing": 0, "behind": behind, "iteration": iterations,
+              "error": 0.5 ** iterations, "stage": "ptycho", "updated": time.time()}
+    md = {"kind": "bp-reconstruction", "version": 1, "raw_uid": uid, "status": status,
+          "history": {"iteration": its, "error": [0.5 ** (i / 4) for i in its]},
+          "grid": {"origin_m": [-1e-6, -0.8e-6, -0.6e-6], "voxel_m": 1e-7, "shape": [NZ, NY, NX],
+                   "axes": ["z", "y", "x"]},
+          "probe_grid": {"p1_m": p1.tolist(), "r2_m": r2.tolist()}, "units": dict(UNITS)}
+    return md, arrays
+
+
+def publish(client, uid: str, frames: int, offset: float, **kw):
+    """Publish one snapshot synchronously; return its arrays (the expected values)."""
+    md, arrays = snapshot(uid, frames, offset, **kw)
+    pub = TiledPublisher(client, uid, min_interval_s=0.0)
+    pub.close(md, arrays)
+    assert pub.last_error is None, pub.last_error   # the publisher only logs failures
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def viewer(tiled_server):
+    with start_viewer(tiled_server.url, tiled_server.api_key) as v:
+        yield v
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with pw.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page; JavaScript errors fail the test (checked after it)."""
+    pg = browser.new_page(viewport={"width": 1500, "height": 950})
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(WAIT_MS)
+    yield pg
+    pg.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+def attr(page, selector, name):
+    return page.get_attribute(selector, f"data-{name}")
+
+
+def wait_slice(page, axis, *, index, lo, hi):
+    """Wait until the #slice-<axis> canvas shows slice `index` with finite extrema lo, hi."""
+    page.wait_for_function(
+        """([sel, k, lo, hi]) => { const d = document.querySelector(sel).dataset;
+             const close = (a, b) => Math.abs(parseFloat(a) - b) <= 1e-6 * Math.abs(b);
+             return d.index === String(k) && close(d.min, lo) && close(d.max, hi); }""",
+        arg=[f"#slice-{axis}", index, float(lo), float(hi)], timeout=WAIT_MS)
+
+
+def test_page_shows_published_run(tiled_server, viewer, page):
+    """Default: the most recently updated run; ?run= picks another; both show their counters."""
+    client = tiled_server.client()
+    older, newer = f"old-{uuid.uuid4().hex[:8]}", f"new-{uuid.uuid4().hex[:8]}"
+    publish(client, older, 120, 0.0)
+    publish(client, newer, 45, 0.0, state="final")
+
+    page.goto(viewer.url)
+    page.wait_for_selector(f"body[data-run='{newer}'][data-updated]")
+    pw.expect(page.locator("#frames")).to_have_text("45 / 300")
+    pw.expect(page.locator("#state")).to_have_text("final")
+    options = page.eval_on_selector_all("#run option", "os => os.map(o => o.value)")
+    assert options.index(newer) < options.index(older), options   # newest first
+
+    page.goto(f"{viewer.url}?run={older}")
+    page.wait_for_selector(f"body[data-run='{older}'][data-updated]")
+    pw.expect(page.locator("#frames")).to_have_text("120 / 300")
+    pw.expect(page.locator("#state")).to_have_text("live")
+    assert page.is_hidden("#behind")
+    assert attr(page, "#error-plot", "points") == "21"
+    assert float(attr(page, "#probe", "max-amplitude")) > 0.9
+    assert attr(page, "#colorbar", "unit") == "10⁻⁴"   # strain shown in units of 1e-4
+
+
+def test_z_slider_changes_drawn_slice(tiled_server, viewer, page):
+    uid = f"slider-{uuid.uuid4().hex[:8]}"
+    eps = publish(tiled_server.client(), uid, 300, 0.0, state="final")["eps_zz"]
+    page.goto(f"{viewer.url}?run={uid}")
+    k0 = NZ // 2   # the page opens on the middle slices
+    wait_slice(page, "z", index=k0, lo=np.nanmin(eps[k0]), hi=np.nanmax(eps[k0]))
+    wait_slice(page, "x", index=NX // 2, lo=np.nanmin(eps[:, :, NX // 2]), hi=np.nanmax(eps[:, :, NX // 2]))
+
+    k1 = 2
+    page.fill("#slider-z", str(k1))   # sets the range input and fires its input event
+    wait_slice(page, "z", index=k1, lo=np.nanmin(eps[k1]), hi=np.nanmax(eps[k1]))
+    assert np.nanmin(eps[k1]) != np.nanmin(eps[k0])      # so the wait above proves the redraw
+    assert page.text_content("#cap-z").startswith("z = -0.40 µm")   # origin -0.6 µm + 2 x 0.1 µm
+
+    page.select_option("#quantity", "density")   # another map: same cut, values in [0, 1]
+    wait_slice(page, "z", index=k1, lo=0.0, hi=1.0)
+
+
+def test_values_update_while_streaming(tiled_server, viewer, page):
+    """Snapshots submitted through a live publisher reach the open page within seconds."""
+    uid = f"stream-{uuid.uuid4().hex[:8]}"
+    pub = TiledPublisher(tiled_server.client(), uid, min_interval_s=0.2)
+    try:
+        md, arrays = snapshot(uid, 60, 0.0, iterations=5)
+        pub.submit(md, arrays)
+        page.goto(f"{viewer.url}?run={uid}")
+        pw.expect(page.locator("#frames")).to_have_text("60 / 300", timeout=WAIT_MS)
+        k = NZ // 2
+        wait_slice(page, "z", index=k, lo=np.nanmin(arrays["eps_zz"][k]), hi=np.nanmax(arrays["eps_zz"][k]))
+        first = attr(page, "body", "updated")
+
+        assert page.is_hidden("#behind")
+        md, arrays = snapshot(uid, 240, 3e-5, iterations=40, behind=True)   # more frames, different maps
+        t0 = time.monotonic()
+        pub.submit(md, arrays)
+        pw.expect(page.locator("#frames")).to_have_text("240 / 300", timeout=WAIT_MS)
+        wait_slice(page, "z", index=k, lo=np.nanmin(arrays["eps_zz"][k]), hi=np.nanmax(arrays["eps_zz"][k]))
+        pw.expect(page.locator("#error-plot")).to_have_attribute("data-points", "41")
+        pw.expect(page.locator("#behind")).to_be_visible()
+        assert attr(page, "body", "updated") != first
+        latency = time.monotonic() - t0
+        assert pub.last_error is None, pub.last_error
+        page.fill("#slider-y", "4")   # a cut with a visible crosshair off-centre, for the screenshot
+        wait_slice(page, "y", index=4, lo=np.nanmin(arrays["eps_zz"][:, 4]), hi=np.nanmax(arrays["eps_zz"][:, 4]))
+        page.locator("#slider-y").blur()
+        page.wait_for_timeout(500)   # let the progress bar's CSS transition finish
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+    finally:
+        pub.close(*snapshot(uid, 300, 3e-5, state="final", iterations=40))
+    pw.expect(page.locator("#state")).to_have_text("final", timeout=WAIT_MS)
+    pw.expect(page.locator("#frames")).to_have_text("300 / 300")
+    pw.expect(page.locator("#behind")).to_be_hidden()
+    assert latency < WAIT_MS / 1000
+
+
+def test_proxy_is_read_only_and_keyless(tiled_server, viewer, page):
+    uid = f"proxy-{uuid.uuid4().hex[:8]}"
+    publish(tiled_server.client(), uid, 10, 0.0)
+    sent = []
+    page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+    page.goto(f"{viewer.url}?run={uid}")
+    page.wait_for_selector(f"body[data-run='{uid}'][data-updated]")
+    path = f"/api/v1/metadata/reconstructions/{uid}"
+
+    # a read through the proxy works from the page, which sends no key of its own
+    got = page.evaluate("async p => { const r = await fetch(p); return [r.status, await r.json()]; }", path)
+    assert got[0] == 200 and got[1]["data"]["attributes"]["metadata"]["raw_uid"] == uid
+    for method in ("PUT", "POST", "PATCH", "DELETE"):
+        status, text = page.evaluate(
+            "async ([p, m]) => { const r = await fetch(p, {method: m, body: m === 'DELETE' ? null : '{}'}); "
+            "return [r.status, await r.text()]; }", [path, method])
+        assert status == 405 and "read-only" in text, (method, status, text)
+    assert sent and all(url.startswith(viewer.url) and key is None for url, key in sent), sent
+    assert tiled_server.api_key not in page.content()
+
+    # Tiled itself refuses the same read without a key: the proxy is what adds it
+    assert httpx.get(tiled_server.url + path).status_code == 401
+    assert httpx.get(viewer.url.rstrip("/") + path).status_code == 200
+    # only Tiled's read endpoints are forwarded, and nothing else is served
+    assert httpx.get(viewer.url + "api/v1/auth/apikey").status_code == 404
+    assert httpx.get(viewer.url + "api/v1/metadata/%2E%2E/auth/apikey").status_code == 404
+    assert httpx.get(viewer.url + "nothing-here.js").status_code == 404
+    assert httpx.get(viewer.url + "viewer.js").headers["content-type"].startswith("text/javascript")
+
+
+def test_proxy_reports_unreachable_tiled():
+    with start_viewer("http://127.0.0.1:9", "k") as v:   # port 9 (discard): nothing listens there
+        r = httpx.get(v.url + "api/v1/metadata/reconstructions", timeout=10)
+    assert r.status_code == 502 and "unreachable" in r.text
