@@ -67,6 +67,7 @@ def acquire(opts: AcquireOptions, *, server=None, extra_callbacks=(), callbacks_
         dict: ``uid``, ``tiled_url``, ``api_key``, ``n_events``, ``seconds``, ``frames_per_s``,
         ``detector_files``, ``monitor_png``, ``exit_status``, ``server_dir``.
     """
+    from bluesky.utils import RunEngineInterrupted
     from bluesky_tiled_plugins import TiledWriter
 
     from bp_plugin.tiled_server import connect, start_tiled_server
@@ -100,15 +101,23 @@ def acquire(opts: AcquireOptions, *, server=None, extra_callbacks=(), callbacks_
         stop_doc = {}
         RE.subscribe(lambda name, doc: stop_doc.update(doc) if name == "stop" else None)
         t0 = time.perf_counter()
+        interrupted = False
         try:
             uids = RE(bragg_ptycho_scan([bl.detector], bl.eta, bl.piezo_x, bl.piezo_y, bl.preset.geometry,
                                         order=opts.order, snake=opts.snake, md=opts.md))
+        except RunEngineInterrupted:
+            # Ctrl-C paused the RunEngine: close the run properly (stop document, exit_status
+            # "abort"), so every frame taken so far stays recorded and the stream ends cleanly
+            RE.abort(reason="interrupted by the user (Ctrl-C)")
+            interrupted = True
         finally:
             seconds = time.perf_counter() - t0
             wmon.shutdown(wait=True)
             for cb in late:
                 cb.shutdown(wait=True)
             writer.shutdown(wait=True)
+        if interrupted:
+            raise KeyboardInterrupt
         n = (stop_doc.get("num_events") or {}).get("primary", 0)
         return {"uid": uids[0] if uids else stop_doc.get("run_start"), "tiled_url": url, "api_key": key,
                 "n_events": n, "seconds": seconds, "frames_per_s": n / seconds if seconds else 0.0,

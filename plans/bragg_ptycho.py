@@ -113,6 +113,9 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry="small", *, eta_centre:
             yield from bps.mv(det.count_time, count_time)
         last = {}
         for ia, ip in zip(pts.angle_index, pts.position_index):
+            # a checkpoint per point: Ctrl-C or a suspender (beam dump) pauses here, and a resumed
+            # scan repeats only the point it was at
+            yield from bps.checkpoint()
             moves = []
             for motor, target in ((rocking, pts.eta[ia]), (x, pts.x[ip]), (y, pts.y[ip])):
                 if last.get(motor.name) != target:

@@ -58,6 +58,10 @@ class ServiceOptions:
     live: LiveOptions = field(default_factory=LiveOptions)
 
 
+class _Stopped(Exception):
+    """The service was asked to stop (Ctrl-C, SIGTERM) in the middle of a run."""
+
+
 class ReconstructorService:
     """Receiver and worker of the online reconstruction (see the module docstring)."""
 
@@ -207,8 +211,7 @@ class ReconstructorService:
                     t_ck = now
                 self._report(live)
             if self._stop.is_set():
-                live.checkpoint()
-                return {"state": "interrupted"}
+                raise _Stopped
             t_stop = time.monotonic()
             asm.recover(asm.stop.get("sources") or [])
             live.ingest()
@@ -222,6 +225,11 @@ class ReconstructorService:
                 pub.submit(live.metadata("live"))
             live.run_final(lambda r: self._final_tick(live, pub))
             return self._finish(live, pub, t_stop)
+        except _Stopped:
+            live.checkpoint()
+            if pub:
+                pub.close(live.metadata("interrupted"))
+            return {"state": "interrupted"}
         except Exception as exc:
             log.exception("run %s failed", asm.uid[:8])
             if pub:
@@ -231,6 +239,8 @@ class ReconstructorService:
             return {"state": "failed", "message": str(exc)}
 
     def _final_tick(self, live, pub) -> None:
+        if self._stop.is_set():
+            raise _Stopped
         if pub and time.monotonic() - getattr(self, "_t_tick", 0.0) >= self.opts.live.publish_interval_s:
             pub.submit(live.metadata("live"), live.arrays())
             self._t_tick = time.monotonic()
