@@ -69,7 +69,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent():  # pragma: no cover - runs in the child between fork and exec
     """Linux: the server gets SIGTERM when the process that started it dies (even by SIGKILL)."""
     try:
         import ctypes
@@ -123,7 +123,7 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
     log = open(log_path, "ab")
     # own session: a Ctrl-C at the terminal reaches us first, so we can drain writers before stopping it
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
     log.close()
     url = f"http://127.0.0.1:{port}"
     server = TiledServer(url=url, api_key=api_key, directory=directory, process=proc, log_path=log_path)

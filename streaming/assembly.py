@@ -1,16 +1,19 @@
 """One run as the reconstructor receives it: frames placed into an on-disk spool, with accounting.
 
-The spool is a folder per run (``<workdir>/<run uid>/``): ``start.json`` (the start message),
-``frames.npy`` (float32 ``(n_angles, n_positions, N1, N2)``, memory-mapped) and ``measured.npy``
-(bool ``(n_angles, n_positions)``). A frame is written there when it arrives, before the engine
-sees it, so a reconstructor killed mid-run restarts from the spool (plus its checkpoint) and
-recovers the frames it never got from the detector files listed in the ``stop`` message.
+The spool is a folder per run (``<workdir>/<run uid>/``): ``frames.npy`` (float32
+``(n_angles, n_positions, N1, N2)``, memory-mapped), ``measured.npy`` (bool ``(n_angles,
+n_positions)``), ``seen.npy`` (bool, one per seq number), ``mask.npy`` (when a mask was sent),
+``start.json`` (written last: its presence marks a complete spool), ``stop.json`` (once the stop
+message came) and, from the worker, ``checkpoint.npz``. A frame is written there when it arrives,
+before the engine sees it, so a reconstructor killed mid-run restarts from the spool (plus its
+checkpoint) and recovers the frames it never got from the files listed in the ``stop`` message.
 
 Accounting, published with the status: every frame message of the run is ``received`` and ends up
 exactly one of ``placed``, ``duplicates`` (its seq or its (angle, position) was already placed) or
 ``rejected`` (wrong shape, index out of range, NaN / negative values, ...): ``received = placed +
-duplicates + rejected``. ``missing`` counts the seq numbers never seen, ``recovered`` the frames read
-back from files.
+duplicates + rejected``. These counters are those of the current process (a restarted one starts
+them at 0; ``frames_measured`` counts the spool). ``missing`` counts the frames whose seq number was
+never seen (kept on disk, so it survives a restart), ``recovered`` the frames read back from files.
 """
 from __future__ import annotations
 
@@ -26,9 +29,18 @@ import numpy as np
 
 from bp_plugin.geometry import ExperimentGeometry
 
-from .protocol import Message
+from .protocol import Message, crop_roi
 
 log = logging.getLogger(__name__)
+
+
+def _bad_values(f: np.ndarray) -> str | None:
+    """Why a frame's values cannot be counts, or None."""
+    if f.dtype.kind == "f" and not np.isfinite(f).all():
+        return "frame holds NaN or infinite values"
+    if f.dtype.kind in "fi" and (f < 0).any():
+        return "frame holds negative counts"
+    return None
 
 
 class RunAssembly:
@@ -50,33 +62,35 @@ class RunAssembly:
         self.shape = (n_a, n_p) + tuple(self.geometry.crop)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        resume = (self.folder / "frames.npy").exists() and (self.folder / "measured.npy").exists()
+        resume = (self.folder / "start.json").exists()
         mode = "r+" if resume else "w+"
         self.frames = np.lib.format.open_memmap(self.folder / "frames.npy", mode, np.float32, self.shape)
         self.measured_disk = np.lib.format.open_memmap(self.folder / "measured.npy", mode, np.bool_, (n_a, n_p))
-        self.resumed = resume
-        if not resume:
-            (self.folder / "start.json").write_text(json.dumps(start))
-        self.mask_sent: np.ndarray | None = None
-        self._lo = np.full(self.shape[2:], np.inf, np.float32)   # running min / max for a derived mask
-        self._hi = np.full(self.shape[2:], -np.inf, np.float32)
         # seq numbers seen, on disk with the frames, so a restarted process still knows the gaps
         self._seen_disk = np.lib.format.open_memmap(self.folder / "seen.npy", mode, np.bool_,
                                                     (self.n_frames_expected + 64,))
+        self.resumed = resume
+        if not resume:
+            (self.folder / "start.json").write_text(json.dumps(start))
         self._seen_extra: set[int] = set()
         self.max_seq = int(np.nonzero(self._seen_disk)[0].max()) if resume and self._seen_disk.any() else -1
+        self.mask_sent: np.ndarray | None = None
+        self._lo = np.full(self.shape[2:], np.inf, np.float32)   # running min / max for a derived mask
+        self._hi = np.full(self.shape[2:], -np.inf, np.float32)
         self.counters = {"received": 0, "placed": 0, "duplicates": 0, "rejected": 0, "recovered": 0,
-                         "malformed": 0, "out_of_order": 0}
-        self.pending: list[tuple[int, int, float]] = []     # (ia, ip, time placed) not yet in the engine
+                         "out_of_order": 0}
+        self.pending: list[tuple[int, int, float]] = []     # (ia, ip, time.monotonic() placed), not yet in the engine
         self.stop: dict | None = None
-        self.t_first_frame = self.t_last_frame = None     # wall clock of the first / last placed frame
+        self.t_first_frame = self.t_last_frame = None     # wall clock (unix s) of the first / last placed frame
+        self.t_created = time.time()
         self.lock = threading.Lock()
-        if resume and (self.folder / "mask.npy").exists():
-            self.mask_sent = np.load(self.folder / "mask.npy")
         if resume:
+            if (self.folder / "mask.npy").exists():
+                self.mask_sent = np.load(self.folder / "mask.npy")
+            if (self.folder / "stop.json").exists():
+                self.stop = json.loads((self.folder / "stop.json").read_text())
             for ia, ip in zip(*np.nonzero(self.measured_disk)):
                 self._extend_range(self.frames[ia, ip])
-            self.counters["placed"] = 0
 
     @classmethod
     def resume(cls, folder) -> "RunAssembly | None":
@@ -99,13 +113,8 @@ class RunAssembly:
             if self.roi_origin is None or f.shape[0] < r0 + self.shape[2] or f.shape[1] < c0 + self.shape[3]:
                 return (f"frame shape {f.shape}, the run's ROI is {self.shape[2:]}"
                         + (f" at {tuple(self.roi_origin)}" if self.roi_origin is not None else ""))
-            f = f[r0:r0 + self.shape[2], c0:c0 + self.shape[3]]
-            msg.array = f                                      # the ROI of a whole detector frame
-        if f.dtype.kind == "f" and not np.isfinite(f).all():
-            return "frame holds NaN or infinite values"
-        if f.dtype.kind in "fi" and (f < 0).any():
-            return "frame holds negative counts"
-        return None
+            f = msg.array = crop_roi(f, (r0, c0), self.shape[2:])   # the ROI of a whole detector frame
+        return _bad_values(f)
 
     def place(self, msg: Message) -> str:
         """Place a ``frame`` message; returns ``placed``, ``duplicate`` or ``rejected: why``."""
@@ -120,16 +129,20 @@ class RunAssembly:
             if seq < self.max_seq:
                 c["out_of_order"] += 1
             self.max_seq = max(self.max_seq, seq)
-            why = self._check(msg)
+            try:
+                why = self._check(msg)
+                if not why:
+                    ia, ip = msg.header["angle_index"], msg.header["position_index"]
+                    if self.measured_disk[ia, ip]:
+                        c["duplicates"] += 1
+                        return "duplicate"
+                    self._store(ia, ip, msg.array)
+            except Exception as exc:   # whatever the message holds, it ends in one of the three counts
+                why = f"{type(exc).__name__}: {exc}"
             if why:
                 c["rejected"] += 1
                 log.warning("run %s: frame seq %d rejected: %s", self.uid[:8], seq, why)
                 return f"rejected: {why}"
-            ia, ip = msg.header["angle_index"], msg.header["position_index"]
-            if self.measured_disk[ia, ip]:
-                c["duplicates"] += 1
-                return "duplicate"
-            self._store(ia, ip, msg.array)
             c["placed"] += 1
             now = time.time()
             self.t_first_frame = self.t_first_frame or now
@@ -156,9 +169,9 @@ class RunAssembly:
         self.pending.append((ia, ip, time.monotonic()))
 
     def set_mask(self, mask: np.ndarray) -> None:
+        """Keep the sender's valid-pixel mask (bool, the ROI or the whole frame), on disk too."""
         if mask.shape != self.shape[2:] and self.roi_origin is not None:
-            r0, c0 = self.roi_origin
-            mask = mask[r0:r0 + self.shape[2], c0:c0 + self.shape[3]]
+            mask = crop_roi(mask, self.roi_origin, self.shape[2:])
         if mask.shape != self.shape[2:]:
             raise ValueError(f"mask of shape {mask.shape}, the run's ROI is {self.shape[2:]}")
         self.mask_sent = np.asarray(mask, bool).copy()
@@ -173,7 +186,13 @@ class RunAssembly:
         hot = (self._lo == self._hi) & (self._hi > 0) if n >= 4 else np.zeros_like(dead)
         return ~(dead | hot)
 
+    def set_stop(self, header: dict) -> None:
+        """The stop message: kept on disk, so a restarted process knows the run has ended."""
+        (self.folder / "stop.json").write_text(json.dumps(header))
+        self.stop = header
+
     def take_pending(self) -> list[tuple[int, int, float]]:
+        """Frames placed since the last call: ``(angle index, position index, time.monotonic() placed)``."""
         with self.lock:
             out, self.pending = self.pending, []
             return out
@@ -204,29 +223,47 @@ class RunAssembly:
 
     # --- recovery from files ------------------------------------------------------------------------
     def recover(self, sources: list[dict]) -> int:
-        """Read every frame listed in the stop message's ``sources`` that was never placed; returns the count."""
+        """Read back every frame listed in the stop message's ``sources`` that was never placed.
+
+        Entries outside the scan, unreadable files and frames with impossible values are logged
+        and skipped (the run ends with what could be read). Returns the number recovered.
+        """
+        n_a, n_p = self.shape[:2]
         n = 0
         for src in sources:
-            todo = [fr for fr in src.get("frames", []) if not self.measured_disk[fr[0], fr[1]]]
-            if not todo:
-                continue
             try:
-                if src.get("format") == "bp-dataset":
-                    from bp_plugin.dataset import read_dataset
-                    ds = read_dataset(src["file"], allow_partial=True)
-                    for ia, ip, *_ in todo:
-                        with self.lock:
-                            self._store(ia, ip, ds.frames[ia, ip])
-                        n += 1
-                else:
-                    (r0, c0), (n1, n2) = src.get("roi_origin", (0, 0)), self.shape[2:]
-                    with h5py.File(src["file"], "r", libver="latest", swmr=True) as f:
-                        d = f[src.get("dataset", "/entry/data/data")]
-                        for ia, ip, k in todo:
-                            with self.lock:
-                                self._store(ia, ip, d[k, r0:r0 + n1, c0:c0 + n2])
+                todo = [fr for fr in src.get("frames", [])
+                        if 0 <= int(fr[0]) < n_a and 0 <= int(fr[1]) < n_p and not self.measured_disk[fr[0], fr[1]]]
+                if not todo:
+                    continue
+                for (ia, ip), frame in zip([fr[:2] for fr in todo], self._read_source(src, todo)):
+                    why = _bad_values(frame) or (None if frame.shape == self.shape[2:] else f"shape {frame.shape}")
+                    if why:
+                        log.error("run %s: frame (%d, %d) in %s not recovered: %s", self.uid[:8], ia, ip,
+                                  src.get("file"), why)
+                        continue
+                    with self.lock:
+                        if not self.measured_disk[ia, ip]:
+                            self._store(ia, ip, frame)
                             n += 1
-            except (OSError, KeyError) as exc:
+            except Exception as exc:  # a bad source must not fail a run that has its other frames
                 log.error("run %s: cannot recover frames from %s: %s", self.uid[:8], src.get("file"), exc)
-        self.counters["recovered"] += n
+        with self.lock:
+            self.counters["recovered"] += n
         return n
+
+    def _read_source(self, src: dict, todo: list):
+        """Frames of ``todo`` entries ``[ia, ip, index in file...]`` from one source, in order."""
+        if src.get("format") == "bp-dataset":
+            from bp_plugin.dataset import read_dataset
+            ds = read_dataset(src["file"], allow_partial=True)
+            for ia, ip, *_ in todo:
+                yield np.asarray(ds.frames[ia, ip])
+            return
+        origin = src.get("roi_origin") or (0, 0)
+        with h5py.File(src["file"], "r", libver="latest", swmr=True) as f:
+            d = f[src.get("dataset", "/entry/data/data")]
+            for _, _, k in todo:
+                if not 0 <= int(k) < d.shape[0]:
+                    raise IndexError(f"frame {k} is not in the file ({d.shape[0]} frames)")
+                yield crop_roi(d[int(k)], origin, self.shape[2:])

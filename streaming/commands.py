@@ -74,7 +74,4 @@ def replay_streamer(to: str):
     """A bluesky callback streaming replayed documents (inline frames) to ``to``; call ``.close()`` after."""
     from .sender import BlueskyFrameStreamer, FrameSender
 
-    sender = FrameSender(to)
-    streamer = BlueskyFrameStreamer(sender)
-    streamer.close = sender.close
-    return streamer
+    return BlueskyFrameStreamer(FrameSender(to))

@@ -74,7 +74,7 @@ def run_demo(opts: DemoOptions) -> dict:
         t_scan = time.perf_counter() - t0
         print(f"scan done: {r['n_events']} frames in {t_scan:.1f} s ({r['frames_per_s']:.1f} frames/s); "
               "final schedule running")
-        md = wait_for_state(server.client(), r["uid"], timeout=3600,
+        md = wait_for_state(server.client(), r["uid"], timeout=3600, process=rp,
                             on_status=lambda st: _line(status_line(st)) if opts.progress else None)
         print()
         summary = _summary(md, r, t_scan, time.perf_counter() - t0, out, viewer)

@@ -87,7 +87,6 @@ class LiveReconstruction:
         self.stage = "live"
         self.started = time.time()
         self.behind = False
-        self.t_first_frame = None
         self._mask_version = None
         if asm.resumed:                              # a restart: the spool holds the old process's frames
             for ia, ip in zip(*np.nonzero(asm.measured_disk)):
@@ -109,8 +108,6 @@ class LiveReconstruction:
         new = asm.take_pending()
         # behind: the oldest frame of this batch waited longer than allowed for the engine
         self.behind = bool(new) and (time.monotonic() - min(t for _, _, t in new)) > self.opts.behind_after_s
-        if new:
-            self.t_first_frame = self.t_first_frame or time.time()
         for ia, ip, _ in new:
             rec.set_frame(ia, ip, asm.frames[ia, ip])
         if new or (rec.measured.any() and not self._scaled):

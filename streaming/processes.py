@@ -17,6 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bp_plugin.tiled_server import die_with_parent
+
+from .publish import ROOT
+
 
 def free_tcp_address(host: str = "127.0.0.1") -> str:
     """``tcp://host:port`` with a port free right now."""
@@ -77,7 +81,10 @@ def start_reconstructor(workdir, *, address: str | None = None, tiled_url: str |
     env = dict(os.environ, **({"BP_TILED_API_KEY": api_key} if api_key else {}))
     log_path = workdir / "reconstructor.log"
     log = open(log_path, "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # own session: a Ctrl-C at the terminal reaches the demo first, which ends the scan (its stop
+    # message closes the stream) before stopping us; and we die with the process that started us
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
     log.close()
     rp = ReconstructorProcess(address, proc, log_path)
     deadline = time.monotonic() + ready_timeout
@@ -92,13 +99,18 @@ def start_reconstructor(workdir, *, address: str | None = None, tiled_url: str |
     raise RuntimeError(f"the reconstructor did not start listening within {ready_timeout:.0f} s; see {log_path}")
 
 
-def wait_for_state(client, raw_uid: str, states=("final", "failed"), timeout: float = 600.0, on_status=None) -> dict:
+def wait_for_state(client, raw_uid: str, states=("final", "failed"), timeout: float = 600.0, on_status=None,
+                   process: ReconstructorProcess | None = None) -> dict:
     """Poll ``reconstructions/<raw_uid>`` in Tiled until its status state is one of ``states``;
-    ``on_status(status)`` after each poll. Returns the container's metadata."""
+    ``on_status(status)`` after each poll. Returns the container's metadata. With ``process``, a
+    reconstructor that exits first raises at once (with its log), instead of waiting for nothing."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise RuntimeError(f"the reconstructor exited (code {process.process.returncode}) before run "
+                               f"{raw_uid[:8]} was {' or '.join(states)}; its log ends with:\n{process.log_tail()}")
         try:
-            node = client["reconstructions"][raw_uid]
+            node = client[ROOT][raw_uid]
             md = dict(node.metadata)
         except KeyError:
             md = {}

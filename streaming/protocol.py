@@ -5,7 +5,8 @@ Every message is a ZeroMQ multipart message: part 0 is a UTF-8 JSON header, part
 any language can produce it; docs/streaming-protocol.md is the reference. Message kinds:
 
 - ``start``: a new run: ``geometry`` (``ExperimentGeometry.to_dict()``), ``translations_m``
-  (``n_positions x 3``, lab frame, m), ``n_frames`` expected, optional ``scan`` and ``sim``;
+  (``n_positions x 3``, lab frame, m), ``n_frames`` expected, optional ``roi_origin`` (frames are whole
+  detector frames, the receiver crops the ROI from there), ``scan`` and ``sim``;
 - ``mask``: valid-pixel mask of the frames (uint8, 1 = good), optional;
 - ``frame``: one detector frame with ``frame_index`` (0-based order in the run), ``angle_index``,
   ``position_index``, ``motors`` and optional ``source`` (where the raw frame lies on disk);
@@ -78,8 +79,8 @@ def encode_frame(run_uid: str, seq: int, frame: np.ndarray, *, frame_index: int,
     """``frame`` message: header and the frame itself (C-contiguous; sent as is, no copy).
 
     Args:
-        frame: ``(N1, N2)`` counts, uint16 / uint32 / int32 / float32, cropped to the
-            reconstruction ROI of the start message's geometry.
+        frame: ``(N1, N2)`` counts, uint16 / uint32 / int32 / float32: the reconstruction ROI of
+            the start message's geometry, or the whole detector frame when the start gave ``roi_origin``.
         motors: readbacks, e.g. ``{"eta_deg": ..., "x_m": ..., "y_m": ...}``.
         source: where the raw frame lies: ``{"file", "dataset", "index", "roi_origin"}``.
     """
@@ -98,6 +99,12 @@ def encode_stop(run_uid: str, seq: int, *, exit_status: str, n_frames: int, sour
     """``stop`` message. ``sources``: ``[{"file", "dataset", "roi_origin", "frames": [[i_file, ia, ip], ...]}]``."""
     return [_dump(_header("stop", run_uid, seq, exit_status=str(exit_status), n_frames=int(n_frames),
                           sources=sources or []))]
+
+
+def crop_roi(a: np.ndarray, origin, shape) -> np.ndarray:
+    """The ``shape`` = (N1, N2) region of a frame or mask starting at ``origin`` = (row, col) (a view)."""
+    (r0, c0), (n1, n2) = origin, shape
+    return a[r0:r0 + n1, c0:c0 + n2]
 
 
 def _need(h: dict, key: str, types, kind: str):
@@ -150,6 +157,10 @@ def decode(parts) -> Message:
         _need(h, "geometry", dict, kind)
         _need(h, "translations_m", list, kind)
         _need(h, "n_frames", int, kind)
+        roi = h.get("roi_origin")
+        if roi is not None and not (isinstance(roi, list) and len(roi) == 2
+                                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in roi)):
+            raise ProtocolError(f"start message: roi_origin {roi!r} is not [row, col] of two non-negative integers")
     elif kind == "stop":
         _need(h, "n_frames", int, kind)
     return Message(kind, run_uid, seq, h, array)

@@ -5,9 +5,11 @@ Layout (publication version 1, documented in docs/streaming-protocol.md, read by
 ``reconstructions/<raw run uid>`` container, metadata:
 
 - ``kind = "bp-reconstruction"``, ``version``, ``raw_uid``;
-- ``status``: ``state`` (``waiting``, ``live``, ``final``, ``failed``), frame counters, ``behind``,
-  ``iteration``, ``error``, ``stage``, ``updated`` (unix time), ...;
-- ``history``: ``{"iteration": [...], "error": [...]}`` (the last ``HISTORY_MAX`` iterations);
+- ``status``: ``state`` (``creating`` until the arrays exist, then ``waiting``, ``live``, ``final``,
+  ``failed`` or ``interrupted``), frame counters, ``behind``, ``iteration``, ``error``, ``stage``,
+  ``updated`` (unix time), ...;
+- ``history``: ``{"iteration": [...], "error": [...], "stage": [...]}`` (the last ``HISTORY_MAX``
+  iterations);
 - ``grid``: lab grid of the maps: ``origin_m`` (x, y, z), ``voxel_m``, ``shape`` (z, y, x), ``axes``;
 - ``probe_grid``: ``p1_m`` and ``r2_m`` axis coordinates of the probe section;
 - ``units`` of each array, ``metrics`` (final, when the run was simulated: errors against ground truth).

@@ -37,11 +37,12 @@ class FrameSender:
         address: e.g. ``tcp://127.0.0.1:5577``.
         hwm: messages queued before ``send`` blocks (PUSH never drops at the mark).
         timeout_s: longest a send may block (no receiver, or one that cannot keep up); after a
-            timeout the sender counts the message as unsent and tries each later one only briefly,
-            until a send succeeds again.
+            timeout the sender is "stalled": later messages are counted unsent at once (no wait),
+            with one real try every ``retry_s``, until a send succeeds again.
     """
 
-    def __init__(self, address: str, *, hwm: int = 1000, timeout_s: float = 30.0, context=None):
+    def __init__(self, address: str, *, hwm: int = 1000, timeout_s: float = 30.0, retry_s: float = 5.0,
+                 context=None):
         self.address = address
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUSH)
@@ -49,7 +50,9 @@ class FrameSender:
         self._sock.setsockopt(zmq.LINGER, 5000)
         self._sock.connect(address)
         self.timeout_s = float(timeout_s)
+        self.retry_s = float(retry_s)
         self._stalled = False
+        self._t_stalled = 0.0
         self.sent = 0
         self.unsent = 0
         self._seq: dict[str, int] = {}
@@ -60,17 +63,25 @@ class FrameSender:
         return s
 
     def send(self, parts: list) -> bool:
-        """Send one multipart message (arrays without a copy); False if it timed out."""
-        self._sock.setsockopt(zmq.SNDTIMEO, int((0.2 if self._stalled else self.timeout_s) * 1000))
-        try:
-            self._sock.send_multipart(parts, copy=False)
-        except zmq.Again:
-            if not self._stalled:
-                log.warning("no reconstructor took messages at %s for %.0f s; going on without it (raw frames "
-                            "stay in the detector files, the stop message lists them)", self.address, self.timeout_s)
-            self._stalled = True
-            self.unsent += 1
-            return False
+        """Send one multipart message (arrays without a copy); False if it could not be sent."""
+        if self._stalled and time.monotonic() - self._t_stalled < self.retry_s:
+            try:                       # stalled: never wait, or a scan's end would wait per frame
+                self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self.unsent += 1
+                return False
+        else:
+            self._sock.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
+            try:
+                self._sock.send_multipart(parts, copy=False)
+            except zmq.Again:
+                if not self._stalled:
+                    log.warning("no reconstructor took messages at %s for %.0f s; going on without it (raw "
+                                "frames stay in the detector files, the stop message lists them)",
+                                self.address, self.timeout_s)
+                self._stalled, self._t_stalled = True, time.monotonic()
+                self.unsent += 1
+                return False
         self._stalled = False
         self.sent += 1
         return True
@@ -84,13 +95,14 @@ class DetectorFrameTap:
 
     Args:
         detector: a device with ``frame_listeners`` (``sim_devices.detector.SimAreaDetector``).
-        max_frames: frames held at most; older ones are dropped (the receiver recovers them from
-            the file), so a stalled network cannot exhaust memory.
+        max_bytes: frame bytes held at most; older frames are dropped beyond (the receiver
+            recovers them from the file), so a stalled network cannot exhaust memory.
     """
 
-    def __init__(self, detector, *, max_frames: int = 2048):
+    def __init__(self, detector, *, max_bytes: float = 512e6):
         self.detector = detector
-        self.max_frames = int(max_frames)
+        self.max_bytes = float(max_bytes)
+        self._bytes = 0
         self._frames: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.dropped = 0
@@ -99,13 +111,16 @@ class DetectorFrameTap:
     def _on_frame(self, uri: str, index: int, frame: np.ndarray) -> None:
         with self._lock:
             self._frames[(uri, int(index))] = frame
-            while len(self._frames) > self.max_frames:
-                self._frames.popitem(last=False)
+            self._bytes += frame.nbytes
+            while self._bytes > self.max_bytes and len(self._frames) > 1:
+                self._bytes -= self._frames.popitem(last=False)[1].nbytes
                 self.dropped += 1
 
     def take(self, uri: str, index: int) -> np.ndarray | None:
         with self._lock:
-            return self._frames.pop((uri, int(index)), None)
+            f = self._frames.pop((uri, int(index)), None)
+            self._bytes -= f.nbytes if f is not None else 0
+            return f
 
     @property
     def mask(self) -> np.ndarray:
@@ -133,6 +148,10 @@ class BlueskyFrameStreamer:
         self.sender, self.tap, self.mask = sender, tap, mask
         self._reset()
 
+    def close(self) -> None:
+        """Close the sender (after the last run: pending messages still go out, up to its linger)."""
+        self.sender.close()
+
     def _reset(self):
         self.uid = None
         self._scan = None
@@ -142,7 +161,6 @@ class BlueskyFrameStreamer:
         self._res_frames: dict[str, list] = {}       # resource uid -> [[ia, ip, index in file], ...]
         self._n_frames = 0
         self._mask_sent = False
-        self.missing_frames = 0
 
     def __call__(self, name: str, doc: dict) -> None:
         getattr(self, f"_{name}", lambda d: None)(doc)
@@ -179,8 +197,7 @@ class BlueskyFrameStreamer:
         return None, None
 
     def _crop(self, frame: np.ndarray) -> np.ndarray:
-        (r0, c0), (n1, n2) = self._scan["roi_origin"], self._crop_shape
-        return frame[r0:r0 + n1, c0:c0 + n2]
+        return protocol.crop_roi(frame, self._scan["roi_origin"], self._crop_shape)
 
     def _event(self, doc):
         if not self.uid or doc["descriptor"] != self._primary:
@@ -209,8 +226,7 @@ class BlueskyFrameStreamer:
                         self.sender.send(protocol.encode_mask(self.uid, self.sender.next_seq(self.uid), self._crop(m)))
                         self._mask_sent = True
             if frame is None:
-                self.missing_frames += 1            # the receiver recovers it from the file at stop
-                return
+                return                              # the receiver recovers it from the file at stop
         if frame.dtype.str not in protocol.FRAME_DTYPES:
             frame = frame.astype(np.uint32)
         self.sender.send(protocol.encode_frame(self.uid, self.sender.next_seq(self.uid), frame,
@@ -238,7 +254,8 @@ def send_dataset(path, address: str, *, rate: float | None = None, run_uid: str 
         path: dataset file (docs/dataset-format.md).
         address: the reconstructor's address.
         rate: frames per second (None: as fast as the receiver takes them).
-        run_uid: uid of the streamed run (default: the file's ``run_uid`` or a new uuid).
+        run_uid: uid of the streamed run (default: a new uuid; the file's own run uid is sent in
+            ``scan.source_run_uid``: streaming a file twice makes two runs, not duplicates).
 
     Returns: ``{"run_uid", "frames", "seconds", "unsent"}``.
     """
@@ -249,14 +266,15 @@ def send_dataset(path, address: str, *, rate: float | None = None, run_uid: str 
     from bp_plugin.dataset import read_dataset
 
     ds = read_dataset(path, allow_partial=True)
-    uid = run_uid or ds.metadata.get("run_uid") or str(uuid.uuid4())
+    uid = run_uid or str(uuid.uuid4())
     own = sender is None
     sender = sender or FrameSender(address)
     pts = [(ia, ip) for ia in range(ds.measured.shape[0]) for ip in range(ds.measured.shape[1]) if ds.measured[ia, ip]]
     sim = {"preset": ds.metadata["preset"], "seed": int(ds.metadata.get("seed", 0))} if ds.metadata.get("simulated") else None
     t0 = time.perf_counter()
     sender.send(protocol.encode_start(uid, sender.next_seq(uid), ds.geometry.to_dict(), ds.translations_m, len(pts),
-                                      scan={"source": str(path)}, sim=sim))
+                                      scan={"source": str(path), "source_run_uid": ds.metadata.get("run_uid")},
+                                      sim=sim))
     sender.send(protocol.encode_mask(uid, sender.next_seq(uid), ds.mask))
     frames = np.ascontiguousarray(ds.frames)
     if frames.dtype.str not in protocol.FRAME_DTYPES:

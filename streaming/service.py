@@ -44,6 +44,8 @@ class ServiceOptions:
         tiled_url, api_key: where results are published (None: not published).
         device: ``auto``, ``cpu`` or ``gpu``.
         max_runs: stop after this many runs (None: serve until stopped).
+        idle_timeout_s: a run without its stop message and without a frame for this long is
+            finished with the frames it has once a newer run waits (a sender that died).
         rcvhwm: messages the PULL socket queues before senders block.
         live: :class:`LiveOptions`.
     """
@@ -55,6 +57,7 @@ class ServiceOptions:
     device: str = "auto"
     max_runs: int | None = None
     rcvhwm: int = 10000
+    idle_timeout_s: float = 600.0
     live: LiveOptions = field(default_factory=LiveOptions)
 
 
@@ -87,11 +90,15 @@ class ReconstructorService:
         self._todo: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self.progress = progress
-        self.current: LiveReconstruction | None = None
+        self._t_tick = 0.0
         self._rx = threading.Thread(target=self._receive, daemon=True, name="bp-receiver")
-        # the engine thread holds the GIL between array operations; a short switch interval lets
-        # the receiver take messages off the socket promptly (measured: benchmarks/bench_streaming.py)
-        sys.setswitchinterval(5e-4)
+        for folder in sorted(self.workdir.iterdir()):
+            # runs whose stop came but whose final result was not made (the process was stopped)
+            if (folder / "stop.json").exists() and (folder / "start.json").exists() and not (folder / "result.h5").exists():
+                asm = RunAssembly.resume(folder)
+                self.runs[asm.uid] = asm
+                self._todo.put(asm.uid)
+                log.info("run %s: ended while no reconstructor ran; finishing it", asm.uid[:8])
 
     # --- receiver -----------------------------------------------------------------------------------
     def _receive(self) -> None:
@@ -114,6 +121,7 @@ class ReconstructorService:
                 except Exception as exc:  # never fatal: count, log, go on
                     self.counters["malformed"] += 1
                     log.exception("message could not be handled: %s", exc)
+        self._sock.close(0)          # by the thread that used it: ZeroMQ sockets are not thread-safe
 
     def _assembly(self, uid: str) -> RunAssembly | None:
         asm = self.runs.get(uid)
@@ -149,11 +157,14 @@ class ReconstructorService:
         elif msg.kind == "mask":
             asm.set_mask(msg.array.astype(bool))
         elif msg.kind == "stop":
-            asm.stop = msg.header
+            asm.set_stop(msg.header)
 
     # --- worker -------------------------------------------------------------------------------------
     def serve(self) -> None:
         """Take runs until ``max_runs`` are done or :meth:`shutdown` is called."""
+        # the engine thread holds the GIL between array operations; a short switch interval lets
+        # the receiver take messages off the socket promptly (benchmarks/bench_streaming.py)
+        sys.setswitchinterval(5e-4)
         self._rx.start()
         done = 0
         try:
@@ -162,11 +173,18 @@ class ReconstructorService:
                     uid = self._todo.get(timeout=0.2)
                 except queue.Empty:
                     continue
-                self.finished[uid] = self._run(self.runs[uid])
+                try:
+                    self.finished[uid] = self._run(self.runs[uid])
+                except Exception as exc:   # one bad run (out of memory, ...) must not stop the service
+                    log.exception("run %s could not be reconstructed", uid[:8])
+                    self.finished[uid] = {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}
                 self.runs.pop(uid, None)
                 done += 1
         finally:
             self.shutdown()
+            if self._rx.is_alive() and threading.current_thread() is not self._rx:
+                self._rx.join()
+            self._ctx.term()
 
     def start(self) -> threading.Thread:
         """Serve in a background thread (tests, the demo); returns the thread."""
@@ -175,10 +193,8 @@ class ReconstructorService:
         return t
 
     def shutdown(self) -> None:
+        """Ask both threads to stop (the current run is checkpointed); :meth:`serve` then returns."""
         self._stop.set()
-        if self._rx.is_alive() and threading.current_thread() is not self._rx:
-            self._rx.join(2)
-        self._sock.close(0)
 
     def _publisher(self, uid: str):
         if self.client is None:
@@ -186,19 +202,31 @@ class ReconstructorService:
         from .publish import TiledPublisher
         return TiledPublisher(self.client, uid, min_interval_s=self.opts.live.publish_interval_s)
 
+    def _abandoned(self, asm: RunAssembly) -> bool:
+        """No stop message, no frame for ``idle_timeout_s`` and a newer run waiting: end this one."""
+        last = asm.t_last_frame or asm.t_created
+        return (asm.stop is None and not self._todo.empty()
+                and time.time() - last > self.opts.idle_timeout_s)
+
     def _run(self, asm: RunAssembly) -> dict:
         """Live phase until the stop message, then recovery, final schedule, result and publication."""
         opts = self.opts.live
-        live = self.current = LiveReconstruction(asm, opts, self.backend)
-        pub = self._publisher(asm.uid)
+        pub = live = None
         t_pub = t_ck = 0.0
-        log.info("run %s: %s", asm.uid[:8], live.rec.layout.describe())
         try:
+            live = LiveReconstruction(asm, opts, self.backend)
+            pub = self._publisher(asm.uid)
+            log.info("run %s: %s", asm.uid[:8], live.rec.layout.describe())
             if pub:
                 pub.submit(live.metadata("waiting"), live.arrays())
             while not self._stop.is_set():
                 live.ingest()
                 if asm.stop is not None and not asm.pending:
+                    break
+                if self._abandoned(asm):
+                    log.warning("run %s: no stop message and no frame for %.0f s while a newer run waits; "
+                                "finishing it with the frames it has", asm.uid[:8], self.opts.idle_timeout_s)
+                    asm.set_stop({"exit_status": "no stop message", "n_frames": asm.n_frames_expected})
                     break
                 if live.live_step() is None:
                     time.sleep(0.02)
@@ -212,7 +240,6 @@ class ReconstructorService:
                 self._report(live)
             if self._stop.is_set():
                 raise _Stopped
-            t_stop = time.monotonic()
             asm.recover(asm.stop.get("sources") or [])
             live.ingest()
             if not live.rec.measured.any():
@@ -224,9 +251,10 @@ class ReconstructorService:
             if pub:
                 pub.submit(live.metadata("live"))
             live.run_final(lambda r: self._final_tick(live, pub))
-            return self._finish(live, pub, t_stop)
+            return self._finish(live, pub)
         except _Stopped:
-            live.checkpoint()
+            if live.rec.measured.any():      # a checkpoint of an engine that has seen no frame is useless
+                live.checkpoint()
             if pub:
                 pub.close(live.metadata("interrupted"))
             return {"state": "interrupted"}
@@ -236,17 +264,17 @@ class ReconstructorService:
                 md = live.metadata("failed")
                 md["status"]["message"] = f"{type(exc).__name__}: {exc}"
                 pub.close(md)
-            return {"state": "failed", "message": str(exc)}
+            return {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}
 
     def _final_tick(self, live, pub) -> None:
         if self._stop.is_set():
             raise _Stopped
-        if pub and time.monotonic() - getattr(self, "_t_tick", 0.0) >= self.opts.live.publish_interval_s:
+        if pub and time.monotonic() - self._t_tick >= self.opts.live.publish_interval_s:
             pub.submit(live.metadata("live"), live.arrays())
             self._t_tick = time.monotonic()
         self._report(live)
 
-    def _finish(self, live: LiveReconstruction, pub, t_stop: float) -> dict:
+    def _finish(self, live: LiveReconstruction, pub) -> dict:
         from bp_plugin.recon.run import summarize, write_outputs
 
         asm, rec = live.asm, live.rec
@@ -257,20 +285,20 @@ class ReconstructorService:
             gt, gt_attrs = build_experiment(sim["preset"], seed=int(sim.get("seed", 0))).ground_truth()
         metrics, maps, grid, arrays, illum = summarize(rec, gt, gt_attrs)
         metrics["seconds"] = time.time() - live.started
-        metrics["latency_last_frame_to_result_s"] = time.monotonic() - t_stop
+        t_last = asm.t_last_frame or time.time()          # wall clock of the last frame placed
         metrics["counters"] = asm.status()
         out = asm.folder / "result.h5"
         write_outputs(rec, out, metrics, maps, grid, arrays, illum, source=f"stream:{asm.uid}",
                       figures=self.opts.live.figures)
         if grid != live.grid:                           # keep the published shapes: maps on the live grid
             maps = None
-        metrics["latency_last_frame_to_result_s"] = time.monotonic() - t_stop
+        metrics["latency_last_frame_to_result_s"] = time.time() - t_last
         status = live.status("final")
         if pub:
             t0 = time.monotonic()
             pub.close(live.metadata("final", metrics), live.arrays(maps))
             metrics["publish_final_s"] = time.monotonic() - t0
-        metrics["latency_last_frame_to_published_s"] = time.monotonic() - t_stop
+        metrics["latency_last_frame_to_published_s"] = time.time() - t_last
         (asm.folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         log.info("run %s: final, %s", asm.uid[:8], {k: metrics.get(k) for k in ("object_error", "strain_rms_error")})
         return {**status, "metrics": metrics, "result": str(out)}
