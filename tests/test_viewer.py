@@ -49,9 +49,10 @@ def snapshot(uid: str, frames: int, offset: float, *, state: str = "live", itera
               "probe_amplitude": amp, "probe_phase": np.angle(np.exp(1j * (r2[None] * 3e6 + p1[:, None] * 1e6))).astype(np.float32),
               "background": np.zeros((3, 8, 8), np.float32), "measured": np.ones((3, 50), np.uint8)}
     its = list(range(iterations + 1))
-    status = {"state": state, "frames_expected": 300, "frames_received": frames, "frames_placed": frames,
-              "duplicates": 0, "rejected": 0, "missing": 0, "behind": behind, "iteration": iterations,
-              "error": 0.5 ** iterations, "stage": "ptycho", "updated": time.time()}
+    # the keys of streaming.live.LiveReconstruction.status (docs/streaming-protocol.md)
+    status = {"state": state, "frames_expected": 300, "frames_measured": frames, "received": frames,
+              "placed": frames, "duplicates": 0, "rejected": 0, "missing": 0, "recovered": 0, "behind": behind,
+              "iteration": iterations, "error": 0.5 ** iterations, "stage": "live", "updated": time.time()}
     md = {"kind": "bp-reconstruction", "version": 1, "raw_uid": uid, "status": status,
           "history": {"iteration": its, "error": [0.5 ** (i / 4) for i in its]},
           "grid": {"origin_m": [-1e-6, -0.8e-6, -0.6e-6], "voxel_m": 1e-7, "shape": [NZ, NY, NX],

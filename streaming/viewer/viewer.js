@@ -323,15 +323,16 @@ function drawProbeLegend() {
 
 // ---------------------------------------------------------------- status, history, metrics
 function renderStatus() {
-  const st = S.status, rec = st.frames_received ?? 0, exp = st.frames_expected ?? 0;
+  // frames_measured: frames in the run's spool (streamed or recovered from files); see docs/streaming-protocol.md
+  const st = S.status, rec = st.frames_measured ?? 0, exp = st.frames_expected ?? 0;
   $("frames").textContent = `${rec} / ${exp}`;
   $("progress-fill").style.width = `${exp > 0 ? Math.min(100, 100 * rec / exp) : 0}%`;
   $("state").textContent = st.state || "–";
   $("state").className = "badge state-" + (st.state || "none");
   document.body.dataset.state = st.state || "";
   $("behind").hidden = !st.behind;
-  for (const k of ["placed", "duplicates", "rejected", "missing", "iteration", "stage"])
-    $("c-" + k).textContent = st[k === "placed" ? "frames_placed" : k] ?? "–";
+  for (const k of ["placed", "duplicates", "rejected", "missing", "recovered", "iteration", "stage"])
+    $("c-" + k).textContent = st[k] ?? "–";
   $("c-error").textContent = typeof st.error === "number" ? st.error.toPrecision(4) : "–";
   $("c-updated").textContent = st.updated ? `${clock(st.updated)} (${ago(Date.now() / 1000 - st.updated)})` : "–";
 }
@@ -340,9 +341,14 @@ function renderMetrics() {
   const m = S.meta.metrics, dl = $("metrics");
   dl.hidden = !m;
   if (!m) return;
-  dl.replaceChildren(...Object.entries(m).flatMap(([k, v]) => [
-    Object.assign(document.createElement("dt"), {textContent: k}),
-    Object.assign(document.createElement("dd"), {textContent: typeof v === "number" ? v.toPrecision(4) : JSON.stringify(v)}),
+  // the scalar figures of merit a user quotes; the rest stays in Tiled and metrics.json
+  const shown = [["object_error", "object error", 1], ["probe_error", "probe error", 1],
+                 ["strain_rms_error", "ε_zz RMS error (10⁻⁴)", 1e4], ["tilt_rms_error_rad", "tilt RMS error (mdeg)", 180e3 / Math.PI],
+                 ["field_of_view_fraction", "field of view retrieved", 1], ["iterations", "iterations", 1],
+                 ["latency_last_frame_to_result_s", "last frame → result (s)", 1], ["device", "device", null]];
+  dl.replaceChildren(...shown.filter(([k]) => m[k] !== undefined && m[k] !== null).flatMap(([k, label, f]) => [
+    Object.assign(document.createElement("dt"), {textContent: label}),
+    Object.assign(document.createElement("dd"), {textContent: f === null ? String(m[k]) : (m[k] * f).toPrecision(3)}),
   ]));
 }
 
