@@ -7,7 +7,7 @@
 - ``trigger()`` computes a frame from the *current readbacks* of the motors (through the
   ``frame_source`` callable that the beamline factory supplies), writes it, and returns a status
   that finishes when the frame is on disk; with ``realtime=True`` it also lasts ``count_time``.
-- ``describe()`` declares ``{name}_image`` as external ``STREAM:`` data (uint32, with
+- ``describe()`` declares ``{name}_image`` as external ``STREAM:`` data (uint32 or uint16, with
   ``dtype_numpy``, so the Tiled writer keeps uint32) and ``{name}_total`` (the sum of valid pixels,
   in each event, for live rocking curves and maps without opening the file).
 - ``frame_listeners``: callables ``f(file_uri, index, frame)`` called in the trigger thread after
@@ -38,7 +38,7 @@ class SimAreaDetector(Device):
 
     Args:
         name: ophyd name.
-        frame_source: ``f(count_time_s) -> uint32 (rows, cols)``: the frame for the current
+        frame_source: ``f(count_time_s) -> (rows, cols)`` of ``dtype``: the frame for the current
             motor positions and exposure.
         frame_shape: (rows, cols).
         pixel_size_m: pixel pitch (m), as binned.
@@ -46,6 +46,7 @@ class SimAreaDetector(Device):
         write_dir: directory of the HDF5 files (must be readable by the Tiled server to browse).
         count_time_s: initial exposure (s).
         realtime: make each trigger last ``count_time`` like a real exposure.
+        dtype: frame dtype (uint32 photon counter; uint16 for a DF-XRM sCMOS camera).
     """
 
     count_time = Cpt(Signal, value=0.2, kind="config")
@@ -53,7 +54,7 @@ class SimAreaDetector(Device):
 
     def __init__(self, *, name: str, frame_source: Callable[[float], np.ndarray], frame_shape: tuple[int, int],
                  pixel_size_m: float, mask: np.ndarray, write_dir, count_time_s: float = 0.2,
-                 realtime: bool = False, **kwargs):
+                 realtime: bool = False, dtype=np.uint32, **kwargs):
         super().__init__(name=name, **kwargs)
         self.frame_source = frame_source
         self.frame_shape = tuple(int(v) for v in frame_shape)
@@ -61,6 +62,7 @@ class SimAreaDetector(Device):
         self.mask = np.asarray(mask, bool)
         self.write_dir = Path(write_dir)
         self.realtime = realtime
+        self.dtype = np.dtype(dtype)
         self.count_time.put(float(count_time_s))
         self._file: DetectorFile | None = None
         self._bundle = None
@@ -83,7 +85,7 @@ class SimAreaDetector(Device):
     def stage(self):
         path = self.write_dir / f"{self.name}_{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:8]}.h5"
         self._file = DetectorFile(path, self.frame_shape, pixel_size_m=self.pixel_size_m,
-                                  count_time_s=float(self.count_time.get()), mask=self.mask)
+                                  count_time_s=float(self.count_time.get()), mask=self.mask, dtype=self.dtype)
         self.file_history.append(path)
         self._bundle = None
         self._n_announced = 0
@@ -126,7 +128,7 @@ class SimAreaDetector(Device):
     def describe(self):
         d = super().describe()
         d[self.image_key] = {
-            "source": f"SIM:{self.name}:image", "dtype": "array", "dtype_numpy": np.dtype(np.uint32).str,
+            "source": f"SIM:{self.name}:image", "dtype": "array", "dtype_numpy": self.dtype.str,
             "shape": list(self.frame_shape), "dims": ["n1", "n2"], "units": "counts", "external": "STREAM:",
         }
         return d

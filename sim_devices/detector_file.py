@@ -2,7 +2,7 @@
 
 Layout (what real detector file writers do, and what the StreamResource documents point to):
 
-- ``/entry/data/data``: uint32 ``(n_frames, rows, cols)``, one chunk per frame, bitshuffle-LZ4
+- ``/entry/data/data``: uint32 (uint16 for DF-XRM cameras) ``(n_frames, rows, cols)``, one chunk per frame, bitshuffle-LZ4
   compressed (hdf5plugin), growing along axis 0;
 - ``/entry/instrument/detector/{x_pixel_size, y_pixel_size, count_time}`` and ``.../pixel_mask``
   (uint32, NeXus convention: 0 = good pixel).
@@ -33,15 +33,17 @@ class DetectorFile:
         pixel_size_m: pixel pitch (m).
         count_time_s: exposure per frame (s), recorded as an attribute.
         mask: valid-pixel mask, bool ``(rows, cols)`` (True = good), stored as a NeXus pixel_mask.
+        dtype: frame dtype (uint32 for photon counters, uint16 for sCMOS cameras).
     """
 
     def __init__(self, path, frame_shape: tuple[int, int], *, pixel_size_m: float, count_time_s: float,
-                 mask: np.ndarray | None = None):
+                 mask: np.ndarray | None = None, dtype=np.uint32):
         self.path = Path(path)
         if self.path.exists():
             raise FileExistsError(f"detector file {self.path} already exists; a detector never overwrites data")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.frame_shape = tuple(int(v) for v in frame_shape)
+        self.dtype = np.dtype(dtype)
         self._f = h5py.File(self.path, "w", libver="latest")
         det = self._f.create_group("entry/instrument/detector")
         det.create_dataset("x_pixel_size", data=pixel_size_m).attrs["units"] = "m"
@@ -50,17 +52,17 @@ class DetectorFile:
         if mask is not None:
             det.create_dataset("pixel_mask", data=(~np.asarray(mask, bool)).astype(np.uint32))
         self._ds = self._f.create_dataset(
-            DATASET, shape=(0, *self.frame_shape), maxshape=(None, *self.frame_shape), dtype=np.uint32,
+            DATASET, shape=(0, *self.frame_shape), maxshape=(None, *self.frame_shape), dtype=self.dtype,
             chunks=(1, *self.frame_shape), **hdf5plugin.Bitshuffle(cname="lz4"))
         self._ds.attrs["units"] = "counts"
         self._f.swmr_mode = True
         self.n_frames = 0
 
     def append(self, frame: np.ndarray) -> int:
-        """Write one uint32 ``(rows, cols)`` frame, flush it to disk, return its index."""
-        if frame.shape != self.frame_shape or frame.dtype != np.uint32:
+        """Write one ``(rows, cols)`` frame of the file's dtype, flush it to disk, return its index."""
+        if frame.shape != self.frame_shape or frame.dtype != self.dtype:
             raise ValueError(f"frame of shape {frame.shape} and dtype {frame.dtype}; expected "
-                             f"{self.frame_shape} uint32")
+                             f"{self.frame_shape} {self.dtype}")
         i = self.n_frames
         self._ds.resize(i + 1, axis=0)
         self._ds[i] = frame
@@ -80,6 +82,6 @@ class DetectorFile:
 
 
 def read_detector_file(path, index=slice(None)) -> np.ndarray:
-    """Frames of a detector file (also while it is being written), uint32 ``(n, rows, cols)``."""
+    """Frames of a detector file (also while it is being written), ``(n, rows, cols)`` of its dtype."""
     with h5py.File(path, "r", libver="latest", swmr=True) as f:
         return f[DATASET][index]

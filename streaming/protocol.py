@@ -6,7 +6,10 @@ any language can produce it; docs/streaming-protocol.md is the reference. Messag
 
 - ``start``: a new run: ``geometry`` (``ExperimentGeometry.to_dict()``), ``translations_m``
   (``n_positions x 3``, lab frame, m), ``n_frames`` expected, optional ``roi_origin`` (frames are whole
-  detector frames, the receiver crops the ROI from there), ``scan`` and ``sim``;
+  detector frames, the receiver crops the ROI from there), ``scan`` and ``sim``; optional
+  ``technique``: ``"bragg-ptychography"`` (default) or ``"dfxrm"`` (then ``geometry`` is a
+  ``DfxrmGeometry`` dict, ``scan`` the plan's ``dfxrm_scan``, ``translations_m`` empty, and each
+  frame's ``motors`` carries the scanned angles as ``<axis>_deg``);
 - ``mask``: valid-pixel mask of the frames (uint8, 1 = good), optional;
 - ``frame``: one detector frame with ``frame_index`` (0-based order in the run), ``angle_index``,
   ``position_index``, ``motors`` and optional ``source`` (where the raw frame lies on disk);
@@ -26,6 +29,7 @@ import numpy as np
 PROTOCOL = "bp-stream"
 VERSION = 1
 KINDS = ("start", "mask", "frame", "stop")
+TECHNIQUES = ("bragg-ptychography", "dfxrm")
 FRAME_DTYPES = ("<u2", "<u4", "<i4", "<f4")
 MAX_HEADER_BYTES = 1 << 20
 
@@ -66,6 +70,16 @@ def encode_start(run_uid: str, seq: int, geometry: dict, translations_m, n_frame
     extra = {"roi_origin": [int(v) for v in roi_origin]} if roi_origin is not None else {}
     return [_dump(_header("start", run_uid, seq, geometry=geometry, translations_m=t.tolist(),
                           n_frames=int(n_frames), scan=scan or {}, sim=sim, **extra))]
+
+
+def encode_dfxrm_start(run_uid: str, seq: int, geometry: dict, scan: dict, n_frames: int, *,
+                       sim: dict | None = None) -> list:
+    """``start`` message of a DF-XRM run: ``scan`` is the plan's ``dfxrm_scan`` (axes, centre, shape,
+    background, resolution), ``geometry`` a ``DfxrmGeometry`` dict."""
+    if not scan.get("axes"):
+        raise ProtocolError("a DF-XRM start message needs scan['axes'] (the scanned angles)")
+    return [_dump(_header("start", run_uid, seq, technique="dfxrm", geometry=geometry, translations_m=[],
+                          n_frames=int(n_frames), scan=scan, sim=sim))]
 
 
 def encode_mask(run_uid: str, seq: int, mask: np.ndarray) -> list:
@@ -157,6 +171,10 @@ def decode(parts) -> Message:
         _need(h, "geometry", dict, kind)
         _need(h, "translations_m", list, kind)
         _need(h, "n_frames", int, kind)
+        if h.get("technique", TECHNIQUES[0]) not in TECHNIQUES:
+            raise ProtocolError(f"start message: technique {h.get('technique')!r} is not one of {TECHNIQUES}")
+        if h.get("technique") == "dfxrm" and not (isinstance(h.get("scan"), dict) and h["scan"].get("axes")):
+            raise ProtocolError("DF-XRM start message without scan.axes (the scanned angles)")
         roi = h.get("roi_origin")
         if roi is not None and not (isinstance(roi, list) and len(roi) == 2
                                     and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in roi)):

@@ -76,12 +76,20 @@ class TiledPublisher:
         client: a writable Tiled client (root node).
         raw_uid: uid of the raw run the reconstruction belongs to.
         min_interval_s: shortest time between two publications (s).
+        root: top-level container (``reconstructions``; DF-XRM maps go to ``dfxrm``).
+        units, dims: per-array units and dimension names (default: the reconstruction's).
     """
 
-    def __init__(self, client, raw_uid: str, *, min_interval_s: float = 1.0):
+    def __init__(self, client, raw_uid: str, *, min_interval_s: float = 1.0, root: str = ROOT,
+                 units: dict | None = None, dims: dict | None = None, description: str | None = None):
         self.client = client
         self.raw_uid = raw_uid
         self.min_interval_s = float(min_interval_s)
+        self.root = root
+        self.units = UNITS if units is None else units
+        self.dims = DIMS if dims is None else dims
+        self.description = description or ("online Bragg ptychography reconstructions, one container per raw run uid"
+                                           if root == ROOT else f"{root}: one container per raw run uid")
         self.published = 0
         self.last_error: str | None = None
         self._node = None
@@ -138,14 +146,13 @@ class TiledPublisher:
         if self._node is not None:
             return self._node
         root = self.client
-        if ROOT not in root:
+        if self.root not in root:
             try:
-                root.create_container(ROOT, metadata={"description": "online Bragg ptychography reconstructions, "
-                                                                     "one container per raw run uid"})
+                root.create_container(self.root, metadata={"description": self.description})
             except Exception:
-                if ROOT not in root:
+                if self.root not in root:
                     raise
-        parent = root[ROOT]
+        parent = root[self.root]
         if self.raw_uid in parent:
             self._node = parent[self.raw_uid]
         else:   # a placeholder status: readers keyed on status.updated wait until the arrays exist
@@ -166,6 +173,6 @@ class TiledPublisher:
                 child.write(a)
             else:
                 data = _slab_chunks(a) if a.ndim == 3 else a
-                self._children[name] = node.write_array(data, key=name, dims=DIMS.get(name),
-                                                        metadata={"units": UNITS.get(name, "")})
+                self._children[name] = node.write_array(data, key=name, dims=self.dims.get(name),
+                                                        metadata={"units": self.units.get(name, "")})
         node.update_metadata(metadata=metadata, drop_revision=True)

@@ -28,6 +28,7 @@ import zmq
 from bp_plugin.backend import get_backend
 
 from .assembly import RunAssembly
+from .dfxrm_live import DfxrmRun, run_dfxrm
 from .live import LiveOptions, LiveReconstruction
 from .protocol import ProtocolError, decode
 
@@ -140,7 +141,12 @@ class ReconstructorService:
                 self.counters["late"] += 1
                 return
             folder = self.workdir / uid
-            asm = RunAssembly(msg.header, folder) if not (folder / "start.json").exists() else RunAssembly.resume(folder)
+            if msg.header.get("technique") == "dfxrm":
+                asm = DfxrmRun(msg.header, folder, xp=self.backend.xp)
+            elif not (folder / "start.json").exists():
+                asm = RunAssembly(msg.header, folder)
+            else:
+                asm = RunAssembly.resume(folder)
             self.runs[uid] = asm
             self._todo.put(uid)
             return
@@ -210,6 +216,8 @@ class ReconstructorService:
 
     def _run(self, asm: RunAssembly) -> dict:
         """Live phase until the stop message, then recovery, final schedule, result and publication."""
+        if isinstance(asm, DfxrmRun):
+            return self._run_dfxrm(asm)
         opts = self.opts.live
         pub = live = None
         t_pub = t_ck = 0.0
@@ -262,6 +270,27 @@ class ReconstructorService:
             log.exception("run %s failed", asm.uid[:8])
             if pub:
                 md = live.metadata("failed")
+                md["status"]["message"] = f"{type(exc).__name__}: {exc}"
+                pub.close(md)
+            return {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}
+
+    def _run_dfxrm(self, run: DfxrmRun) -> dict:
+        """A DF-XRM run: live moment maps, then the final maps (:mod:`streaming.dfxrm_live`)."""
+        from .dfxrm_live import DIMS, ROOT, UNITS
+        from .publish import TiledPublisher
+
+        pub = None
+        if self.client is not None:
+            pub = TiledPublisher(self.client, run.uid, min_interval_s=self.opts.live.publish_interval_s, root=ROOT,
+                                 units=UNITS, dims=DIMS, description="DF-XRM maps, one container per raw run uid")
+        try:
+            return run_dfxrm(run, publisher=pub, stop_event=self._stop, interval_s=self.opts.live.publish_interval_s,
+                             abandoned=self._abandoned, figures=self.opts.live.figures,
+                             progress=self.progress)
+        except Exception as exc:
+            log.exception("DF-XRM run %s failed", run.uid[:8])
+            if pub:
+                md = run.metadata("failed")
                 md["status"]["message"] = f"{type(exc).__name__}: {exc}"
                 pub.close(md)
             return {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}

@@ -1,0 +1,73 @@
+"""DF-XRM geometry: the reflection, the effective pixel in the sample plane, the nominal motor positions.
+
+Frame convention (docs/dfxrm.md): sample axes x (image columns) and y (image rows) span the imaged
+layer, z is along the nominal scattering vector Q. The tilt axes: ``phi`` rotates about y (moves
+the local Q towards +x), ``chi`` about x (towards +y); ``tth`` is the 2theta arm that carries the
+objective and the detector together.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+HC_KEV_M = 12.398419843320026e-10      # h c in keV m
+
+
+@dataclass
+class DfxrmGeometry:
+    """Geometry of one DF-XRM measurement.
+
+    Attributes:
+        energy_kev: photon energy (keV).
+        d_spacing_m: lattice spacing of the reflection (m); default Al (111).
+        pixel_size_m: effective pixel in the sample plane (detector pixel x binning / magnification), m.
+        phi0_deg, chi0_deg: motor positions of the nominal (reference) lattice orientation; tilts are
+            offsets from them.
+        tth0_deg: 2theta of the unstrained reference lattice (None: 2 theta_B from d and energy).
+        magnification: objective magnification (recorded, informative).
+    """
+
+    energy_kev: float = 17.0
+    d_spacing_m: float = 2.3381e-10
+    pixel_size_m: float = 150e-9
+    phi0_deg: float = 0.0
+    chi0_deg: float = 0.0
+    tth0_deg: float | None = None
+    magnification: float = 17.9
+
+    def __post_init__(self):
+        lam = self.wavelength_m
+        if not (self.energy_kev > 0 and self.d_spacing_m > 0 and self.pixel_size_m > 0):
+            raise ValueError("energy_kev, d_spacing_m and pixel_size_m must be positive")
+        if lam / (2 * self.d_spacing_m) >= 1:
+            raise ValueError(f"no Bragg reflection: lambda {lam:.3e} m > 2 d = {2 * self.d_spacing_m:.3e} m; "
+                             "raise the energy or choose a reflection with a larger d spacing")
+
+    @property
+    def wavelength_m(self) -> float:
+        return HC_KEV_M / self.energy_kev
+
+    @property
+    def theta_bragg_rad(self) -> float:
+        return math.asin(self.wavelength_m / (2 * self.d_spacing_m))
+
+    @property
+    def tth_ref_deg(self) -> float:
+        """2theta of the reference lattice (deg)."""
+        return self.tth0_deg if self.tth0_deg is not None else 2 * math.degrees(self.theta_bragg_rad)
+
+    def strain_from_tth(self, tth_deg):
+        """Axial strain ``eps = -cot(theta_B) (2theta - 2theta_ref) / 2`` (2theta in deg; array or float)."""
+        return -(tth_deg - self.tth_ref_deg) * (math.pi / 360.0) / math.tan(self.theta_bragg_rad)
+
+    def tth_from_strain(self, eps):
+        """Inverse of :meth:`strain_from_tth`: the 2theta (deg) where a lattice of strain ``eps`` diffracts."""
+        return self.tth_ref_deg - eps * math.tan(self.theta_bragg_rad) * (360.0 / math.pi)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DfxrmGeometry":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,169 @@
+"""DF-XRM maps from the running moments: tilts, mosaicity, axial strain, Nye tensor, boundaries.
+
+Conventions (docs/dfxrm.md): image rows are sample y, columns sample x, z is along the nominal Q.
+A pixel's centre of mass in phi / chi, minus the reference orientation, is its lattice tilt; its
+centre of mass in 2theta gives the axial strain ``eps = -cot(theta_B) (2theta_com - 2theta_ref) / 2``.
+Together they are the measured row of the elastic distortion ``beta_zj = du_z / dx_j``:
+``beta_zx = tilt_phi``, ``beta_zy = tilt_chi`` (rad), ``beta_zz = eps``.
+
+The Nye tensor ``alpha_ij = e_jkl d_k beta_il`` (``alpha = sum b (x) t`` per unit area for straight
+dislocations) has three components that in-plane gradients of these maps give:
+
+- ``alpha_zz = d_x beta_zy - d_y beta_zx``: exact (the Burgers vector component along Q of the
+  dislocation lines threading the layer);
+- ``alpha_xy = d_x beta_zx`` and ``alpha_yx = -d_y beta_zy``: with the lattice rotation read off the
+  tilts (shear strains ``eps_zx``, ``eps_zy`` neglected against rotations, the usual assumption of
+  Nye-tensor maps from orientation data).
+
+The strain map's gradients enter only ``alpha_zx`` and ``alpha_zy``, together with out-of-plane
+gradients (``d_z``) a single layer does not measure: they are not reported.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import DfxrmGeometry
+from .moments import MomentAccumulator
+
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+MAP_UNITS = {
+    "intensity": "counts (background subtracted, summed over the scan)", "mask": "1 = crystal pixel",
+    "tilt_phi": "deg", "tilt_chi": "deg", "fwhm_phi": "deg", "fwhm_chi": "deg", "cov_phi_chi": "deg^2",
+    "com_tth": "deg", "fwhm_tth": "deg", "strain": "1 (axial strain eps_zz)",
+    "skew_phi": "1", "skew_chi": "1", "skew_tth": "1", "kurt_phi": "1 (excess)", "kurt_chi": "1 (excess)",
+    "kurt_tth": "1 (excess)", "nye_xy": "1/um", "nye_yx": "1/um", "nye_zz": "1/um",
+}
+
+
+@dataclass
+class MapOptions:
+    """How maps are made from the moments.
+
+    Attributes:
+        threshold_rel: a pixel is crystal when its integrated intensity exceeds this fraction of the
+            99th percentile of the integrated intensity (background pixels would give noise maps).
+        threshold_counts: and exceeds this many integrated counts.
+        resolution_deg: instrumental resolution (Gaussian sigma, deg) per axis, removed in quadrature
+            from the widths: ``fwhm = 2.355 sqrt(var - sigma_res^2)``.
+    """
+
+    threshold_rel: float = 0.1
+    threshold_counts: float = 0.0
+    resolution_deg: dict = field(default_factory=dict)
+
+
+def _np(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def crystal_mask(intensity: np.ndarray, opts: MapOptions) -> np.ndarray:
+    """Pixels whose integrated intensity passes both thresholds, bool ``(rows, cols)``."""
+    finite = intensity[np.isfinite(intensity)]
+    ref = float(np.percentile(finite, 99)) if finite.size else 0.0
+    level = max(opts.threshold_rel * ref, opts.threshold_counts, 0.0)
+    return np.isfinite(intensity) & (intensity > level) & (ref > 0)
+
+
+def compute_maps(acc: MomentAccumulator, geometry: DfxrmGeometry, opts: MapOptions | None = None) -> dict:
+    """All maps the scan's axes allow, float32 ``(rows, cols)``, NaN outside the crystal mask.
+
+    Returns a dict with ``intensity``, ``mask`` (uint8) and, per scanned axis, ``com_<axis>`` (deg),
+    ``fwhm_<axis>`` (deg), at order 4 ``skew_<axis>`` and ``kurt_<axis>``; ``tilt_phi`` /
+    ``tilt_chi`` (deg, offsets from the reference orientation), ``cov_phi_chi`` (deg^2), ``strain``
+    (when 2theta is scanned) and the Nye components ``nye_xy``, ``nye_yx``, ``nye_zz`` (1/um) that
+    the scanned tilts allow.
+    """
+    opts = opts or MapOptions()
+    s0 = _np(acc.moment(()))
+    mask = crystal_mask(s0, opts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(mask, 1.0 / np.where(mask, s0, 1.0), np.nan)
+        out: dict[str, np.ndarray] = {"intensity": s0, "mask": mask.astype(np.uint8)}
+        mean = {}
+        for a, name in enumerate(acc.axes):
+            m = _np(acc.moment((a,))) * w
+            mean[name] = m
+            var = _np(acc.moment((a, a))) * w - m * m
+            out[f"com_{name}"] = acc.centre[a] + m
+            res = float(opts.resolution_deg.get(name, 0.0))
+            out[f"fwhm_{name}"] = FWHM_PER_SIGMA * np.sqrt(np.clip(var - res * res, 0.0, None))
+            if acc.order == 4:
+                e3, e4 = _np(acc.moment((a,) * 3)) * w, _np(acc.moment((a,) * 4)) * w
+                e2 = var + m * m
+                mu3 = e3 - 3 * m * e2 + 2 * m ** 3
+                mu4 = e4 - 4 * m * e3 + 6 * m * m * e2 - 3 * m ** 4
+                out[f"skew_{name}"] = mu3 / np.where(var > 0, var, np.nan) ** 1.5
+                out[f"kurt_{name}"] = mu4 / np.where(var > 0, var, np.nan) ** 2 - 3.0
+        if "phi" in acc.axes:
+            out["tilt_phi"] = out["com_phi"] - geometry.phi0_deg
+        if "chi" in acc.axes:
+            out["tilt_chi"] = out["com_chi"] - geometry.chi0_deg
+        if "phi" in acc.axes and "chi" in acc.axes:
+            a, b = acc.axes.index("phi"), acc.axes.index("chi")
+            out["cov_phi_chi"] = _np(acc.moment((a, b))) * w - mean["phi"] * mean["chi"]
+        if "tth" in acc.axes:
+            out["strain"] = geometry.strain_from_tth(out["com_tth"])
+    out.update(nye_components(out.get("tilt_phi"), out.get("tilt_chi"), geometry.pixel_size_m))
+    return {k: (v if k == "mask" else np.asarray(v, np.float32)) for k, v in out.items()}
+
+
+def nye_components(tilt_phi_deg, tilt_chi_deg, pixel_size_m: float) -> dict:
+    """Nye tensor components from tilt maps (deg, ``(rows, cols)``; either may be None), in 1/um.
+
+    ``nye_xy = d_x beta_zx``, ``nye_yx = -d_y beta_zy``, ``nye_zz = d_x beta_zy - d_y beta_zx`` with
+    ``beta_zx``, ``beta_zy`` the tilts in rad and central differences on the pixel grid (x = columns,
+    y = rows). Integrated over an area (um^2) ``nye_zz`` gives the net Burgers vector along Q (um)
+    of the dislocations threading it; integrated across a boundary ``nye_xy`` gives its tilt (rad).
+    """
+    out = {}
+    per_um = 1.0 / (pixel_size_m * 1e6)
+    bx = None if tilt_phi_deg is None else np.radians(np.asarray(tilt_phi_deg, float))
+    by = None if tilt_chi_deg is None else np.radians(np.asarray(tilt_chi_deg, float))
+    if bx is not None:
+        out["nye_xy"] = np.gradient(bx, axis=1) * per_um
+    if by is not None:
+        out["nye_yx"] = -np.gradient(by, axis=0) * per_um
+    if bx is not None and by is not None:
+        out["nye_zz"] = (np.gradient(by, axis=1) - np.gradient(bx, axis=0)) * per_um
+    return out
+
+
+def boundary_map(tilt_phi_deg, tilt_chi_deg, threshold_deg: float) -> np.ndarray:
+    """Pixels where the misorientation to a 4-neighbour exceeds ``threshold_deg`` (sub-grain and
+    domain boundaries), bool ``(rows, cols)``; both sides of a jump are marked."""
+    t = np.stack([np.asarray(tilt_phi_deg, float), np.asarray(tilt_chi_deg, float)])
+    out = np.zeros(t.shape[1:], bool)
+    for axis in (1, 2):
+        d = np.sqrt((np.diff(t, axis=axis) ** 2).sum(0))
+        jump = np.nan_to_num(d, nan=0.0) > threshold_deg
+        if axis == 1:
+            out[:-1] |= jump
+            out[1:] |= jump
+        else:
+            out[:, :-1] |= jump
+            out[:, 1:] |= jump
+    return out
+
+
+def tilt_colour_wheel(tilt_phi_deg, tilt_chi_deg, radius_deg: float | None = None) -> np.ndarray:
+    """RGB image ``(rows, cols, 3)`` in [0, 1]: hue = tilt direction, saturation = tilt magnitude
+    relative to ``radius_deg`` (default: the 98th percentile of the magnitude), black outside the
+    crystal (NaN). The rendering DF-XRM users read mosaicity maps in."""
+    import matplotlib.colors as mcolors
+
+    p, c = np.asarray(tilt_phi_deg, float), np.asarray(tilt_chi_deg, float)
+    ok = np.isfinite(p) & np.isfinite(c)
+    pc, cc = p - np.nanmedian(p), c - np.nanmedian(c)
+    mag = np.hypot(pc, cc)
+    r = radius_deg or (float(np.percentile(mag[ok], 98)) if ok.any() else 1.0) or 1.0
+    hsv = np.zeros(p.shape + (3,))
+    hsv[..., 0] = (np.arctan2(cc, pc) / (2 * np.pi)) % 1.0
+    hsv[..., 1] = np.clip(mag / r, 0, 1)
+    hsv[..., 2] = 1.0
+    rgb = mcolors.hsv_to_rgb(np.nan_to_num(hsv))
+    rgb[~ok] = 0.0
+    return rgb

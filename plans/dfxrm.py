@@ -1,0 +1,195 @@
+"""DF-XRM plans: mosaicity (phi x chi), strain (2theta), combined, and weak-beam image series.
+
+Each is one bluesky run built on bluesky's own ``grid_scan`` / ``scan`` / ``list_scan``, with:
+
+- start document: ``technique = "dfxrm"``, ``dfxrm_geometry`` (``DfxrmGeometry.to_dict()``) and
+  ``dfxrm_scan`` (``kind``, scanned ``axes`` and their ``motors``, ``centre_deg``, ``shape``,
+  setpoint ranges, the camera's ``image_key`` and ``frame_shape``, ``count_time_s``,
+  ``background_counts`` per pixel and frame, the instrumental ``resolution_deg``, weak-beam
+  ``offsets_deg``); ``dfxrm_sim`` (preset, seed) on the simulated microscope;
+- one event per frame with the motors' readbacks (the angles the moments use) and the frame as
+  external data in the camera's HDF5 file.
+
+Ranges are offsets (deg) from the reference orientation of the geometry (``phi0_deg``,
+``chi0_deg``, ``tth_ref_deg``). Every check runs before the first message: a bad plan never moves.
+"""
+from __future__ import annotations
+
+import numpy as np
+from bluesky import plans as bp
+
+from bp_plugin.dfxrm.geometry import DfxrmGeometry
+
+from .checks import PlanError, check_targets
+
+PLAN_VERSION = 1
+MAX_STEP_PER_SIGMA = 2.5
+
+
+def _geometry(geometry) -> DfxrmGeometry:
+    if isinstance(geometry, DfxrmGeometry):
+        return geometry
+    if isinstance(geometry, dict):
+        try:
+            return DfxrmGeometry.from_dict(geometry)
+        except (TypeError, ValueError) as exc:
+            raise PlanError(f"invalid DF-XRM geometry: {exc}") from None
+    if isinstance(geometry, str):
+        from sim_devices.dfxrm_microscope import DFXRM_PRESETS
+        if geometry in DFXRM_PRESETS:
+            return DFXRM_PRESETS[geometry].geometry()
+        raise PlanError(f"geometry {geometry!r} is not a DF-XRM preset ({sorted(DFXRM_PRESETS)}); pass a "
+                        "DfxrmGeometry or a dict of its fields")
+    raise PlanError(f"geometry must be a DfxrmGeometry, a dict or a preset name, not {type(geometry).__name__}")
+
+
+def _check_camera(detectors) -> tuple:
+    detectors = list(detectors)
+    if not detectors:
+        raise PlanError("no detector given: pass the DF-XRM camera first in the list")
+    det = detectors[0]
+    desc = det.describe() if hasattr(det, "describe") else {}
+    images = [(k, v) for k, v in desc.items() if len(v.get("shape") or []) == 2]
+    if not images:
+        raise PlanError(f"detector {getattr(det, 'name', det)!r} gives no 2D frames; the first detector must be "
+                        "the DF-XRM camera")
+    key, d = images[0]
+    return detectors, det, key, tuple(int(n) for n in d["shape"])
+
+
+def _check_axis(motor, what: str, rng, n: int, centre: float, resolution: float | None) -> np.ndarray:
+    if isinstance(motor, str) or not hasattr(motor, "name"):
+        raise PlanError(f"{what}: {motor!r} is not a motor; pass the ophyd positioner (e.g. microscope.phi)")
+    egu = str(getattr(motor, "egu", "") or "").strip()
+    if egu not in ("deg", "degree", "degrees"):
+        raise PlanError(f"{what} motor {motor.name!r} has units {egu!r}; DF-XRM angles must be in degrees")
+    lo, hi = (float(v) for v in rng)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise PlanError(f"{what} range {rng!r}: give (start, stop) offsets in deg with start < stop")
+    if int(n) < 3:
+        raise PlanError(f"{what}: {n} points; a centre of mass and a width need at least 3 (typically 15-31)")
+    step = (hi - lo) / (int(n) - 1)
+    if resolution and step > MAX_STEP_PER_SIGMA * resolution:
+        need = int(np.ceil((hi - lo) / (MAX_STEP_PER_SIGMA * resolution))) + 1
+        raise PlanError(f"{what} step {step:.4g} deg is more than {MAX_STEP_PER_SIGMA}x the instrumental resolution "
+                        f"(sigma {resolution:.4g} deg): centres of mass would be biased by the sampling; use at "
+                        f"least {need} points over this range or a narrower range")
+    targets = centre + np.linspace(lo, hi, int(n))
+    check_targets(motor, targets, what)
+    return targets
+
+
+def _metadata(kind, det, key, frame_shape, geo, axes, motors, centre, shape, *, count_time, background, resolution,
+              extra=None, md=None) -> dict:
+    ct = count_time if count_time is not None else (det.count_time.get() if hasattr(det, "count_time") else None)
+    if background is None:
+        bg = getattr(det, "background_counts", None)
+        background = float(bg(ct)) if callable(bg) and ct is not None else 0.0
+    scan = {"version": PLAN_VERSION, "kind": kind, "axes": list(axes), "motors": {a: m.name for a, m in zip(axes, motors)},
+            "centre_deg": [float(c) for c in centre], "shape": [int(n) for n in shape],
+            "n_points": int(np.prod(shape)), "detector": det.name, "image_key": key, "frame_shape": list(frame_shape),
+            "count_time_s": ct, "background_counts": float(background),
+            "resolution_deg": {k: float(v) for k, v in (resolution or {}).items()}, **(extra or {})}
+    g = geo.to_dict() | {"theta_bragg_deg": float(np.degrees(geo.theta_bragg_rad)), "tth_ref_deg": geo.tth_ref_deg}
+    out = {"plan_name": f"dfxrm_{kind}_scan", "technique": "dfxrm", "dfxrm_geometry": g, "dfxrm_scan": scan}
+    sim = getattr(det, "sim_metadata", None)
+    if sim:
+        out["dfxrm_sim"] = dict(sim)
+    return out | (md or {})
+
+
+def _resolution(det, resolution_deg):
+    return dict(resolution_deg) if resolution_deg is not None else dict(getattr(det, "resolution_deg", {}) or {})
+
+
+def _with_exposure(det, count_time, plan):
+    from bluesky import plan_stubs as bps
+    if count_time is not None:
+        if not count_time > 0:
+            raise PlanError(f"count_time {count_time} s: give a positive exposure")
+        yield from bps.mv(det.count_time, count_time)
+    return (yield from plan)
+
+
+def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07), n_phi: int = 29,
+                   chi_range_deg=(-0.07, 0.07), n_chi: int = 15, snake: bool = False, count_time: float | None = None,
+                   background_counts: float | None = None, resolution_deg: dict | None = None, md: dict | None = None):
+    """A phi x chi grid (phi outer) around the reference orientation: tilt and mosaicity maps.
+
+    Args:
+        detectors: the camera first.
+        phi, chi: the tilt motors (deg).
+        geometry: :class:`DfxrmGeometry`, a dict of its fields or a DF-XRM preset name.
+        phi_range_deg, chi_range_deg: (start, stop) offsets from the reference (deg).
+        n_phi, n_chi: points per axis.
+        snake: reverse chi on every other phi row (saves motion; moments do not care).
+        count_time: exposure (s) set before the scan.
+        background_counts: dark level per pixel and frame subtracted by the moments (default: the
+            camera's ``background_counts(count_time)`` when it has one, else 0).
+        resolution_deg: instrumental sigma per axis (default: the camera's ``resolution_deg``).
+    """
+    detectors, det, key, frame_shape = _check_camera(detectors)
+    geo = _geometry(geometry)
+    res = _resolution(det, resolution_deg)
+    p = _check_axis(phi, "phi", phi_range_deg, n_phi, geo.phi0_deg, res.get("phi"))
+    c = _check_axis(chi, "chi", chi_range_deg, n_chi, geo.chi0_deg, res.get("chi"))
+    _md = _metadata("mosaicity", det, key, frame_shape, geo, ("phi", "chi"), (phi, chi),
+                    (geo.phi0_deg, geo.chi0_deg), (n_phi, n_chi), count_time=count_time,
+                    background=background_counts, resolution=res, md=md)
+    plan = bp.grid_scan(detectors, phi, p[0], p[-1], len(p), chi, c[0], c[-1], len(c),
+                        snake_axes=[chi] if snake else False, md=_md)
+    return (yield from _with_exposure(det, count_time, plan))
+
+
+def strain_scan(detectors, tth, geometry, *, tth_range_deg=(-0.02, 0.02), n_tth: int = 21,
+                count_time: float | None = None, background_counts: float | None = None,
+                resolution_deg: dict | None = None, md: dict | None = None):
+    """A 2theta scan of the objective-and-detector arm around 2theta_ref: the axial strain map."""
+    detectors, det, key, frame_shape = _check_camera(detectors)
+    geo = _geometry(geometry)
+    res = _resolution(det, resolution_deg)
+    t = _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
+    _md = _metadata("strain", det, key, frame_shape, geo, ("tth",), (tth,), (geo.tth_ref_deg,), (n_tth,),
+                    count_time=count_time, background=background_counts, resolution=res, md=md)
+    return (yield from _with_exposure(det, count_time, bp.scan(detectors, tth, t[0], t[-1], len(t), md=_md)))
+
+
+def combined_scan(detectors, phi, chi, tth, geometry, *, phi_range_deg=(-0.07, 0.07), n_phi: int = 29,
+                  chi_range_deg=(-0.07, 0.07), n_chi: int = 15, tth_range_deg=(-0.02, 0.02), n_tth: int = 11,
+                  count_time: float | None = None, background_counts: float | None = None,
+                  resolution_deg: dict | None = None, md: dict | None = None):
+    """tth outer, phi, chi inner: tilts, mosaicity and strain of every pixel in one run."""
+    detectors, det, key, frame_shape = _check_camera(detectors)
+    geo = _geometry(geometry)
+    res = _resolution(det, resolution_deg)
+    t = _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
+    p = _check_axis(phi, "phi", phi_range_deg, n_phi, geo.phi0_deg, res.get("phi"))
+    c = _check_axis(chi, "chi", chi_range_deg, n_chi, geo.chi0_deg, res.get("chi"))
+    _md = _metadata("combined", det, key, frame_shape, geo, ("tth", "phi", "chi"), (tth, phi, chi),
+                    (geo.tth_ref_deg, geo.phi0_deg, geo.chi0_deg), (n_tth, n_phi, n_chi), count_time=count_time,
+                    background=background_counts, resolution=res, md=md)
+    plan = bp.grid_scan(detectors, tth, t[0], t[-1], len(t), phi, p[0], p[-1], len(p), chi, c[0], c[-1], len(c),
+                        snake_axes=False, md=_md)
+    return (yield from _with_exposure(det, count_time, plan))
+
+
+def weak_beam_series(detectors, phi, chi, tth, geometry, offsets_deg, *, count_time: float | None = None,
+                     background_counts: float | None = None, md: dict | None = None):
+    """Images at chosen (dphi, dchi, dtth) offsets from the reference, in the tails of the peak, where
+    dislocations stand out against a dim perfect lattice (the "weak-beam" condition)."""
+    detectors, det, key, frame_shape = _check_camera(detectors)
+    geo = _geometry(geometry)
+    off = np.asarray(offsets_deg, float)
+    if off.ndim != 2 or off.shape[1] != 3 or not len(off) or not np.all(np.isfinite(off)):
+        raise PlanError(f"offsets_deg must be a list of (dphi, dchi, dtth) triples in deg, got {offsets_deg!r}")
+    ref = np.array([geo.phi0_deg, geo.chi0_deg, geo.tth_ref_deg])
+    pos = ref + off
+    for k, (motor, what) in enumerate(((phi, "phi"), (chi, "chi"), (tth, "tth"))):
+        if isinstance(motor, str) or not hasattr(motor, "name"):
+            raise PlanError(f"{what}: {motor!r} is not a motor; pass the ophyd positioner")
+        check_targets(motor, pos[:, k], f"the weak-beam series ({what})")
+    _md = _metadata("weak_beam", det, key, frame_shape, geo, ("phi", "chi", "tth"), (phi, chi, tth), ref,
+                    (len(off),), count_time=count_time, background=background_counts, resolution={},
+                    extra={"offsets_deg": off.tolist()}, md=md)
+    plan = bp.list_scan(detectors, phi, list(pos[:, 0]), chi, list(pos[:, 1]), tth, list(pos[:, 2]), md=_md)
+    return (yield from _with_exposure(det, count_time, plan))

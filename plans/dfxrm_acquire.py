@@ -1,0 +1,110 @@
+"""One DF-XRM acquisition on the simulated microscope, recorded in Tiled (``bp-plugin dfxrm acquire``).
+
+The same real parts as the ptychography acquisition (:mod:`plans.acquire`): embedded Tiled server
+unless one is given, a RunEngine, bluesky's ``TiledWriter`` behind a queue, the camera's HDF5 files
+written first; callbacks that need the devices (the frame streamer) come from ``callbacks_for``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCAN_KINDS = ("mosaicity", "strain", "combined", "weak_beam")
+
+
+@dataclass
+class DfxrmAcquireOptions:
+    """Settings of :func:`acquire_dfxrm`.
+
+    Attributes:
+        preset: simulated microscope (tiny, small, full).
+        scan: ``mosaicity`` (phi x chi), ``strain`` (2theta), ``combined`` or ``weak_beam``.
+        out: output folder (``detector/`` HDF5 frames, ``tiled/`` embedded server).
+        tiled_url, api_key: an existing Tiled server (default: start the embedded one).
+        seed: sample layout and photon noise.
+        n_phi, n_chi, n_tth: points per axis (None: the preset's).
+        weak_beam_offsets_deg: (dphi, dchi, dtth) offsets of a weak-beam series.
+        batch_size: events per Tiled write.
+        md: extra start-document metadata.
+    """
+
+    preset: str = "tiny"
+    scan: str = "mosaicity"
+    out: Path = Path("out/dfxrm")
+    tiled_url: str | None = None
+    api_key: str | None = None
+    seed: int = 0
+    n_phi: int | None = None
+    n_chi: int | None = None
+    n_tth: int | None = None
+    weak_beam_offsets_deg: tuple = ((0.02, 0.0, 0.0), (-0.02, 0.0, 0.0), (0.0, 0.03, 0.0), (0.0, -0.03, 0.0))
+    batch_size: int = 10
+    md: dict = field(default_factory=dict)
+
+
+def dfxrm_plan(mic, opts: DfxrmAcquireOptions):
+    """The plan of ``opts.scan`` on the microscope ``mic`` with the preset's ranges."""
+    from . import dfxrm
+
+    p, geo, det = mic.preset, mic.geometry, [mic.detector]
+    n_phi, n_chi, n_tth = opts.n_phi or p.n_phi, opts.n_chi or p.n_chi, opts.n_tth or p.n_tth
+    tilt = {"phi_range_deg": p.phi_range_deg, "n_phi": n_phi, "chi_range_deg": p.chi_range_deg, "n_chi": n_chi}
+    if opts.scan == "mosaicity":
+        return dfxrm.mosaicity_scan(det, mic.phi, mic.chi, geo, md=opts.md, **tilt)
+    if opts.scan == "strain":
+        return dfxrm.strain_scan(det, mic.tth, geo, tth_range_deg=p.tth_range_deg, n_tth=n_tth, md=opts.md)
+    if opts.scan == "combined":
+        return dfxrm.combined_scan(det, mic.phi, mic.chi, mic.tth, geo, tth_range_deg=p.tth_range_deg,
+                                   n_tth=opts.n_tth or 7, md=opts.md, **tilt)
+    if opts.scan == "weak_beam":
+        return dfxrm.weak_beam_series(det, mic.phi, mic.chi, mic.tth, geo, opts.weak_beam_offsets_deg, md=opts.md)
+    raise ValueError(f"unknown DF-XRM scan {opts.scan!r}; choose one of {SCAN_KINDS}")
+
+
+def acquire_dfxrm(opts: DfxrmAcquireOptions, *, server=None, callbacks_for=None) -> dict:
+    """Run a DF-XRM plan on the simulated microscope, recorded in Tiled.
+
+    Returns: ``uid``, ``tiled_url``, ``api_key``, ``n_events``, ``seconds``, ``detector_files``,
+    ``exit_status``.
+    """
+    from bluesky.utils import RunEngineInterrupted
+    from bluesky_tiled_plugins import TiledWriter
+
+    from bp_plugin.tiled_server import connect, start_tiled_server
+    from sim_devices.dfxrm_microscope import SimDfxrmMicroscope
+
+    from .acquire import make_run_engine
+    from .monitor import buffered
+
+    out = Path(opts.out)
+    det_dir = out / "detector"
+    own = None
+    if server is None and opts.tiled_url is None:
+        own = server = start_tiled_server(out / "tiled", readable=[det_dir], api_key=opts.api_key)
+    url = server.url if server else opts.tiled_url
+    key = server.api_key if server else opts.api_key
+    try:
+        mic = SimDfxrmMicroscope(opts.preset, write_dir=det_dir, seed=opts.seed)
+        RE = make_run_engine()
+        writer = buffered(TiledWriter(connect(url, key), batch_size=opts.batch_size))
+        late = [buffered(cb) for cb in (callbacks_for(mic) if callbacks_for else [])]
+        stop_doc = {}
+        for cb in (writer, *late, lambda name, doc: stop_doc.update(doc) if name == "stop" else None):
+            RE.subscribe(cb)
+        t0 = time.perf_counter()
+        try:
+            uids = RE(dfxrm_plan(mic, opts))
+        except RunEngineInterrupted:
+            RE.abort(reason="interrupted by the user (Ctrl-C)")     # closes the run: frames stay recorded
+            raise KeyboardInterrupt from None
+        finally:
+            seconds = time.perf_counter() - t0
+            for cb in (*late, writer):
+                cb.shutdown(wait=True)
+        return {"uid": uids[0] if uids else stop_doc.get("run_start"), "tiled_url": url, "api_key": key,
+                "n_events": (stop_doc.get("num_events") or {}).get("primary", 0), "seconds": seconds,
+                "detector_files": [str(p) for p in mic.detector.file_history], "exit_status": stop_doc.get("exit_status")}
+    finally:
+        if own is not None:
+            own.stop()

@@ -1,0 +1,147 @@
+"""A simulated dark-field x-ray microscope that a RunEngine drives like the real one.
+
+Axes (ophyd names = data keys):
+
+===== ===== ===================================================================================
+name  units what it is
+===== ===== ===================================================================================
+phi   deg   sample tilt about y (the rocking axis in the scattering plane's normal)
+chi   deg   sample tilt about x (the rolling axis)
+tth   deg   the 2theta arm: objective lens and detector move together
+===== ===== ===================================================================================
+
+The camera is a 2048 x 2048 sCMOS (uint16) behind an objective; a preset reads a region of it and
+bins it (``tiny``: 256 x 256 binned 4x = 64 x 64 pixels, ``small``: 1024 x 1024 -> 256 x 256,
+``full``: 2048 x 2048 -> 512 x 512), 150 nm per binned pixel in the sample plane. Frames are
+computed from the motors' readbacks by :mod:`sim_devices.dfxrm_sample` and written to HDF5 by the
+same :class:`~sim_devices.detector.SimAreaDetector` the ptychography beamline uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from bp_plugin.dfxrm.geometry import DfxrmGeometry
+
+from .detector import SimAreaDetector
+from .dfxrm_sample import DfxrmSample, DfxrmSampleConfig, build_sample
+from .motors import SimAxis
+
+CAMERA_PIXELS = 2048
+UNBINNED_PIXEL_M = 37.5e-9          # camera pixel / magnification, in the sample plane
+
+
+@dataclass(frozen=True)
+class DfxrmPreset:
+    """A simulated DF-XRM experiment.
+
+    Attributes:
+        name, description: for humans.
+        roi: camera pixels read (square, centred).
+        binning: camera pixels per image pixel along each axis.
+        sample: the grain (its ``shape`` is set from roi / binning).
+        count_time_s: exposure per frame.
+        phi_range_deg, chi_range_deg, tth_range_deg: default scan ranges, offsets from the reference.
+        n_phi, n_chi, n_tth: default numbers of points.
+    """
+
+    name: str
+    description: str
+    roi: int
+    binning: int
+    sample: DfxrmSampleConfig = field(default_factory=DfxrmSampleConfig)
+    count_time_s: float = 0.1
+    phi_range_deg: tuple[float, float] = (-0.07, 0.07)
+    chi_range_deg: tuple[float, float] = (-0.07, 0.07)
+    tth_range_deg: tuple[float, float] = (-0.02, 0.02)
+    n_phi: int = 29
+    n_chi: int = 15
+    n_tth: int = 21
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = self.roi // self.binning
+        return (n, n)
+
+    def geometry(self) -> DfxrmGeometry:
+        return DfxrmGeometry(pixel_size_m=UNBINNED_PIXEL_M * self.binning)
+
+    def sample_config(self, seed: int = 0) -> DfxrmSampleConfig:
+        return replace(self.sample, shape=self.shape, seed=seed)
+
+
+DFXRM_PRESETS = {
+    "tiny": DfxrmPreset("tiny", "64 x 64 pixels, 5 sub-grains, seconds per scan (tests)", 256, 4,
+                        DfxrmSampleConfig(n_subgrains=5)),
+    "small": DfxrmPreset("small", "256 x 256 pixels, 9 sub-grains (the demo)", 1024, 4,
+                         DfxrmSampleConfig(n_subgrains=9, domain_period_px=12)),
+    "full": DfxrmPreset("full", "512 x 512 pixels of the whole 2048 x 2048 camera, 14 sub-grains", 2048, 4,
+                        DfxrmSampleConfig(n_subgrains=14, domain_period_px=16)),
+}
+
+
+def get_dfxrm_preset(name: str) -> DfxrmPreset:
+    try:
+        return DFXRM_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown DF-XRM preset {name!r}; choose one of {sorted(DFXRM_PRESETS)}") from None
+
+
+def build_preset_sample(preset: str | DfxrmPreset, seed: int = 0) -> DfxrmSample:
+    """The ground-truth grain of a preset (what the simulated microscope images)."""
+    p = get_dfxrm_preset(preset) if isinstance(preset, str) else preset
+    return build_sample(p.sample_config(seed), p.geometry())
+
+
+class SimDfxrmMicroscope:
+    """Motors and camera of a simulated DF-XRM experiment (see the module docstring).
+
+    Args:
+        preset: preset name or :class:`DfxrmPreset`.
+        write_dir: where the camera writes its HDF5 files.
+        seed: seed of the sample layout and of the photon noise (per frame: ``(seed, frame number)``).
+        noise: Poisson noise (False: rounded expected counts).
+    """
+
+    def __init__(self, preset: str | DfxrmPreset = "tiny", *, write_dir="out/detector", seed: int = 0,
+                 noise: bool = True):
+        self.preset = p = get_dfxrm_preset(preset) if isinstance(preset, str) else preset
+        self.seed, self.noise = int(seed), bool(noise)
+        self.sample = build_preset_sample(p, seed)
+        geo = self.geometry
+        self.phi = SimAxis(name="phi", egu="deg", limits=(-5.0, 5.0), init_pos=geo.phi0_deg)
+        self.chi = SimAxis(name="chi", egu="deg", limits=(-5.0, 5.0), init_pos=geo.chi0_deg)
+        self.tth = SimAxis(name="tth", egu="deg", limits=(0.0, 60.0), init_pos=geo.tth_ref_deg)
+        self._frame_count = 0
+        self.detector = SimAreaDetector(
+            name="dfxrm_cam", frame_source=self._frame, frame_shape=p.shape, pixel_size_m=geo.pixel_size_m,
+            mask=np.ones(p.shape, bool), write_dir=Path(write_dir), count_time_s=p.count_time_s, dtype=np.uint16)
+        self.detector.sim_metadata = {"technique": "dfxrm", "preset": p.name, "seed": self.seed, "noise": self.noise}
+        # what the instrument scientist would know of the real microscope: the objective's angular
+        # resolution and the camera's dark level (the plans record both in the start document)
+        self.detector.resolution_deg = dict(self.sample.config.resolution_deg)
+        self.detector.background_counts = self.background_counts
+
+    @property
+    def geometry(self) -> DfxrmGeometry:
+        return self.sample.geometry
+
+    @property
+    def motors(self) -> dict[str, SimAxis]:
+        return {m.name: m for m in (self.phi, self.chi, self.tth)}
+
+    @property
+    def devices(self) -> dict:
+        return {**self.motors, self.detector.name: self.detector}
+
+    def background_counts(self, count_time_s: float | None = None) -> float:
+        """Mean dark/background counts per pixel and frame at this exposure."""
+        ct = float(self.detector.count_time.get()) if count_time_s is None else count_time_s
+        return self.sample.background_counts(ct)
+
+    def _frame(self, count_time_s: float) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, self._frame_count)) if self.noise else None
+        self._frame_count += 1
+        return self.sample.frame(self.phi.position, self.chi.position, self.tth.position, count_time_s, rng)
