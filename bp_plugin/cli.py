@@ -379,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as taken)")
     pt.add_argument("--no-progress", action="store_true")
     pt.set_defaults(func=cmd_stream)
+
+    from .dfxrm_cli import add_dfxrm_parser
+    add_dfxrm_parser(sub, _add_tiled_args)
     return p
 
 

@@ -68,14 +68,14 @@ def _check_axis(motor, what: str, rng, n: int, centre: float, resolution: float 
         raise PlanError(f"{what} range {rng!r}: give (start, stop) offsets in deg with start < stop")
     if int(n) < 3:
         raise PlanError(f"{what}: {n} points; a centre of mass and a width need at least 3 (typically 15-31)")
+    targets = centre + np.linspace(lo, hi, int(n))
+    check_targets(motor, targets, what)
     step = (hi - lo) / (int(n) - 1)
     if resolution and step > MAX_STEP_PER_SIGMA * resolution:
         need = int(np.ceil((hi - lo) / (MAX_STEP_PER_SIGMA * resolution))) + 1
         raise PlanError(f"{what} step {step:.4g} deg is more than {MAX_STEP_PER_SIGMA}x the instrumental resolution "
                         f"(sigma {resolution:.4g} deg): centres of mass would be biased by the sampling; use at "
                         f"least {need} points over this range or a narrower range")
-    targets = centre + np.linspace(lo, hi, int(n))
-    check_targets(motor, targets, what)
     return targets
 
 
@@ -85,10 +85,11 @@ def _metadata(kind, det, key, frame_shape, geo, axes, motors, centre, shape, *, 
     if background is None:
         bg = getattr(det, "background_counts", None)
         background = float(bg(ct)) if callable(bg) and ct is not None else 0.0
+    floor = noise_floor(background)
     scan = {"version": PLAN_VERSION, "kind": kind, "axes": list(axes), "motors": {a: m.name for a, m in zip(axes, motors)},
             "centre_deg": [float(c) for c in centre], "shape": [int(n) for n in shape],
             "n_points": int(np.prod(shape)), "detector": det.name, "image_key": key, "frame_shape": list(frame_shape),
-            "count_time_s": ct, "background_counts": float(background),
+            "count_time_s": ct, "background_counts": float(background), "noise_floor_counts": floor,
             "resolution_deg": {k: float(v) for k, v in (resolution or {}).items()}, **(extra or {})}
     g = geo.to_dict() | {"theta_bragg_deg": float(np.degrees(geo.theta_bragg_rad)), "tth_ref_deg": geo.tth_ref_deg}
     out = {"plan_name": f"dfxrm_{kind}_scan", "technique": "dfxrm", "dfxrm_geometry": g, "dfxrm_scan": scan}
@@ -96,6 +97,14 @@ def _metadata(kind, det, key, frame_shape, geo, axes, motors, centre, shape, *, 
     if sim:
         out["dfxrm_sim"] = dict(sim)
     return out | (md or {})
+
+
+def noise_floor(background: float, p: float = 1e-4) -> float:
+    """Counts above the background that its photon noise exceeds with probability ``p`` per pixel
+    and frame (Poisson quantile): what the moments treat as no signal."""
+    from scipy.stats import poisson
+
+    return float(poisson.isf(p, background) - background) if background > 0 else 0.0
 
 
 def _resolution(det, resolution_deg):
@@ -125,7 +134,8 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
         snake: reverse chi on every other phi row (saves motion; moments do not care).
         count_time: exposure (s) set before the scan.
         background_counts: dark level per pixel and frame subtracted by the moments (default: the
-            camera's ``background_counts(count_time)`` when it has one, else 0).
+            camera's ``background_counts(count_time)`` when it has one, else 0); the moments also
+            zero what stays below the background's 1e-4 Poisson quantile (``noise_floor_counts``).
         resolution_deg: instrumental sigma per axis (default: the camera's ``resolution_deg``).
     """
     detectors, det, key, frame_shape = _check_camera(detectors)

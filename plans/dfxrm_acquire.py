@@ -21,10 +21,14 @@ class DfxrmAcquireOptions:
         preset: simulated microscope (tiny, small, full).
         scan: ``mosaicity`` (phi x chi), ``strain`` (2theta), ``combined`` or ``weak_beam``.
         out: output folder (``detector/`` HDF5 frames, ``tiled/`` embedded server).
+        detector_dir: where the camera writes (default ``out/detector``); a Tiled server must be
+            allowed to read it to serve the frames.
         tiled_url, api_key: an existing Tiled server (default: start the embedded one).
         seed: sample layout and photon noise.
         n_phi, n_chi, n_tth: points per axis (None: the preset's).
         weak_beam_offsets_deg: (dphi, dchi, dtth) offsets of a weak-beam series.
+        count_time: exposure per frame (s; None: the preset's).
+        realtime: exposures last ``count_time`` as on the real camera.
         batch_size: events per Tiled write.
         md: extra start-document metadata.
     """
@@ -32,6 +36,7 @@ class DfxrmAcquireOptions:
     preset: str = "tiny"
     scan: str = "mosaicity"
     out: Path = Path("out/dfxrm")
+    detector_dir: Path | None = None
     tiled_url: str | None = None
     api_key: str | None = None
     seed: int = 0
@@ -39,6 +44,8 @@ class DfxrmAcquireOptions:
     n_chi: int | None = None
     n_tth: int | None = None
     weak_beam_offsets_deg: tuple = ((0.02, 0.0, 0.0), (-0.02, 0.0, 0.0), (0.0, 0.03, 0.0), (0.0, -0.03, 0.0))
+    count_time: float | None = None
+    realtime: bool = False
     batch_size: int = 10
     md: dict = field(default_factory=dict)
 
@@ -49,16 +56,19 @@ def dfxrm_plan(mic, opts: DfxrmAcquireOptions):
 
     p, geo, det = mic.preset, mic.geometry, [mic.detector]
     n_phi, n_chi, n_tth = opts.n_phi or p.n_phi, opts.n_chi or p.n_chi, opts.n_tth or p.n_tth
-    tilt = {"phi_range_deg": p.phi_range_deg, "n_phi": n_phi, "chi_range_deg": p.chi_range_deg, "n_chi": n_chi}
+    tilt = {"phi_range_deg": p.phi_range_deg, "n_phi": n_phi, "chi_range_deg": p.chi_range_deg, "n_chi": n_chi,
+            "count_time": opts.count_time}
     if opts.scan == "mosaicity":
         return dfxrm.mosaicity_scan(det, mic.phi, mic.chi, geo, md=opts.md, **tilt)
     if opts.scan == "strain":
-        return dfxrm.strain_scan(det, mic.tth, geo, tth_range_deg=p.tth_range_deg, n_tth=n_tth, md=opts.md)
+        return dfxrm.strain_scan(det, mic.tth, geo, tth_range_deg=p.tth_range_deg, n_tth=n_tth, md=opts.md,
+                                 count_time=opts.count_time)
     if opts.scan == "combined":
         return dfxrm.combined_scan(det, mic.phi, mic.chi, mic.tth, geo, tth_range_deg=p.tth_range_deg,
                                    n_tth=opts.n_tth or 7, md=opts.md, **tilt)
     if opts.scan == "weak_beam":
-        return dfxrm.weak_beam_series(det, mic.phi, mic.chi, mic.tth, geo, opts.weak_beam_offsets_deg, md=opts.md)
+        return dfxrm.weak_beam_series(det, mic.phi, mic.chi, mic.tth, geo, opts.weak_beam_offsets_deg, md=opts.md,
+                                      count_time=opts.count_time)
     raise ValueError(f"unknown DF-XRM scan {opts.scan!r}; choose one of {SCAN_KINDS}")
 
 
@@ -78,14 +88,14 @@ def acquire_dfxrm(opts: DfxrmAcquireOptions, *, server=None, callbacks_for=None)
     from .monitor import buffered
 
     out = Path(opts.out)
-    det_dir = out / "detector"
+    det_dir = Path(opts.detector_dir) if opts.detector_dir else out / "detector"
     own = None
     if server is None and opts.tiled_url is None:
         own = server = start_tiled_server(out / "tiled", readable=[det_dir], api_key=opts.api_key)
     url = server.url if server else opts.tiled_url
     key = server.api_key if server else opts.api_key
     try:
-        mic = SimDfxrmMicroscope(opts.preset, write_dir=det_dir, seed=opts.seed)
+        mic = SimDfxrmMicroscope(opts.preset, write_dir=det_dir, seed=opts.seed, realtime=opts.realtime)
         RE = make_run_engine()
         writer = buffered(TiledWriter(connect(url, key), batch_size=opts.batch_size))
         late = [buffered(cb) for cb in (callbacks_for(mic) if callbacks_for else [])]

@@ -103,10 +103,11 @@ class SimDfxrmMicroscope:
         write_dir: where the camera writes its HDF5 files.
         seed: seed of the sample layout and of the photon noise (per frame: ``(seed, frame number)``).
         noise: Poisson noise (False: rounded expected counts).
+        realtime: each exposure lasts ``count_time`` as on the real camera.
     """
 
     def __init__(self, preset: str | DfxrmPreset = "tiny", *, write_dir="out/detector", seed: int = 0,
-                 noise: bool = True):
+                 noise: bool = True, realtime: bool = False):
         self.preset = p = get_dfxrm_preset(preset) if isinstance(preset, str) else preset
         self.seed, self.noise = int(seed), bool(noise)
         self.sample = build_preset_sample(p, seed)
@@ -117,7 +118,8 @@ class SimDfxrmMicroscope:
         self._frame_count = 0
         self.detector = SimAreaDetector(
             name="dfxrm_cam", frame_source=self._frame, frame_shape=p.shape, pixel_size_m=geo.pixel_size_m,
-            mask=np.ones(p.shape, bool), write_dir=Path(write_dir), count_time_s=p.count_time_s, dtype=np.uint16)
+            mask=np.ones(p.shape, bool), write_dir=Path(write_dir), count_time_s=p.count_time_s, dtype=np.uint16,
+            realtime=realtime)
         self.detector.sim_metadata = {"technique": "dfxrm", "preset": p.name, "seed": self.seed, "noise": self.noise}
         # what the instrument scientist would know of the real microscope: the objective's angular
         # resolution and the camera's dark level (the plans record both in the start document)

@@ -28,6 +28,8 @@ ROOT = "dfxrm"
 PUBLICATION_VERSION = 1
 DIMS = {name: ["y", "x"] for name in MAP_UNITS} | {"weak_beam": ["image", "y", "x"]}
 UNITS = MAP_UNITS | {"weak_beam": "counts (background subtracted)"}
+# centres of mass are the tilts / strain plus a constant: kept in maps.h5, not re-sent every second
+NOT_PUBLISHED = ("com_phi", "com_chi", "com_tth")
 
 
 class DfxrmRun:
@@ -54,7 +56,8 @@ class DfxrmRun:
         self.shape = tuple(int(v) for v in scan["frame_shape"])
         self.n_frames_expected = int(header["n_frames"])
         self.background = float(scan.get("background_counts", 0.0))
-        self.acc = MomentAccumulator(self.shape, self.axes, scan.get("centre_deg"), background=self.background, xp=xp)
+        self.acc = MomentAccumulator(self.shape, self.axes, scan.get("centre_deg"), background=self.background,
+                                     floor=float(scan.get("noise_floor_counts", 0.0)), xp=xp)
         self.weak = (np.zeros((self.n_frames_expected, *self.shape), np.float32)
                      if self.kind == "weak_beam" else None)
         self.seen = np.zeros(max(self.n_frames_expected, 1), bool)
@@ -155,6 +158,7 @@ class DfxrmRun:
                 out["weak_beam"] = self.weak.copy()
         return out
 
+
     def status(self, state: str) -> dict:
         hi = int(np.flatnonzero(self.seen).max()) + 1 if self.seen.any() else 0
         return {"state": state, **self.counters, "frames_expected": self.n_frames_expected,
@@ -171,6 +175,11 @@ class DfxrmRun:
         if metrics:
             md["metrics"] = metrics
         return md
+
+
+def published(maps: dict) -> dict:
+    """The maps sent to Tiled (all but the centres of mass, see ``NOT_PUBLISHED``)."""
+    return {k: v for k, v in maps.items() if k not in NOT_PUBLISHED}
 
 
 def truth_metrics(run: DfxrmRun, maps: dict) -> dict:
@@ -193,7 +202,7 @@ def run_dfxrm(run: DfxrmRun, *, publisher, stop_event: threading.Event, interval
 
     t_pub, last_placed = 0.0, -1
     if publisher:
-        publisher.submit(run.metadata("live"), run.maps())
+        publisher.submit(run.metadata("live"), published(run.maps()))
     while not stop_event.is_set() and run.stop is None:
         if abandoned(run):
             run.set_stop({"exit_status": "no stop message", "n_frames": run.n_frames_expected})
@@ -202,7 +211,7 @@ def run_dfxrm(run: DfxrmRun, *, publisher, stop_event: threading.Event, interval
         if now - t_pub >= interval_s and run.counters["placed"] != last_placed:
             last_placed = run.counters["placed"]
             if publisher:
-                publisher.submit(run.metadata("live"), run.maps())
+                publisher.submit(run.metadata("live"), published(run.maps()))
             if progress:
                 progress(run.status("live"))
             t_pub = now
@@ -226,7 +235,7 @@ def run_dfxrm(run: DfxrmRun, *, publisher, stop_event: threading.Event, interval
     metrics["latency_last_frame_to_result_s"] = time.time() - last
     status = run.status("final")
     if publisher:
-        publisher.close(run.metadata("final", metrics), maps)
+        publisher.close(run.metadata("final", metrics), published(maps))
     metrics["latency_last_frame_to_published_s"] = time.time() - last
     (run.folder / "metrics.json").write_text(json.dumps({**metrics, "counters": status}, indent=2, default=float))
     return {**status, "metrics": metrics, "result": str(run.folder / "maps.h5")}

@@ -100,8 +100,9 @@ def start_reconstructor(workdir, *, address: str | None = None, tiled_url: str |
 
 
 def wait_for_state(client, raw_uid: str, states=("final", "failed"), timeout: float = 600.0, on_status=None,
-                   process: ReconstructorProcess | None = None) -> dict:
-    """Poll ``reconstructions/<raw_uid>`` in Tiled until its status state is one of ``states``;
+                   process: ReconstructorProcess | None = None, root: str = ROOT) -> dict:
+    """Poll ``<root>/<raw_uid>`` in Tiled (``reconstructions``, or ``dfxrm`` for DF-XRM maps) until
+    its status state is one of ``states``;
     ``on_status(status)`` after each poll. Returns the container's metadata. With ``process``, a
     reconstructor that exits first raises at once (with its log), instead of waiting for nothing."""
     deadline = time.monotonic() + timeout
@@ -110,7 +111,7 @@ def wait_for_state(client, raw_uid: str, states=("final", "failed"), timeout: fl
             raise RuntimeError(f"the reconstructor exited (code {process.process.returncode}) before run "
                                f"{raw_uid[:8]} was {' or '.join(states)}; its log ends with:\n{process.log_tail()}")
         try:
-            node = client[ROOT][raw_uid]
+            node = client[root][raw_uid]
             md = dict(node.metadata)
         except KeyError:
             md = {}

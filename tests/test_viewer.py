@@ -3,12 +3,14 @@
 Debian's chromium (/usr/bin/chromium) driven by Python playwright; the page reads Tiled only through
 ``streaming.viewer_server`` (same origin, API key added server side). The reconstructions are
 published with the project's own ``TiledPublisher``, exactly as the online reconstruction does.
-Writes ``out/viewer-test.png`` (a screenshot of the page after a streamed update) for a human look.
+Writes ``out/viewer-test.png`` (a screenshot of the page after a streamed update) for a human look,
+and ``/tmp/viewer_dfxrm.png`` (the DF-XRM panel after a streamed update).
 """
 from __future__ import annotations
 
 import os
 import time
+import colorsys
 import uuid
 from pathlib import Path
 
@@ -21,6 +23,7 @@ if not os.path.exists(CHROMIUM):
     pytest.skip(f"no browser: {CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 pw = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 
+from bp_plugin.dfxrm.maps import MAP_UNITS  # noqa: E402
 from streaming.publish import UNITS, TiledPublisher  # noqa: E402
 from streaming.viewer_server import start_viewer  # noqa: E402
 
@@ -223,3 +226,162 @@ def test_proxy_reports_unreachable_tiled():
     with start_viewer("http://127.0.0.1:9", "k") as v:   # port 9 (discard): nothing listens there
         r = httpx.get(v.url + "api/v1/metadata/reconstructions", timeout=10)
     assert r.status_code == 502 and "unreachable" in r.text
+
+
+# ---------------------------------------------------------------- DF-XRM
+DFX_SHOT = Path("/tmp/viewer_dfxrm.png")
+DY, DX = 48, 64
+DFX_EXPECTED = 11 * 11 * 5
+LEFT_DEG, RIGHT_DEG = 30.0, 210.0   # tilt directions (from +phi towards +chi) of the two halves
+
+
+def dfx_snapshot(uid: str, placed: int, *, turn: float = 0.0, offset: float = 0.0, state: str = "live"):
+    """Metadata and maps as the DF-XRM service publishes them (docs/dfxrm.md, "Tiled layout").
+
+    The left and right halves tilt in opposite directions (LEFT_DEG, RIGHT_DEG, plus ``turn``), so
+    the median tilt is 0 and the colour wheel's hue is the direction itself; the magnitude grows
+    with y. ``strain`` is a ramp along x plus ``offset``. NaN outside a box (the crystal).
+    """
+    y, x = np.mgrid[0:DY, 0:DX].astype(np.float64)
+    inside = (x >= 3) & (x < DX - 3) & (y >= 2) & (y < DY - 2)
+    ang = np.radians(np.where(x < DX // 2, LEFT_DEG, RIGHT_DEG) + turn)
+    mag = 0.02 * (0.5 + 0.5 * y / (DY - 1))
+    nan = lambda a: np.where(inside, a, np.nan).astype(np.float32)  # noqa: E731
+    arrays = {"intensity": np.where(inside, 1e4 * (1 + y / DY), 5.0).astype(np.float32),
+              "mask": inside.astype(np.uint8),
+              "tilt_phi": nan(mag * np.cos(ang)), "tilt_chi": nan(mag * np.sin(ang)),
+              "fwhm_phi": nan(0.01 + 0.004 * y / DY), "fwhm_chi": nan(0.02 + 0.004 * x / DX),
+              "cov_phi_chi": nan(0 * x), "strain": nan(1e-4 * (x - DX / 2) / (DX / 2) + offset),
+              "fwhm_tth": nan(0.005 + 0 * x),
+              "nye_xy": nan(0 * x), "nye_yx": nan(0 * x), "nye_zz": nan(0.3 * np.sin(x / 6.0))}
+    status = {"state": state, "frames_expected": DFX_EXPECTED, "received": placed, "placed": placed,
+              "duplicates": 0, "rejected": 0, "missing": 0, "recovered": 0, "updated": time.time()}
+    md = {"kind": "dfxrm-maps", "version": 1, "raw_uid": uid, "status": status,
+          "scan": {"kind": "combined", "axes": ["phi", "chi", "tth"], "centre_deg": [0.0, 0.0, 17.9],
+                   "shape": [11, 11, 5]},
+          "geometry": {"energy_kev": 17.0, "d_spacing_m": 2.3381e-10, "pixel_size_m": 150e-9, "phi0_deg": 0.0,
+                       "chi0_deg": 0.0, "tth0_deg": None, "magnification": 17.9, "theta_bragg_deg": 8.95,
+                       "tth_ref_deg": 17.9},
+          "units": {k: MAP_UNITS[k] for k in arrays}}
+    return md, arrays
+
+
+def dfx_publisher(client, uid: str, min_interval_s: float = 0.0) -> TiledPublisher:
+    return TiledPublisher(client, uid, root="dfxrm", units=MAP_UNITS, dims={n: ["y", "x"] for n in MAP_UNITS},
+                          min_interval_s=min_interval_s)
+
+
+def hue_at(page, fx: float, fy: float) -> tuple[float, float]:
+    """(hue in deg, saturation) of the tilt map at fractions (fx, fy) of its image (fy from the top)."""
+    rgb = page.evaluate(
+        """([fx, fy]) => { const cv = document.querySelector("#dfx-tilt");
+             const [x, y, w, h] = cv.dataset.plot.split(",").map(Number), k = cv.width / parseFloat(cv.style.width);
+             const px = cv.getContext("2d").getImageData(Math.round((x + fx * w) * k), Math.round((y + fy * h) * k), 1, 1);
+             return Array.from(px.data.slice(0, 3)); }""", [fx, fy])
+    h, s, _ = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+    return h * 360, s
+
+
+def assert_hue(got: float, want: float, tol: float = 8.0):
+    d = (got - want + 180) % 360 - 180
+    assert abs(d) < tol, f"hue {got:.1f} deg, expected {want % 360:.1f}"
+
+
+def wait_dfx_map(page, name, lo, hi):
+    """Wait until #dfx-scalar shows map `name` with finite extrema lo, hi (stored units)."""
+    page.wait_for_function(
+        """([name, lo, hi]) => { const d = document.querySelector("#dfx-scalar").dataset;
+             const close = (a, b) => Math.abs(parseFloat(a) - b) <= 1e-5 * Math.abs(b) + 1e-12;
+             return d.map === name && close(d.min, lo) && close(d.max, hi); }""",
+        arg=[name, float(lo), float(hi)], timeout=WAIT_MS)
+
+
+def test_dfxrm_run_listed_selected_and_drawn(tiled_server, viewer, page):
+    """Both techniques in the run list; a DF-XRM run shows the colour wheel and scalar maps."""
+    client = tiled_server.client()
+    uid, ptycho = f"dfx-{uuid.uuid4().hex[:8]}", f"pty-{uuid.uuid4().hex[:8]}"
+    md, arrays = dfx_snapshot(uid, 200, state="final")
+    pub = dfx_publisher(client, uid)
+    pub.close(md, arrays)
+    assert pub.last_error is None, pub.last_error
+    publish(client, ptycho, 30, 0.0)   # the newest run: the page opens on it
+
+    page.goto(viewer.url)
+    page.wait_for_selector(f"body[data-run='{ptycho}'][data-tech='bp'][data-updated]")
+    labels = dict(page.eval_on_selector_all("#run option", "os => os.map(o => [o.value, o.textContent])"))
+    assert "DF-XRM" in labels[uid] and "ptycho" in labels[ptycho], labels
+
+    page.select_option("#run", uid)
+    page.wait_for_selector(f"body[data-run='{uid}'][data-tech='dfxrm'][data-updated]")
+    assert page.is_hidden("#maps") and page.is_hidden("#probe") and page.is_visible("#dfxrm")
+    pw.expect(page.locator("#dfx-frames")).to_have_text(f"200 / {DFX_EXPECTED}")
+    pw.expect(page.locator("#dfx-state")).to_have_text("final")
+    pw.expect(page.locator("#frames")).to_have_text(f"200 / {DFX_EXPECTED}")   # the side panel too
+
+    # colour wheel: each half has its own tilt direction as hue; NaN (outside the crystal) is black
+    (hl, sl), (hr, sr) = hue_at(page, 0.25, 0.5), hue_at(page, 0.75, 0.5)
+    assert_hue(hl, LEFT_DEG)
+    assert_hue(hr, RIGHT_DEG)
+    assert 0.4 < sl < 0.95 and 0.4 < sr < 0.95, (sl, sr)   # magnitude below the 98th percentile radius
+    assert page.evaluate("""() => { const cv = document.querySelector("#dfx-tilt"), [x, y] = cv.dataset.plot.split(",").map(Number);
+                                    return Array.from(cv.getContext("2d").getImageData(x + 1, y + 1, 1, 1).data.slice(0, 3)); }""") == [0, 0, 0]
+    mag = np.hypot(arrays["tilt_phi"], arrays["tilt_chi"])
+    auto = float(attr(page, "#dfx-tilt", "auto-radius"))
+    assert auto == pytest.approx(np.nanpercentile(mag, 98), rel=1e-3)
+    assert float(attr(page, "#dfx-tilt", "median-phi")) == pytest.approx(0, abs=1e-6)
+    assert float(attr(page, "#dfx-tilt", "scale-bar-um")) > 0
+
+    # a larger radius desaturates; "auto" comes back to the 98th percentile
+    page.fill("#dfx-radius-num", str(round(4 * auto, 4)))
+    pw.expect(page.locator("#dfx-tilt")).to_have_attribute("data-radius", str(round(4 * auto, 4)))
+    assert hue_at(page, 0.25, 0.5)[1] < sl / 2
+    page.click("#dfx-radius-auto")
+    pw.expect(page.locator("#dfx-tilt")).to_have_attribute("data-radius", str(auto))
+
+    # scalar maps: strain first (diverging, in 1e-4), then others with their own units and ranges
+    options = page.eval_on_selector_all("#dfx-map option", "os => os.map(o => o.value)")
+    assert options[0] == "strain" and {"fwhm_phi", "fwhm_chi", "intensity", "nye_zz"} <= set(options), options
+    wait_dfx_map(page, "strain", np.nanmin(arrays["strain"]), np.nanmax(arrays["strain"]))
+    assert attr(page, "#dfx-colorbar", "unit") == "10⁻⁴"
+    assert float(attr(page, "#dfx-colorbar", "vmin")) == -float(attr(page, "#dfx-colorbar", "vmax"))
+    for name, unit in (("fwhm_phi", "deg"), ("intensity", "counts"), ("nye_zz", "µm⁻¹")):
+        page.select_option("#dfx-map", name)
+        wait_dfx_map(page, name, np.nanmin(arrays[name]), np.nanmax(arrays[name]))
+        pw.expect(page.locator("#dfx-colorbar")).to_have_attribute("data-unit", unit)
+    vmin, vmax = (float(attr(page, "#dfx-colorbar", k)) for k in ("vmin", "vmax"))
+    assert vmin == -vmax and 0.2 < vmax <= 0.3   # nye_zz: diverging about 0
+    page.select_option("#dfx-map", "fwhm_phi")
+    pw.expect(page.locator("#dfx-colorbar")).to_have_attribute("data-unit", "deg")
+    vmin, vmax = (float(attr(page, "#dfx-colorbar", k)) for k in ("vmin", "vmax"))
+    assert 0.0099 < vmin < vmax < 0.0141   # sequential: the data's own range
+    assert "map=fwhm_phi" in page.url
+
+
+def test_dfxrm_updates_while_open(tiled_server, viewer, page):
+    """A second publication (more frames, turned tilts, shifted strain) reaches the open page."""
+    uid = f"dfxlive-{uuid.uuid4().hex[:8]}"
+    pub = dfx_publisher(tiled_server.client(), uid, min_interval_s=0.2)
+    try:
+        md, arrays = dfx_snapshot(uid, 120)
+        pub.submit(md, arrays)
+        page.goto(f"{viewer.url}?run={uid}")
+        pw.expect(page.locator("#dfx-frames")).to_have_text(f"120 / {DFX_EXPECTED}", timeout=WAIT_MS)
+        wait_dfx_map(page, "strain", np.nanmin(arrays["strain"]), np.nanmax(arrays["strain"]))
+        assert_hue(hue_at(page, 0.25, 0.5)[0], LEFT_DEG)
+        first, width = attr(page, "body", "updated"), page.evaluate("() => $('dfx-progress-fill').style.width")
+
+        md, arrays = dfx_snapshot(uid, 480, turn=90.0, offset=0.5e-4)
+        pub.submit(md, arrays)
+        pw.expect(page.locator("#dfx-frames")).to_have_text(f"480 / {DFX_EXPECTED}", timeout=WAIT_MS)
+        wait_dfx_map(page, "strain", np.nanmin(arrays["strain"]), np.nanmax(arrays["strain"]))
+        assert_hue(hue_at(page, 0.25, 0.5)[0], LEFT_DEG + 90)
+        assert_hue(hue_at(page, 0.75, 0.5)[0], RIGHT_DEG + 90)
+        assert attr(page, "body", "updated") != first
+        assert page.evaluate("() => $('dfx-progress-fill').style.width") != width
+        assert pub.last_error is None, pub.last_error
+        page.wait_for_timeout(500)   # let the progress bar's CSS transition finish
+        page.screenshot(path=str(DFX_SHOT), full_page=True)
+    finally:
+        pub.close(*dfx_snapshot(uid, DFX_EXPECTED, turn=90.0, offset=0.5e-4, state="final"))
+    pw.expect(page.locator("#dfx-state")).to_have_text("final", timeout=WAIT_MS)
+    pw.expect(page.locator("#dfx-frames")).to_have_text(f"{DFX_EXPECTED} / {DFX_EXPECTED}")

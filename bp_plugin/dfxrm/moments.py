@@ -39,12 +39,16 @@ class MomentAccumulator:
         centre_deg: the centre ``c`` the monomials are taken about (deg), one per axis.
         order: 2 (counts, centre of mass, covariance) or 4 (plus 3rd and 4th powers per axis).
         background: counts per pixel subtracted from every frame (scalar or ``(rows, cols)`` dark
-            image); not clipped, so a flat background cancels on average instead of biasing.
+            image).
+        floor: after the subtraction, values below ``floor`` counts are set to 0: the background's
+            photon noise in the far tails of the scan would otherwise dominate the second moments
+            (it is weighted by ``u^2``). A per-frame operation, so the sums stay order-independent.
         batch: frames buffered before they are folded into the sums.
         xp: array module (NumPy or CuPy).
     """
 
-    def __init__(self, shape, axes, centre_deg=None, *, order: int = 2, background=0.0, batch: int = 32, xp=np):
+    def __init__(self, shape, axes, centre_deg=None, *, order: int = 2, background=0.0, floor: float = 0.0,
+                 batch: int = 32, xp=np):
         self.shape = tuple(int(v) for v in shape)
         self.axes = tuple(axes)
         if not self.axes:
@@ -64,6 +68,7 @@ class MomentAccumulator:
         if bg.ndim not in (0, 2) or (bg.ndim == 2 and bg.shape != self.shape):
             raise ValueError(f"background must be a number or a {self.shape} image, got shape {bg.shape}")
         self._bg = None if not bg.any() else xp.asarray(bg.reshape(-1) if bg.ndim else bg)
+        self.floor = float(floor)
 
     def _monomial_values(self, u: np.ndarray) -> np.ndarray:
         return np.array([np.prod(u[list(r)]) if r else 1.0 for r in self.rows])
@@ -79,6 +84,8 @@ class MomentAccumulator:
         row[...] = self.xp.asarray(frame).reshape(-1)        # cast to float32 in the copy
         if self._bg is not None:
             self.xp.subtract(row, self._bg, out=row)
+        if self.floor > 0:
+            self.xp.multiply(row, row >= self.floor, out=row)
         self._coef[:, self._k] = self._monomial_values(a - self.centre)
         self._k += 1
         self.n_frames += 1
@@ -111,11 +118,12 @@ class MomentAccumulator:
         self.flush()
         to_np = self.sums.get() if hasattr(self.sums, "get") else self.sums
         return {"sums": np.asarray(to_np), "n_frames": self.n_frames, "axes": list(self.axes),
-                "centre_deg": self.centre.tolist(), "order": self.order, "shape": list(self.shape)}
+                "centre_deg": self.centre.tolist(), "order": self.order, "shape": list(self.shape),
+                "floor": self.floor}
 
     def merge(self, other: "MomentAccumulator") -> None:
         """Add another accumulator's sums (same axes, centre and order), e.g. frames recovered later."""
-        if (other.axes, other.order, other.shape) != (self.axes, self.order, self.shape) or \
+        if (other.axes, other.order, other.shape, other.floor) != (self.axes, self.order, self.shape, self.floor) or \
                 not np.allclose(other.centre, self.centre):
             raise ValueError("accumulators of different scans cannot be merged")
         self.flush()

@@ -1,4 +1,4 @@
-/* Live viewer of online Bragg ptychography reconstructions published in Tiled.
+/* Live viewer of online Bragg ptychography reconstructions and DF-XRM maps published in Tiled.
  *
  * Plain JS, no framework, no CDN (beamline networks are often offline). Talks only to its own
  * origin: streaming/viewer_server.py forwards GET /api/... to Tiled and adds the API key, so this
@@ -8,10 +8,12 @@
  * grid/probe_grid/units, float32 arrays). Every second the page reads the selected run's status;
  * when status.updated changes it re-reads the full metadata and the arrays it shows (three slices
  * of one map, fetched as raw little-endian float32 with ?slice=, plus the probe).
+ * DF-XRM runs (container dfxrm/<raw_uid>, docs/dfxrm.md) are drawn by viewer_dfxrm.js; this file
+ * lists the runs of both techniques and polls the selected one's status.
  *
  * Test hooks (tests/test_viewer.py): slice canvases carry data-min / data-max (finite extrema of
  * the drawn slice, in stored units), data-index, data-quantity; body carries data-run and
- * data-updated (status.updated of the arrays on screen).
+ * data-updated (status.updated of the arrays on screen) and data-tech ("bp" or "dfxrm").
  */
 "use strict";
 
@@ -21,6 +23,9 @@ const SLICE_MAX_PX = 340;        // screen size cap of the largest physical exte
 const CBAR_W = 104;
 const MARGIN = {l: 46, r: 8, t: 6, b: 34};
 const API = "/api/v1";
+// Tiled container of each technique's runs, and how the run list names the technique
+const TECHS = {bp: {root: "reconstructions", label: "ptycho", title: ["Bragg ptychography", "· live reconstruction"]},
+               dfxrm: {root: "dfxrm", label: "DF-XRM", title: ["DF-XRM", "· live maps"]}};
 
 // Display units: stored values times k. base: the stored unit the conversion assumes.
 const QUANTITIES = {
@@ -42,7 +47,7 @@ const AXES = ["z", "y", "x"];
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const S = {
-  runs: [], explicit: params.get("run"), run: null, status: null, meta: null, drawn: null,
+  runs: [], explicit: params.get("run"), run: null, tech: "bp", status: null, meta: null, drawn: null,
   q: QUANTITIES[params.get("q")] ? params.get("q") : "eps_zz",
   idx: {z: null, y: null, x: null}, slices: {}, gen: 0, tick: 0, inflight: {},
 };
@@ -63,7 +68,7 @@ async function get(url) {
   return r;
 }
 const getJSON = async (url) => (await get(url)).json();
-const runPath = (uid) => "reconstructions/" + encodeURIComponent(uid);
+const runPath = (uid, tech = S.tech) => TECHS[tech].root + "/" + encodeURIComponent(uid);
 
 /** Raw float32 of array `name` of the current run, optionally sliced ("k,:,:"). */
 async function getFloat32(uid, name, slice, expected) {
@@ -77,23 +82,36 @@ async function getFloat32(uid, name, slice, expected) {
 
 // ---------------------------------------------------------------- run list and polling
 async function refreshRuns() {
-  let body;
-  try {
-    body = await getJSON(`${API}/search/reconstructions?fields=metadata&select_metadata=status` +
-                         "&sort=-status.updated&page%5Blimit%5D=300");
-  } catch (e) {
-    if (e.status !== 404) throw e;   // 404: nothing published yet on this server
-    body = {data: []};
-  }
-  S.runs = body.data.map((d) => ({id: d.id, status: (d.attributes.metadata || {}).selected || {}}));
+  const lists = await Promise.all(Object.keys(TECHS).map(listRuns));
+  S.runs = lists.flat();
   S.runs.sort((a, b) => (b.status.updated || 0) - (a.status.updated || 0));
   renderRunPicker();
+}
+
+async function listRuns(tech) {
+  let body;
+  try {
+    body = await getJSON(`${API}/search/${TECHS[tech].root}?fields=metadata&select_metadata=status` +
+                         "&sort=-status.updated&page%5Blimit%5D=300");
+  } catch (e) {
+    if (e.status !== 404) throw e;   // 404: nothing of this technique published yet on this server
+    body = {data: []};
+  }
+  return body.data.map((d) => ({id: d.id, tech, status: (d.attributes.metadata || {}).selected || {}}));
+}
+
+/** The run to show: the one picked (or in ?run=), else the most recently updated; any technique. */
+function currentRun() {
+  if (!S.explicit) return S.runs[0] || null;
+  // a raw uid belongs to one technique; a run not listed yet is tried as a reconstruction
+  return S.runs.find((r) => r.id === S.explicit) || {id: S.explicit, tech: "bp"};
 }
 
 function renderRunPicker() {
   const sel = $("run");
   const opts = [["", S.runs.length ? `latest (follow) · ${S.runs[0].id.slice(0, 8)}` : "no runs yet"]];
-  for (const r of S.runs) opts.push([r.id, `${r.id.slice(0, 8)} · ${r.status.state || "?"} · ${clock(r.status.updated)}`]);
+  for (const r of S.runs)
+    opts.push([r.id, `${r.id.slice(0, 8)} · ${TECHS[r.tech].label} · ${r.status.state || "?"} · ${clock(r.status.updated)}`]);
   if (S.explicit && !S.runs.some((r) => r.id === S.explicit)) opts.push([S.explicit, S.explicit.slice(0, 8)]);
   const sig = JSON.stringify(opts);
   if (sel.dataset.sig !== sig) {       // rebuilding an open <select> would close it: only on change
@@ -106,17 +124,18 @@ function renderRunPicker() {
 async function poll() {
   try {
     if (S.tick++ % LIST_EVERY === 0) await refreshRuns();
-    const uid = S.explicit || (S.runs[0] && S.runs[0].id);
-    if (!uid) {
-      $("maps-msg").textContent = "Waiting for a reconstruction to be published…";
+    const run = currentRun();
+    if (!run) {
+      $("maps-msg").textContent = "Waiting for a reconstruction or DF-XRM run to be published…";
     } else {
-      if (uid !== S.run) setRun(uid);
-      const gen = S.gen;
+      if (run.id !== S.run || run.tech !== S.tech) setRun(run.id, run.tech);
+      const uid = run.id, gen = S.gen;
       const md = await getJSON(`${API}/metadata/${runPath(uid)}?fields=metadata&select_metadata=status`);
       if (gen === S.gen) {
         S.status = md.data.attributes.metadata.selected || {};
         renderStatus();
-        if (S.status.updated !== S.drawn) await refreshAll(uid, S.status.updated, gen);
+        if (S.tech === "dfxrm") await dfxRefresh(uid, S.status, gen);
+        else if (S.status.updated !== S.drawn) await refreshAll(uid, S.status.updated, gen);
       }
     }
     setConn(null);
@@ -126,10 +145,13 @@ async function poll() {
   setTimeout(poll, POLL_MS);
 }
 
-function setRun(uid) {
-  S.run = uid; S.status = null; S.meta = null; S.drawn = null; S.slices = {};
+function setRun(uid, tech) {
+  S.run = uid; S.tech = tech; S.status = null; S.meta = null; S.drawn = null; S.slices = {};
   S.idx = {z: null, y: null, x: null}; S.gen++;
+  dfxReset();
   document.body.dataset.run = uid;
+  document.body.dataset.tech = tech;   // the CSS shows the panels of this technique only
+  [$("tech-name").textContent, $("tech-sub").textContent] = TECHS[tech].title;
   delete document.body.dataset.updated;
   for (const cv of document.querySelectorAll("canvas")) {   // no stale picture of the previous run
     cv.removeAttribute("style");   // undrawn canvases are hidden by the CSS
@@ -324,7 +346,8 @@ function drawProbeLegend() {
 // ---------------------------------------------------------------- status, history, metrics
 function renderStatus() {
   // frames_measured: frames in the run's spool (streamed or recovered from files); see docs/streaming-protocol.md
-  const st = S.status, rec = st.frames_measured ?? 0, exp = st.frames_expected ?? 0;
+  // DF-XRM has no spool count: its maps hold the frames placed
+  const st = S.status, rec = (S.tech === "dfxrm" ? st.placed : st.frames_measured) ?? 0, exp = st.frames_expected ?? 0;
   $("frames").textContent = `${rec} / ${exp}`;
   $("progress-fill").style.width = `${exp > 0 ? Math.min(100, 100 * rec / exp) : 0}%`;
   $("state").textContent = st.state || "–";
@@ -443,10 +466,11 @@ function drawImagePlot(cv, o) {
   ctx.save(); ctx.translate(10, MARGIN.t + ph / 2); ctx.rotate(-Math.PI / 2); ctx.textAlign = "center"; ctx.fillText(o.vLabel, 0, 0); ctx.restore();
 }
 
-/** Vertical colour bar, ticks in display units (stored value x Q.k), and a swatch for NaN. */
-function drawColorbar(lo, hi, Q) {
-  const cv = $("colorbar"), bw = 16, x0 = 6, y0 = 36;
-  const bh = Math.max(120, Math.max(...AXES.map((a) => parseFloat($("slice-" + a).style.height) || 0)) - MARGIN.t - MARGIN.b);
+/** Vertical colour bar, ticks in display units (stored value x Q.k), and a swatch for NaN.
+ *  Beside the three cuts unless another canvas and bar height (px) are given. */
+function drawColorbar(lo, hi, Q, cv = $("colorbar"), height = null) {
+  const bw = 16, x0 = 6, y0 = 36;
+  const bh = Math.max(120, height ?? Math.max(...AXES.map((a) => parseFloat($("slice-" + a).style.height) || 0)) - MARGIN.t - MARGIN.b);
   const ctx = setupCanvas(cv, CBAR_W, y0 + bh + 30);
   const lut = LUTS[Q.cmap];
   for (let i = 0; i < bh; i++) { const c = lut[Math.round((1 - i / (bh - 1)) * 255)]; ctx.fillStyle = `rgb(${c})`; ctx.fillRect(x0, y0 + i, bw, 1.5); }
@@ -518,4 +542,5 @@ for (const a of AXES) {
   });
 }
 
+dfxInit();
 poll();

@@ -1,0 +1,113 @@
+"""``bp-plugin dfxrm ...``: the DF-XRM commands (demo, acquire, maps, export); parsing only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cmd_demo(a) -> int:
+    from streaming.dfxrm_demo import DfxrmDemoOptions, run_dfxrm_demo
+
+    s = run_dfxrm_demo(DfxrmDemoOptions(preset=a.preset, scan=a.scan, out=Path(a.out), seed=a.seed,
+                                        browser=not a.no_browser))
+    return 0 if s.get("state") == "final" else 1
+
+
+def cmd_acquire(a) -> int:
+    from plans.dfxrm_acquire import DfxrmAcquireOptions, acquire_dfxrm
+
+    callbacks, senders = None, []
+    if a.stream:
+        from streaming.sender import DetectorFrameTap, DfxrmFrameStreamer, FrameSender
+
+        def callbacks(mic):
+            senders.append(FrameSender(a.stream))
+            return [DfxrmFrameStreamer(senders[-1], DetectorFrameTap(mic.detector))]
+    r = acquire_dfxrm(DfxrmAcquireOptions(preset=a.preset, scan=a.scan, out=Path(a.out), tiled_url=a.tiled_url,
+                                          api_key=a.api_key, seed=a.seed), callbacks_for=callbacks)
+    for s in senders:
+        s.close()
+    print(f"run {r['uid']}: {r['n_events']} frames in {r['seconds']:.1f} s ({r['exit_status']}); "
+          f"camera files: {', '.join(r['detector_files'])}")
+    return 0 if r["exit_status"] == "success" else 1
+
+
+def _source(a):
+    """A DfxrmScan from a scan file or a run uid in Tiled (and the file to close, if any)."""
+    from .dfxrm_batch import scan_from_file, scan_from_run
+
+    if Path(a.source).suffix in (".h5", ".hdf5") and Path(a.source).exists():
+        return scan_from_file(a.source)
+    from .cli import _open_run
+    a.run = a.source
+    return scan_from_run(_open_run(a)), None
+
+
+def cmd_maps(a) -> int:
+    from .backend import get_backend
+    from .dfxrm.output import plot_maps, write_maps
+    from .dfxrm_batch import batch_maps
+
+    scan, f = _source(a)
+    try:
+        maps = batch_maps(scan, xp=get_backend(a.device).xp, progress=not a.no_progress)
+    finally:
+        if f is not None:
+            f.close()
+    out = Path(a.out)
+    write_maps(out, maps, geometry=scan.geometry.to_dict(), scan=scan.scan, source=str(a.source))
+    png = plot_maps(out.with_suffix(".png"), maps, scan.geometry.pixel_size_m,
+                    title=f"DF-XRM {scan.scan.get('kind', '')} scan {scan.run_uid or a.source}")
+    print(f"{len(scan.angles_deg)} frames -> {out} ({', '.join(k for k in maps if k != 'intensity')}); figure {png}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .dfxrm_batch import scan_from_run, write_scan_file
+    from .cli import _open_run
+
+    a.run = a.source
+    scan = scan_from_run(_open_run(a))
+    path = write_scan_file(a.out, scan, progress=not a.no_progress)
+    print(f"run {scan.run_uid[:8]}: {len(scan.angles_deg)} frames -> {path}; maps with: bp-plugin dfxrm maps {path} --out ...")
+    return 0
+
+
+def add_dfxrm_parser(sub, add_tiled_args) -> None:
+    """Register ``dfxrm`` and its sub-commands on the main parser's subparsers."""
+    from plans.dfxrm_acquire import SCAN_KINDS
+
+    p = sub.add_parser("dfxrm", help="dark-field x-ray microscopy: demo, acquire, maps, export")
+    dsub = p.add_subparsers(dest="dfxrm_command", required=True)
+
+    d = dsub.add_parser("demo", help="simulated DF-XRM experiment with live maps (Tiled, service, viewer, RunEngine)")
+    d.add_argument("--preset", default="small", help="tiny | small | full")
+    d.add_argument("--scan", default="mosaicity", choices=SCAN_KINDS)
+    d.add_argument("--out", default="out/dfxrm-demo")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-browser", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    q = dsub.add_parser("acquire", help="run a DF-XRM plan on the simulated microscope, recorded in Tiled")
+    q.add_argument("--preset", default="tiny")
+    q.add_argument("--scan", default="mosaicity", choices=SCAN_KINDS)
+    q.add_argument("--out", default="out/dfxrm")
+    q.add_argument("--tiled-url", default=None, help="use this Tiled server instead of starting the embedded one")
+    q.add_argument("--api-key", default=None)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--stream", default=None, metavar="ADDRESS", help="also stream the frames to the service")
+    q.set_defaults(func=cmd_acquire)
+
+    m = dsub.add_parser("maps", help="maps of a recorded scan (DF-XRM scan file or run uid in Tiled)")
+    m.add_argument("source", help="scan file (.h5) or run uid")
+    m.add_argument("--out", required=True, help="maps file (.h5); a PNG is written beside it")
+    m.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    m.add_argument("--no-progress", action="store_true")
+    add_tiled_args(m)
+    m.set_defaults(func=cmd_maps)
+
+    e = dsub.add_parser("export", help="write a recorded DF-XRM run (Tiled) as a scan file")
+    e.add_argument("source", help="run uid")
+    e.add_argument("--out", required=True)
+    e.add_argument("--no-progress", action="store_true")
+    add_tiled_args(e)
+    e.set_defaults(func=cmd_export)
