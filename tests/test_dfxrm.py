@@ -3,8 +3,10 @@ real RunEngine; live maps over real ZeroMQ into a real Tiled server equal to the
 
 Thresholds come from measured runs of the ``tiny`` microscope (29 x 15 phi x chi points, steps
 0.005 / 0.01 deg; 21 2theta points, step 0.002 deg), with margin for other noise seeds:
-tilt errors measured 1.2e-4 / 2.0e-4 deg RMS (test: a tenth of the step), strain 2e-6 (test 1e-5),
-Burgers vectors from the Nye map within 6 % (test 15 %), mosaicity FWHM within 16 % (test 25 %).
+tilt errors measured 1.2e-4 / 2.0e-4 deg RMS (test: a tenth of the step), strain 5e-6 (test 1e-5),
+boundary recall 1.0 and precision 0.93-1.0 over three seeds (test 0.9 and 0.85),
+Burgers vectors from the Nye map within 6 % (test 15 %), mosaicity FWHM within 6 % (phi) and 18 % (chi,
+the coarser resolution to remove) (test 25 %).
 """
 import threading
 import time
@@ -70,7 +72,7 @@ def test_mosaicity_maps_against_ground_truth():
     assert m["tilt_phi_rms_error_deg"] < 0.1 * (PHI[1] - PHI[0])
     assert m["tilt_chi_rms_error_deg"] < 0.1 * (CHI[1] - CHI[0])
     # sub-grain boundaries where they are (1-pixel tolerance)
-    assert m["boundary_recall"] > 0.9 and m["boundary_precision"] > 0.9, m
+    assert m["boundary_recall"] > 0.9 and m["boundary_precision"] > 0.85, m
     # each screw dislocation: the Nye map integrated around it gives its Burgers vector, with its sign
     assert len(sample.dislocations) >= 2
     assert max(m["burgers_relative_error"]) < 0.15, m
