@@ -249,7 +249,8 @@ def cmd_reconstructor(a: argparse.Namespace) -> int:
 
     return run_reconstructor(a.listen, a.workdir, tiled_url=a.tiled_url, api_key=a.api_key, device=a.device,
                              max_runs=a.max_runs, final_iterations=a.iterations, ml_iterations=a.ml_iterations,
-                             publish_interval_s=a.publish_interval, quiet=a.quiet)
+                             publish_interval_s=a.publish_interval, checkpoint_interval_s=a.checkpoint_interval,
+                             quiet=a.quiet)
 
 
 def cmd_stream(a: argparse.Namespace) -> int:
@@ -369,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--iterations", type=int, default=60, help="joint iterations of the final schedule")
     pc.add_argument("--ml-iterations", type=int, default=20, help="ML iterations of the final schedule")
     pc.add_argument("--publish-interval", type=float, default=1.0, help="seconds between publications")
+    pc.add_argument("--checkpoint-interval", type=float, default=10.0,
+                    help="seconds between checkpoints of a run (what a restarted service continues from)")
     pc.add_argument("--max-runs", type=int, default=None, help="exit after this many runs (default: serve on)")
     pc.add_argument("--quiet", action="store_true", help="no status lines")
     pc.set_defaults(func=cmd_reconstructor)

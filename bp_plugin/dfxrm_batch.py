@@ -92,14 +92,16 @@ def scan_from_file(path) -> tuple[DfxrmScan, h5py.File]:
 
 
 def batch_maps(scan: DfxrmScan, *, options: MapOptions | None = None, chunk: int = 64, xp=np,
-               progress: bool = False) -> dict:
-    """Maps of a recorded scan, frames read ``chunk`` at a time (the live service's accumulator)."""
+               progress: bool = False, order: int | None = None) -> dict:
+    """Maps of a recorded scan, frames read ``chunk`` at a time (the live service's accumulator).
+
+    ``order``: moments to keep (2 or 4; None: the scan's ``order``, 2 for scans recorded without)."""
     from tqdm import tqdm
 
     s = scan.scan
     n = len(scan.angles_deg)
     acc = MomentAccumulator(tuple(s["frame_shape"]), tuple(s["axes"]), s.get("centre_deg"),
-                            background=float(s.get("background_counts", 0.0)),
+                            order=int(order or s.get("order", 2)), background=float(s.get("background_counts", 0.0)),
                             floor=float(s.get("noise_floor_counts", 0.0)), xp=xp)
     for i in tqdm(range(0, n, chunk), desc="moments", unit="chunk", disable=not progress):
         block = np.asarray(scan.frames[i:min(n, i + chunk)])

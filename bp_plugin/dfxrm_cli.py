@@ -8,7 +8,7 @@ def cmd_demo(a) -> int:
     from streaming.dfxrm_demo import DfxrmDemoOptions, run_dfxrm_demo
 
     s = run_dfxrm_demo(DfxrmDemoOptions(preset=a.preset, scan=a.scan, out=Path(a.out), seed=a.seed,
-                                        browser=not a.no_browser))
+                                        order=a.order, browser=not a.no_browser))
     return 0 if s.get("state") == "final" else 1
 
 
@@ -22,10 +22,14 @@ def cmd_acquire(a) -> int:
         def callbacks(mic):
             senders.append(FrameSender(a.stream))
             return [DfxrmFrameStreamer(senders[-1], DetectorFrameTap(mic.detector))]
-    r = acquire_dfxrm(DfxrmAcquireOptions(preset=a.preset, scan=a.scan, out=Path(a.out), tiled_url=a.tiled_url,
-                                          api_key=a.api_key, seed=a.seed), callbacks_for=callbacks)
-    for s in senders:
-        s.close()
+    opts = DfxrmAcquireOptions(preset=a.preset, scan=a.scan, out=Path(a.out), tiled_url=a.tiled_url,
+                               api_key=a.api_key, seed=a.seed, n_phi=a.n_phi, n_chi=a.n_chi, n_tth=a.n_tth,
+                               count_time=a.count_time, realtime=a.realtime, order=a.order)
+    try:
+        r = acquire_dfxrm(opts, callbacks_for=callbacks)
+    finally:          # a failed plan still flushes and closes the sockets (the stop message goes out)
+        for s in senders:
+            s.close()
     print(f"run {r['uid']}: {r['n_events']} frames in {r['seconds']:.1f} s ({r['exit_status']}); "
           f"camera files: {', '.join(r['detector_files'])}")
     return 0 if r["exit_status"] == "success" else 1
@@ -35,7 +39,10 @@ def _source(a):
     """A DfxrmScan from a scan file or a run uid in Tiled (and the file to close, if any)."""
     from .dfxrm_batch import scan_from_file, scan_from_run
 
-    if Path(a.source).suffix in (".h5", ".hdf5") and Path(a.source).exists():
+    if Path(a.source).suffix in (".h5", ".hdf5"):
+        if not Path(a.source).is_file():
+            raise SystemExit(f"scan file not found: {a.source}; give an existing DF-XRM scan file "
+                             "(bp-plugin dfxrm export) or a run uid")
         return scan_from_file(a.source)
     from .cli import _open_run
     a.run = a.source
@@ -49,7 +56,7 @@ def cmd_maps(a) -> int:
 
     scan, f = _source(a)
     try:
-        maps = batch_maps(scan, xp=get_backend(a.device).xp, progress=not a.no_progress)
+        maps = batch_maps(scan, xp=get_backend(a.device).xp, progress=not a.no_progress, order=a.order)
     finally:
         if f is not None:
             f.close()
@@ -84,6 +91,7 @@ def add_dfxrm_parser(sub, add_tiled_args) -> None:
     d.add_argument("--scan", default="mosaicity", choices=SCAN_KINDS)
     d.add_argument("--out", default="out/dfxrm-demo")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--order", type=int, default=2, choices=[2, 4], help="4: skewness and kurtosis maps too")
     d.add_argument("--no-browser", action="store_true")
     d.set_defaults(func=cmd_demo)
 
@@ -94,6 +102,12 @@ def add_dfxrm_parser(sub, add_tiled_args) -> None:
     q.add_argument("--tiled-url", default=None, help="use this Tiled server instead of starting the embedded one")
     q.add_argument("--api-key", default=None)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--n-phi", type=int, default=None, help="phi points (default: the preset's)")
+    q.add_argument("--n-chi", type=int, default=None, help="chi points (default: the preset's)")
+    q.add_argument("--n-tth", type=int, default=None, help="2theta points (default: the preset's)")
+    q.add_argument("--count-time", type=float, default=None, help="exposure per frame, s (default: the preset's)")
+    q.add_argument("--realtime", action="store_true", help="exposures last count-time, as on a real camera")
+    q.add_argument("--order", type=int, default=2, choices=[2, 4], help="4: skewness and kurtosis maps too")
     q.add_argument("--stream", default=None, metavar="ADDRESS", help="also stream the frames to the service")
     q.set_defaults(func=cmd_acquire)
 
@@ -101,6 +115,8 @@ def add_dfxrm_parser(sub, add_tiled_args) -> None:
     m.add_argument("source", help="scan file (.h5) or run uid")
     m.add_argument("--out", required=True, help="maps file (.h5); a PNG is written beside it")
     m.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    m.add_argument("--order", type=int, default=None, choices=[2, 4],
+                   help="moments to compute (default: the order the scan was recorded with)")
     m.add_argument("--no-progress", action="store_true")
     add_tiled_args(m)
     m.set_defaults(func=cmd_maps)

@@ -80,7 +80,10 @@ def _check_axis(motor, what: str, rng, n: int, centre: float, resolution: float 
 
 
 def _metadata(kind, det, key, frame_shape, geo, axes, motors, centre, shape, *, count_time, background, resolution,
-              extra=None, md=None) -> dict:
+              order=2, extra=None, md=None) -> dict:
+    if order not in (2, 4):
+        raise PlanError(f"order {order!r}: the moments are kept to order 2 (centre of mass, widths) or 4 "
+                        "(plus skewness and kurtosis)")
     ct = count_time if count_time is not None else (det.count_time.get() if hasattr(det, "count_time") else None)
     if background is None:
         bg = getattr(det, "background_counts", None)
@@ -90,7 +93,8 @@ def _metadata(kind, det, key, frame_shape, geo, axes, motors, centre, shape, *, 
             "centre_deg": [float(c) for c in centre], "shape": [int(n) for n in shape],
             "n_points": int(np.prod(shape)), "detector": det.name, "image_key": key, "frame_shape": list(frame_shape),
             "count_time_s": ct, "background_counts": float(background), "noise_floor_counts": floor,
-            "resolution_deg": {k: float(v) for k, v in (resolution or {}).items()}, **(extra or {})}
+            "resolution_deg": {k: float(v) for k, v in (resolution or {}).items()}, "order": int(order),
+            **(extra or {})}
     g = geo.to_dict() | {"theta_bragg_deg": float(np.degrees(geo.theta_bragg_rad)), "tth_ref_deg": geo.tth_ref_deg}
     out = {"plan_name": f"dfxrm_{kind}_scan", "technique": "dfxrm", "dfxrm_geometry": g, "dfxrm_scan": scan}
     sim = getattr(det, "sim_metadata", None)
@@ -122,7 +126,8 @@ def _with_exposure(det, count_time, plan):
 
 def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07), n_phi: int = 29,
                    chi_range_deg=(-0.07, 0.07), n_chi: int = 15, snake: bool = False, count_time: float | None = None,
-                   background_counts: float | None = None, resolution_deg: dict | None = None, md: dict | None = None):
+                   background_counts: float | None = None, resolution_deg: dict | None = None, order: int = 2,
+                   md: dict | None = None):
     """A phi x chi grid (phi outer) around the reference orientation: tilt and mosaicity maps.
 
     Args:
@@ -137,6 +142,8 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
             camera's ``background_counts(count_time)`` when it has one, else 0); the moments also
             zero what stays below the background's 1e-4 Poisson quantile (``noise_floor_counts``).
         resolution_deg: instrumental sigma per axis (default: the camera's ``resolution_deg``).
+        order: moments kept live: 2 (centre of mass, widths, covariance) or 4 (plus skewness and
+            kurtosis per axis); recorded as ``dfxrm_scan.order``.
     """
     detectors, det, key, frame_shape = _check_camera(detectors)
     geo = _geometry(geometry)
@@ -145,7 +152,7 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
     c = _check_axis(chi, "chi", chi_range_deg, n_chi, geo.chi0_deg, res.get("chi"))
     _md = _metadata("mosaicity", det, key, frame_shape, geo, ("phi", "chi"), (phi, chi),
                     (geo.phi0_deg, geo.chi0_deg), (n_phi, n_chi), count_time=count_time,
-                    background=background_counts, resolution=res, md=md)
+                    background=background_counts, resolution=res, order=order, md=md)
     plan = bp.grid_scan(detectors, phi, p[0], p[-1], len(p), chi, c[0], c[-1], len(c),
                         snake_axes=[chi] if snake else False, md=_md)
     return (yield from _with_exposure(det, count_time, plan))
@@ -153,22 +160,24 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
 
 def strain_scan(detectors, tth, geometry, *, tth_range_deg=(-0.02, 0.02), n_tth: int = 21,
                 count_time: float | None = None, background_counts: float | None = None,
-                resolution_deg: dict | None = None, md: dict | None = None):
-    """A 2theta scan of the objective-and-detector arm around 2theta_ref: the axial strain map."""
+                resolution_deg: dict | None = None, order: int = 2, md: dict | None = None):
+    """A 2theta scan of the objective-and-detector arm around 2theta_ref: the axial strain map
+    (arguments as :func:`mosaicity_scan`)."""
     detectors, det, key, frame_shape = _check_camera(detectors)
     geo = _geometry(geometry)
     res = _resolution(det, resolution_deg)
     t = _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
     _md = _metadata("strain", det, key, frame_shape, geo, ("tth",), (tth,), (geo.tth_ref_deg,), (n_tth,),
-                    count_time=count_time, background=background_counts, resolution=res, md=md)
+                    count_time=count_time, background=background_counts, resolution=res, order=order, md=md)
     return (yield from _with_exposure(det, count_time, bp.scan(detectors, tth, t[0], t[-1], len(t), md=_md)))
 
 
 def combined_scan(detectors, phi, chi, tth, geometry, *, phi_range_deg=(-0.07, 0.07), n_phi: int = 29,
                   chi_range_deg=(-0.07, 0.07), n_chi: int = 15, tth_range_deg=(-0.02, 0.02), n_tth: int = 11,
                   count_time: float | None = None, background_counts: float | None = None,
-                  resolution_deg: dict | None = None, md: dict | None = None):
-    """tth outer, phi, chi inner: tilts, mosaicity and strain of every pixel in one run."""
+                  resolution_deg: dict | None = None, order: int = 2, md: dict | None = None):
+    """tth outer, phi, chi inner: tilts, mosaicity and strain of every pixel in one run (arguments as
+    :func:`mosaicity_scan`)."""
     detectors, det, key, frame_shape = _check_camera(detectors)
     geo = _geometry(geometry)
     res = _resolution(det, resolution_deg)
@@ -177,7 +186,7 @@ def combined_scan(detectors, phi, chi, tth, geometry, *, phi_range_deg=(-0.07, 0
     c = _check_axis(chi, "chi", chi_range_deg, n_chi, geo.chi0_deg, res.get("chi"))
     _md = _metadata("combined", det, key, frame_shape, geo, ("tth", "phi", "chi"), (tth, phi, chi),
                     (geo.tth_ref_deg, geo.phi0_deg, geo.chi0_deg), (n_tth, n_phi, n_chi), count_time=count_time,
-                    background=background_counts, resolution=res, md=md)
+                    background=background_counts, resolution=res, order=order, md=md)
     plan = bp.grid_scan(detectors, tth, t[0], t[-1], len(t), phi, p[0], p[-1], len(p), chi, c[0], c[-1], len(c),
                         snake_axes=False, md=_md)
     return (yield from _with_exposure(det, count_time, plan))

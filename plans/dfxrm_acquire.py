@@ -28,6 +28,7 @@ class DfxrmAcquireOptions:
         n_phi, n_chi, n_tth: points per axis (None: the preset's).
         weak_beam_offsets_deg: (dphi, dchi, dtth) offsets of a weak-beam series.
         count_time: exposure per frame (s; None: the preset's).
+        order: moments kept (2, or 4 for skewness and kurtosis too).
         realtime: exposures last ``count_time`` as on the real camera.
         batch_size: events per Tiled write.
         md: extra start-document metadata.
@@ -45,6 +46,7 @@ class DfxrmAcquireOptions:
     n_tth: int | None = None
     weak_beam_offsets_deg: tuple = ((0.02, 0.0, 0.0), (-0.02, 0.0, 0.0), (0.0, 0.03, 0.0), (0.0, -0.03, 0.0))
     count_time: float | None = None
+    order: int = 2
     realtime: bool = False
     batch_size: int = 10
     md: dict = field(default_factory=dict)
@@ -57,12 +59,12 @@ def dfxrm_plan(mic, opts: DfxrmAcquireOptions):
     p, geo, det = mic.preset, mic.geometry, [mic.detector]
     n_phi, n_chi, n_tth = opts.n_phi or p.n_phi, opts.n_chi or p.n_chi, opts.n_tth or p.n_tth
     tilt = {"phi_range_deg": p.phi_range_deg, "n_phi": n_phi, "chi_range_deg": p.chi_range_deg, "n_chi": n_chi,
-            "count_time": opts.count_time}
+            "count_time": opts.count_time, "order": opts.order}
     if opts.scan == "mosaicity":
         return dfxrm.mosaicity_scan(det, mic.phi, mic.chi, geo, md=opts.md, **tilt)
     if opts.scan == "strain":
         return dfxrm.strain_scan(det, mic.tth, geo, tth_range_deg=p.tth_range_deg, n_tth=n_tth, md=opts.md,
-                                 count_time=opts.count_time)
+                                 count_time=opts.count_time, order=opts.order)
     if opts.scan == "combined":
         return dfxrm.combined_scan(det, mic.phi, mic.chi, mic.tth, geo, tth_range_deg=p.tth_range_deg,
                                    n_tth=opts.n_tth or 7, md=opts.md, **tilt)

@@ -37,7 +37,7 @@ class DfxrmSampleConfig:
         domain_tilt_deg: chi tilt alternation of the domain stripes (deg; 0: none).
         domain_period_px: stripe period (pixels).
         dislocations: ``[(row, col, b_m), ...]`` screw dislocations (b along Q, signed, m); None: a
-            default set of four in the first sub-grain.
+            default set of up to four in the largest sub-grain (fewer where the grain is small).
         burgers_m: |b| of the default dislocations (Al: a / sqrt(2) = 0.286 nm).
         strain_gradient: axial strain change across the field of view (1).
         subgrain_strain: standard deviation of the per-sub-grain strain offset (1).
@@ -118,7 +118,7 @@ class DfxrmSample:
 
 
 def _default_dislocations(cfg: DfxrmSampleConfig, labels: np.ndarray, mask: np.ndarray, rng) -> list:
-    """Four screws (two of each sign) inside the largest sub-grain, away from its boundaries."""
+    """Up to four screws (alternating signs) inside the largest sub-grain, away from its boundaries."""
     from scipy.ndimage import distance_transform_edt
 
     largest = np.bincount(labels[mask].ravel()).argmax()

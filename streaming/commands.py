@@ -23,7 +23,8 @@ def status_line(st: dict) -> str:
 
 
 def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, device="auto", max_runs=None,
-                      final_iterations=60, ml_iterations=20, publish_interval_s=1.0, quiet=False) -> int:
+                      final_iterations=60, ml_iterations=20, publish_interval_s=1.0, checkpoint_interval_s=10.0,
+                      quiet=False) -> int:
     """``bp-plugin reconstructor``: serve until Ctrl-C / SIGTERM (or ``max_runs`` runs)."""
     from .live import LiveOptions
     from .service import ReconstructorService, ServiceOptions
@@ -41,7 +42,8 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
     opts = ServiceOptions(listen=listen, workdir=Path(workdir), tiled_url=tiled_url, api_key=api_key, device=device,
                           max_runs=max_runs, live=LiveOptions(final_iterations=final_iterations,
                                                               ml_iterations=ml_iterations,
-                                                              publish_interval_s=publish_interval_s))
+                                                              publish_interval_s=publish_interval_s,
+                                                              checkpoint_interval_s=checkpoint_interval_s))
     svc = ReconstructorService(opts, progress=progress)
 
     def stop(signum, frame):

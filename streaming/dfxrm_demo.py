@@ -16,12 +16,14 @@ from pathlib import Path
 
 @dataclass
 class DfxrmDemoOptions:
-    """``preset``: tiny / small / full; ``scan``: mosaicity / strain / combined / weak_beam."""
+    """``preset``: tiny / small / full; ``scan``: mosaicity / strain / combined / weak_beam;
+    ``order``: moments kept (2, or 4 for skewness and kurtosis)."""
 
     preset: str = "small"
     scan: str = "mosaicity"
     out: Path = Path("out/dfxrm-demo")
     seed: int = 0
+    order: int = 2
     browser: bool = True
     progress: bool = True
 
@@ -64,7 +66,8 @@ def run_dfxrm_demo(opts: DfxrmDemoOptions) -> dict:
 
         print(f"\n== DF-XRM {opts.scan} scan of the simulated '{opts.preset}' grain; frames stream to the service")
         t0 = time.perf_counter()
-        r = acquire_dfxrm(DfxrmAcquireOptions(preset=opts.preset, scan=opts.scan, out=acq, seed=opts.seed),
+        r = acquire_dfxrm(DfxrmAcquireOptions(preset=opts.preset, scan=opts.scan, out=acq, seed=opts.seed,
+                                              order=opts.order),
                           server=server, callbacks_for=streamer_for)
         for s in senders:
             s.close()

@@ -36,19 +36,19 @@ class DfxrmRun:
     """One DF-XRM run being received: moments, counters, stop message.
 
     Args:
-        header: the start message's header (``technique = "dfxrm"``).
-        folder: the run's folder (results, the start header).
+        header: the start message's header (``technique = "dfxrm"``, checked by
+            ``protocol.check_dfxrm_start``).
+        folder: the run's folder (``dfxrm_start.json``, ``stop.json``, ``moments.npz`` checkpoint,
+            results); created once the header has been understood.
         xp: array module of the moments (NumPy or CuPy).
     """
 
     technique = "dfxrm"
+    MAX_WEAK_BYTES = 4 << 30
 
     def __init__(self, header: dict, folder, *, xp=np):
         self.start = header
         self.uid = header["run_uid"]
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "dfxrm_start.json").write_text(json.dumps(header))
         scan = self.scan = dict(header.get("scan") or {})
         self.geometry = DfxrmGeometry.from_dict(header["geometry"])
         self.axes = tuple(scan["axes"])
@@ -56,11 +56,18 @@ class DfxrmRun:
         self.shape = tuple(int(v) for v in scan["frame_shape"])
         self.n_frames_expected = int(header["n_frames"])
         self.background = float(scan.get("background_counts", 0.0))
-        self.acc = MomentAccumulator(self.shape, self.axes, scan.get("centre_deg"), background=self.background,
-                                     floor=float(scan.get("noise_floor_counts", 0.0)), xp=xp)
-        self.weak = (np.zeros((self.n_frames_expected, *self.shape), np.float32)
-                     if self.kind == "weak_beam" else None)
-        self.seen = np.zeros(max(self.n_frames_expected, 1), bool)
+        self.acc = MomentAccumulator(self.shape, self.axes, scan.get("centre_deg"), order=int(scan.get("order", 2)),
+                                     background=self.background, floor=float(scan.get("noise_floor_counts", 0.0)),
+                                     xp=xp)
+        self.weak = None
+        if self.kind == "weak_beam":
+            nbytes = self.n_frames_expected * self.shape[0] * self.shape[1] * 4
+            if nbytes > self.MAX_WEAK_BYTES:
+                raise ValueError(f"weak-beam series of {self.n_frames_expected} frames of {self.shape} needs "
+                                 f"{nbytes / 2**30:.1f} GiB; split it into series under "
+                                 f"{self.MAX_WEAK_BYTES / 2**30:.0f} GiB")
+            self.weak = np.zeros((self.n_frames_expected, *self.shape), np.float32)
+        self.seen = np.zeros(self.n_frames_expected, bool)
         self.counters = {"received": 0, "placed": 0, "duplicates": 0, "rejected": 0, "recovered": 0}
         self.stop: dict | None = None
         self.pending = ()                  # frames are placed on arrival: nothing waits
@@ -68,6 +75,46 @@ class DfxrmRun:
         self.t_last_frame: float | None = None
         self.lock = threading.Lock()
         self.map_options = MapOptions(resolution_deg=dict(scan.get("resolution_deg") or {}))
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / "dfxrm_start.json").exists():
+            (self.folder / "dfxrm_start.json").write_text(json.dumps(header))
+
+    @classmethod
+    def resume(cls, folder, *, xp=np) -> "DfxrmRun | None":
+        """The run an earlier process had started in ``folder`` (None if there is none): its start
+        header, its stop message if it came, and the moments of its last checkpoint with the frames
+        they hold. Frames that came after the checkpoint are recovered from the camera files at the
+        stop message, like any frame that never arrived."""
+        folder = Path(folder)
+        p = folder / "dfxrm_start.json"
+        if not p.exists():
+            return None
+        run = cls(json.loads(p.read_text()), folder, xp=xp)
+        if (folder / "stop.json").exists():
+            run.stop = json.loads((folder / "stop.json").read_text())
+        ck = folder / "moments.npz"
+        if ck.exists():
+            try:
+                with np.load(ck) as z:
+                    run.acc.load_state({k: z[k] for k in z.files})
+                    run.seen[:] = z["seen"]
+                log.info("run %s: moments of %d frames from the checkpoint", run.uid[:8], run.n_measured)
+            except (OSError, KeyError, ValueError) as exc:
+                log.warning("run %s: checkpoint %s unusable (%s); the frames will be recovered from the "
+                            "camera files", run.uid[:8], ck, exc)
+                run.acc.reset()
+                run.seen[:] = False
+        return run
+
+    def checkpoint(self) -> None:
+        """Write the sums and the frames they hold (``moments.npz``, replaced atomically)."""
+        with self.lock:
+            state, seen = self.acc.state(), self.seen.copy()
+        arrays = {k: np.asarray(v) for k, v in state.items() if v is not None}
+        tmp = self.folder / "moments.tmp.npz"
+        np.savez(tmp, seen=seen, **arrays)
+        tmp.replace(self.folder / "moments.npz")
 
     # --- receiver thread ----------------------------------------------------------------------------
     def _angles(self, motors: dict) -> np.ndarray | None:
@@ -77,42 +124,57 @@ class DfxrmRun:
             return None
         return a if np.all(np.isfinite(a)) else None
 
-    def _add(self, k: int, frame: np.ndarray, angles: np.ndarray) -> None:
+    def _add(self, k: int, frame: np.ndarray, angles: np.ndarray) -> bool:
+        """Fold frame ``k`` in unless it is already there (checked under the lock: the receiver and
+        the recovery may race for the same frame). Returns whether it was added."""
         with self.lock:
-            if k >= len(self.seen):
-                self.seen = np.concatenate([self.seen, np.zeros(k + 1 - len(self.seen), bool)])
+            if self.seen[k]:
+                return False
             self.acc.add(frame, angles)
-            if self.weak is not None and k < len(self.weak):
+            if self.weak is not None:
                 self.weak[k] = frame.astype(np.float32) - self.background
             self.seen[k] = True
+            return True
+
+    def _count(self, key: str) -> None:
+        with self.lock:
+            self.counters[key] += 1
 
     def place(self, msg) -> None:
-        """Fold one ``frame`` message into the sums (or count it as duplicate / rejected)."""
-        self.counters["received"] += 1
-        k = int(msg.header["frame_index"])
-        angles = self._angles(msg.header.get("motors") or {})
+        """Fold one ``frame`` message into the sums; every message ends as exactly one of placed,
+        duplicate or rejected (``received = placed + duplicates + rejected``)."""
+        self._count("received")
         why = None
-        if tuple(msg.array.shape) != self.shape:
-            why = f"frame shape {tuple(msg.array.shape)}, the run's is {self.shape}"
-        elif angles is None:
-            why = f"frame without the scanned angles {[a + '_deg' for a in self.axes]} in its motors"
-        elif k < len(self.seen) and self.seen[k]:
-            self.counters["duplicates"] += 1
-            return
-        elif not np.all(np.isfinite(msg.array)) if msg.array.dtype.kind == "f" else False:
-            why = "frame with NaN or infinite values"
+        try:
+            k = int(msg.header["frame_index"])
+            angles = self._angles(msg.header.get("motors") or {})
+            if not 0 <= k < self.n_frames_expected:
+                why = f"frame_index {k} outside the run's {self.n_frames_expected} frames"
+            elif tuple(msg.array.shape) != self.shape:
+                why = f"frame shape {tuple(msg.array.shape)}, the run's is {self.shape}"
+            elif angles is None:
+                why = f"frame without the scanned angles {[a + '_deg' for a in self.axes]} in its motors"
+            elif msg.array.dtype.kind == "f" and not np.all(np.isfinite(msg.array)):
+                why = "frame with NaN or infinite values"
+            elif not self._add(k, msg.array, angles):
+                self._count("duplicates")
+                return
+        except Exception as exc:        # whatever went wrong, the frame is accounted for
+            why = f"{type(exc).__name__}: {exc}"
+            k = msg.header.get("frame_index")
         if why:
-            self.counters["rejected"] += 1
-            log.warning("run %s frame %d rejected: %s", self.uid[:8], k, why)
+            self._count("rejected")
+            log.warning("run %s frame %s rejected: %s", self.uid[:8], k, why)
             return
-        self._add(k, msg.array, angles)
-        self.counters["placed"] += 1
+        self._count("placed")
         self.t_last_frame = time.time()
 
     def set_mask(self, mask) -> None:
         """Camera masks are applied by the camera (hot pixels read 0); nothing to do."""
 
     def set_stop(self, header: dict) -> None:
+        """The stop message: kept on disk, so a restarted process knows the run has ended."""
+        (self.folder / "stop.json").write_text(json.dumps(header))
         self.stop = header
 
     # --- worker -------------------------------------------------------------------------------------
@@ -120,30 +182,46 @@ class DfxrmRun:
         """Read back frames listed in the stop message's sources that never arrived.
 
         ``sources``: ``[{"format": "detector", "file", "dataset", "frames": [[frame_index,
-        index_in_file, angle_1, ...], ...]}]``. Unreadable entries are logged and skipped.
+        index_in_file, angle_1, ...], ...]}]``. Unreadable files and entries that do not fit the
+        scan (index out of range, wrong shape, missing or non-finite angles) are logged and skipped.
         """
         import h5py
 
         n = 0
         for src in sources:
-            todo = [e for e in src.get("frames", []) if 0 <= int(e[0]) and not (int(e[0]) < len(self.seen)
-                                                                           and self.seen[int(e[0])])]
+            todo = []
+            for e in src.get("frames", []):
+                try:
+                    k, i = int(e[0]), int(e[1])
+                    angles = np.asarray(e[2:2 + len(self.axes)], float)
+                except (TypeError, ValueError, IndexError):
+                    log.warning("run %s: source entry %r is not [frame, index, angles...]; skipped", self.uid[:8], e)
+                    continue
+                if not 0 <= k < self.n_frames_expected or len(angles) != len(self.axes) or \
+                        not np.all(np.isfinite(angles)):
+                    log.warning("run %s: source entry %r does not fit the scan; skipped", self.uid[:8], e)
+                    continue
+                if not self.seen[k]:
+                    todo.append((k, i, angles))
             if not todo:
                 continue
             try:
-                with h5py.File(src["file"], "r", libver="latest", swmr=True) as f:
-                    ds = f[src.get("dataset", "/entry/data/data")]
-                    for e in todo:
-                        frame = ds[int(e[1])]
-                        angles = np.asarray(e[2:2 + len(self.axes)], float)
-                        if frame.shape != self.shape or len(angles) != len(self.axes):
-                            log.warning("run %s: source entry %s does not fit the scan; skipped", self.uid[:8], e)
-                            continue
-                        self._add(int(e[0]), frame, angles)
-                        n += 1
-            except (OSError, KeyError, IndexError, ValueError) as exc:
-                log.warning("run %s: could not recover frames from %s: %s", self.uid[:8], src.get("file"), exc)
-        self.counters["recovered"] += n
+                f = h5py.File(src["file"], "r", libver="latest", swmr=True)
+            except (OSError, KeyError, TypeError) as exc:
+                log.warning("run %s: could not open %s to recover frames: %s", self.uid[:8], src.get("file"), exc)
+                continue
+            with f:
+                for k, i, angles in todo:
+                    try:
+                        frame = f[src.get("dataset", "/entry/data/data")][i]
+                        if frame.shape != self.shape:
+                            raise ValueError(f"shape {frame.shape}, the run's is {self.shape}")
+                    except (OSError, KeyError, IndexError, ValueError) as exc:
+                        log.warning("run %s: frame %d not recovered from %s: %s", self.uid[:8], k, src.get("file"), exc)
+                        continue
+                    n += self._add(k, frame, angles)
+        with self.lock:
+            self.counters["recovered"] += n
         return n
 
     @property
@@ -151,25 +229,31 @@ class DfxrmRun:
         return int(self.seen.sum())
 
     def maps(self) -> dict:
-        """Current maps (``compute_maps``), plus the weak-beam image stack for weak-beam series."""
+        """Current maps (``compute_maps``), plus the weak-beam image stack for weak-beam series.
+
+        Only the copy of the sums holds the lock: the receiver keeps placing frames while the maps
+        are computed."""
         with self.lock:
-            out = compute_maps(self.acc, self.geometry, self.map_options)
-            if self.weak is not None:
-                out["weak_beam"] = self.weak.copy()
+            snap = self.acc.copy()
+            weak = None if self.weak is None else self.weak.copy()
+        out = compute_maps(snap, self.geometry, self.map_options)
+        if weak is not None:
+            out["weak_beam"] = weak
         return out
 
-
     def status(self, state: str) -> dict:
-        hi = int(np.flatnonzero(self.seen).max()) + 1 if self.seen.any() else 0
-        return {"state": state, **self.counters, "frames_expected": self.n_frames_expected,
-                "frames_measured": self.n_measured, "missing": int(hi - self.seen[:hi].sum()),
+        with self.lock:
+            counters, seen = dict(self.counters), self.seen.copy()
+        hi = int(np.flatnonzero(seen).max()) + 1 if seen.any() else 0
+        return {"state": state, **counters, "frames_expected": self.n_frames_expected,
+                "frames_measured": int(seen.sum()), "missing": int(hi - seen[:hi].sum()),
                 "last_frame_time": self.t_last_frame, "updated": time.time()}
 
     def metadata(self, state: str, metrics: dict | None = None) -> dict:
         g = self.geometry.to_dict() | {"theta_bragg_deg": float(np.degrees(self.geometry.theta_bragg_rad)),
                                        "tth_ref_deg": self.geometry.tth_ref_deg}
         scan = {k: self.scan.get(k) for k in ("kind", "axes", "centre_deg", "shape", "offsets_deg", "motors",
-                                              "resolution_deg", "background_counts") if k in self.scan}
+                                              "resolution_deg", "background_counts", "order") if k in self.scan}
         md = {"kind": "dfxrm-maps", "version": PUBLICATION_VERSION, "raw_uid": self.uid, "status": self.status(state),
               "scan": scan, "geometry": g, "units": UNITS}
         if metrics:
@@ -177,15 +261,21 @@ class DfxrmRun:
         return md
 
 
+WEAK_BEAM_PUBLISHED = ("intensity", "mask", "weak_beam")
+
+
 def published(maps: dict) -> dict:
-    """The maps sent to Tiled (all but the centres of mass, see ``NOT_PUBLISHED``)."""
+    """The maps sent to Tiled: all but the centres of mass (``NOT_PUBLISHED``); for a weak-beam
+    series only its images, their sum and the mask (moments over a few chosen offsets are no maps)."""
+    if "weak_beam" in maps:
+        return {k: v for k, v in maps.items() if k in WEAK_BEAM_PUBLISHED}
     return {k: v for k, v in maps.items() if k not in NOT_PUBLISHED}
 
 
 def truth_metrics(run: DfxrmRun, maps: dict) -> dict:
     """Errors against the ground truth when the run came from the simulated microscope."""
     sim = run.start.get("sim") or {}
-    if sim.get("technique") != "dfxrm" or "preset" not in sim:
+    if sim.get("technique") != "dfxrm" or "preset" not in sim or run.kind == "weak_beam":
         return {}
     from bp_plugin.dfxrm.quality import map_errors
     from sim_devices.dfxrm_microscope import build_preset_sample
@@ -196,11 +286,15 @@ def truth_metrics(run: DfxrmRun, maps: dict) -> dict:
 
 
 def run_dfxrm(run: DfxrmRun, *, publisher, stop_event: threading.Event, interval_s: float = 1.0,
-              abandoned=lambda run: False, figures: bool = True, progress=None) -> dict:
-    """Publish live maps until the stop message, then recover, finish, write and publish the final maps."""
+              abandoned=lambda run: False, figures: bool = True, progress=None, checkpoint_s: float = 30.0) -> dict:
+    """Publish live maps until the stop message, then recover, finish, write and publish the final maps.
+
+    The moments are checkpointed every ``checkpoint_s`` and when the service stops mid-run, so a
+    restarted service continues from them (:meth:`DfxrmRun.resume`)."""
     from bp_plugin.dfxrm.output import plot_maps, write_maps
 
     t_pub, last_placed = 0.0, -1
+    t_ck, ck_placed = time.monotonic(), run.counters["placed"]
     if publisher:
         publisher.submit(run.metadata("live"), published(run.maps()))
     while not stop_event.is_set() and run.stop is None:
@@ -215,8 +309,14 @@ def run_dfxrm(run: DfxrmRun, *, publisher, stop_event: threading.Event, interval
             if progress:
                 progress(run.status("live"))
             t_pub = now
+        if now - t_ck >= checkpoint_s and run.counters["placed"] != ck_placed:
+            ck_placed = run.counters["placed"]
+            run.checkpoint()
+            t_ck = now
         time.sleep(0.05)
     if stop_event.is_set():
+        if run.n_measured:
+            run.checkpoint()
         if publisher:
             publisher.close(run.metadata("interrupted"))
         return {"state": "interrupted"}
@@ -229,7 +329,7 @@ def run_dfxrm(run: DfxrmRun, *, publisher, stop_event: threading.Event, interval
     write_maps(run.folder / "maps.h5", maps, geometry=run.geometry.to_dict(), scan=run.scan, metrics=metrics,
                source=f"stream:{run.uid}")
     if figures:
-        plot_maps(run.folder / "maps.png", {k: v for k, v in maps.items() if k != "weak_beam"},
+        plot_maps(run.folder / "maps.png", {k: v for k, v in published(maps).items() if k != "weak_beam"},
                   run.geometry.pixel_size_m, title=f"DF-XRM {run.kind} scan {run.uid[:8]}")
     metrics["compute_final_s"] = time.time() - t0
     metrics["latency_last_frame_to_result_s"] = time.time() - last

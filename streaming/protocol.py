@@ -76,10 +76,55 @@ def encode_dfxrm_start(run_uid: str, seq: int, geometry: dict, scan: dict, n_fra
                        sim: dict | None = None) -> list:
     """``start`` message of a DF-XRM run: ``scan`` is the plan's ``dfxrm_scan`` (axes, centre, shape,
     background, resolution), ``geometry`` a ``DfxrmGeometry`` dict."""
-    if not scan.get("axes"):
-        raise ProtocolError("a DF-XRM start message needs scan['axes'] (the scanned angles)")
-    return [_dump(_header("start", run_uid, seq, technique="dfxrm", geometry=geometry, translations_m=[],
-                          n_frames=int(n_frames), scan=scan, sim=sim))]
+    h = _header("start", run_uid, seq, technique="dfxrm", geometry=geometry, translations_m=[],
+                n_frames=int(n_frames), scan=scan, sim=sim)
+    raw = _dump(h)
+    check_dfxrm_start(json.loads(raw))       # the receiver's view: refuse here what it would refuse
+    return [raw]
+
+
+DFXRM_AXES = ("phi", "chi", "tth")
+MAX_FRAME_SIDE = 16384
+MAX_FRAMES = 10_000_000
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def check_dfxrm_start(h: dict) -> None:
+    """Raise :class:`ProtocolError` unless a DF-XRM ``start`` header is one a receiver can act on:
+    ``scan.axes`` 1-3 distinct names of ``phi``, ``chi``, ``tth``; ``scan.frame_shape`` two positive
+    integers up to 16384; ``scan.centre_deg`` absent, null or one finite number per axis;
+    ``scan.order`` absent, 2 or 4; ``background_counts`` / ``noise_floor_counts`` finite and >= 0;
+    ``n_frames`` in 1 .. 10^7; ``geometry`` a valid ``DfxrmGeometry``."""
+    scan = h.get("scan")
+    if not isinstance(scan, dict):
+        raise ProtocolError("DF-XRM start message without a scan object")
+    axes = scan.get("axes")
+    if not (isinstance(axes, list) and 1 <= len(axes) <= 3 and len(set(axes)) == len(axes)
+            and all(a in DFXRM_AXES for a in axes)):
+        raise ProtocolError(f"DF-XRM start message: scan.axes {axes!r} must list 1-3 distinct names of {DFXRM_AXES}")
+    fs = scan.get("frame_shape")
+    if not (isinstance(fs, list) and len(fs) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                          and 0 < v <= MAX_FRAME_SIDE for v in fs)):
+        raise ProtocolError(f"DF-XRM start message: scan.frame_shape {fs!r} must be [rows, cols], "
+                            f"positive integers up to {MAX_FRAME_SIDE}")
+    c = scan.get("centre_deg")
+    if c is not None and not (isinstance(c, list) and len(c) == len(axes) and all(_finite(v) for v in c)):
+        raise ProtocolError(f"DF-XRM start message: scan.centre_deg {c!r} must be one finite angle per axis {axes}")
+    if scan.get("order", 2) not in (2, 4):
+        raise ProtocolError(f"DF-XRM start message: scan.order {scan.get('order')!r} must be 2 or 4")
+    for key in ("background_counts", "noise_floor_counts"):
+        if key in scan and not (_finite(scan[key]) and scan[key] >= 0):
+            raise ProtocolError(f"DF-XRM start message: scan.{key} {scan[key]!r} must be a finite number >= 0")
+    if not 0 < h["n_frames"] <= MAX_FRAMES:
+        raise ProtocolError(f"DF-XRM start message: n_frames {h['n_frames']} must be in 1..{MAX_FRAMES}")
+    from bp_plugin.dfxrm.geometry import DfxrmGeometry
+    try:
+        DfxrmGeometry.from_dict(h["geometry"])
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"DF-XRM start message: geometry is not usable: {exc}") from None
 
 
 def encode_mask(run_uid: str, seq: int, mask: np.ndarray) -> list:
@@ -173,8 +218,8 @@ def decode(parts) -> Message:
         _need(h, "n_frames", int, kind)
         if h.get("technique", TECHNIQUES[0]) not in TECHNIQUES:
             raise ProtocolError(f"start message: technique {h.get('technique')!r} is not one of {TECHNIQUES}")
-        if h.get("technique") == "dfxrm" and not (isinstance(h.get("scan"), dict) and h["scan"].get("axes")):
-            raise ProtocolError("DF-XRM start message without scan.axes (the scanned angles)")
+        if h.get("technique") == "dfxrm":
+            check_dfxrm_start(h)
         roi = h.get("roi_origin")
         if roi is not None and not (isinstance(roi, list) and len(roi) == 2
                                     and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in roi)):

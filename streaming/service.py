@@ -95,8 +95,14 @@ class ReconstructorService:
         self._rx = threading.Thread(target=self._receive, daemon=True, name="bp-receiver")
         for folder in sorted(self.workdir.iterdir()):
             # runs whose stop came but whose final result was not made (the process was stopped)
-            if (folder / "stop.json").exists() and (folder / "start.json").exists() and not (folder / "result.h5").exists():
+            if not (folder / "stop.json").exists():
+                continue
+            asm = None
+            if (folder / "start.json").exists() and not (folder / "result.h5").exists():
                 asm = RunAssembly.resume(folder)
+            elif (folder / "dfxrm_start.json").exists() and not (folder / "maps.h5").exists():
+                asm = self._resume_dfxrm(folder)
+            if asm is not None:
                 self.runs[asm.uid] = asm
                 self._todo.put(asm.uid)
                 log.info("run %s: ended while no reconstructor ran; finishing it", asm.uid[:8])
@@ -124,10 +130,18 @@ class ReconstructorService:
                     log.exception("message could not be handled: %s", exc)
         self._sock.close(0)          # by the thread that used it: ZeroMQ sockets are not thread-safe
 
-    def _assembly(self, uid: str) -> RunAssembly | None:
+    def _resume_dfxrm(self, folder) -> DfxrmRun | None:
+        try:
+            return DfxrmRun.resume(folder, xp=self.backend.xp)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("DF-XRM run in %s cannot be resumed: %s", folder, exc)
+            return None
+
+    def _assembly(self, uid: str) -> RunAssembly | DfxrmRun | None:
         asm = self.runs.get(uid)
         if asm is None and uid not in self.finished:
-            asm = RunAssembly.resume(self.workdir / uid)      # a run an earlier process had started
+            # a run an earlier process had started
+            asm = RunAssembly.resume(self.workdir / uid) or self._resume_dfxrm(self.workdir / uid)
             if asm is not None:
                 log.info("run %s: taken over from the spool of an earlier process", uid[:8])
                 self.runs[uid] = asm
@@ -142,7 +156,7 @@ class ReconstructorService:
                 return
             folder = self.workdir / uid
             if msg.header.get("technique") == "dfxrm":
-                asm = DfxrmRun(msg.header, folder, xp=self.backend.xp)
+                asm = self._resume_dfxrm(folder) or DfxrmRun(msg.header, folder, xp=self.backend.xp)
             elif not (folder / "start.json").exists():
                 asm = RunAssembly(msg.header, folder)
             else:
@@ -286,7 +300,7 @@ class ReconstructorService:
         try:
             return run_dfxrm(run, publisher=pub, stop_event=self._stop, interval_s=self.opts.live.publish_interval_s,
                              abandoned=self._abandoned, figures=self.opts.live.figures,
-                             progress=self.progress)
+                             progress=self.progress, checkpoint_s=self.opts.live.checkpoint_interval_s)
         except Exception as exc:
             log.exception("DF-XRM run %s failed", run.uid[:8])
             if pub:

@@ -1,9 +1,12 @@
 """DF-XRM geometry: the reflection, the effective pixel in the sample plane, the nominal motor positions.
 
 Frame convention (docs/dfxrm.md): sample axes x (image columns) and y (image rows) span the imaged
-layer, z is along the nominal scattering vector Q. The tilt axes: ``phi`` rotates about y (moves
-the local Q towards +x), ``chi`` about x (towards +y); ``tth`` is the 2theta arm that carries the
-objective and the detector together.
+layer, z is along the nominal scattering vector Q. The tilt axes: ``phi`` rotates about y, ``chi``
+about x, with positive senses chosen so that a positive offset brings into the Bragg condition a
+region whose local Q is tilted towards -x (phi) or -y (chi): the region where ``du_z/dx`` (``du_z/dy``)
+is positive, since the local scattering vector is ``Q (z - grad u_z)``. So ``tilt_phi = beta_zx``
+and ``tilt_chi = beta_zy`` (rad) with ``beta_zj = du_z/dx_j``. ``tth`` is the 2theta arm that carries
+the objective and the detector together.
 """
 from __future__ import annotations
 
@@ -36,12 +39,24 @@ class DfxrmGeometry:
     magnification: float = 17.9
 
     def __post_init__(self):
-        lam = self.wavelength_m
+        for name in ("energy_kev", "d_spacing_m", "pixel_size_m", "phi0_deg", "chi0_deg"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"DF-XRM geometry: {name} must be a finite number, got {v!r}")
         if not (self.energy_kev > 0 and self.d_spacing_m > 0 and self.pixel_size_m > 0):
-            raise ValueError("energy_kev, d_spacing_m and pixel_size_m must be positive")
+            raise ValueError(f"DF-XRM geometry: energy_kev ({self.energy_kev}), d_spacing_m ({self.d_spacing_m}) "
+                             f"and pixel_size_m ({self.pixel_size_m}) must be positive")
+        lam = self.wavelength_m
         if lam / (2 * self.d_spacing_m) >= 1:
             raise ValueError(f"no Bragg reflection: lambda {lam:.3e} m > 2 d = {2 * self.d_spacing_m:.3e} m; "
                              "raise the energy or choose a reflection with a larger d spacing")
+        if self.tth0_deg is not None:
+            if not (isinstance(self.tth0_deg, (int, float)) and 0 < self.tth0_deg < 180):
+                raise ValueError(f"DF-XRM geometry: tth0_deg must be in (0, 180) deg, got {self.tth0_deg!r}")
+            if abs(self.tth0_deg - 2 * math.degrees(self.theta_bragg_rad)) > 1.0:
+                raise ValueError(f"DF-XRM geometry: tth0_deg {self.tth0_deg} is more than 1 deg from 2 theta_B = "
+                                 f"{2 * math.degrees(self.theta_bragg_rad):.4f} deg of d = {self.d_spacing_m} m at "
+                                 f"{self.energy_kev} keV; check the energy and the reflection")
 
     @property
     def wavelength_m(self) -> float:
@@ -57,12 +72,19 @@ class DfxrmGeometry:
         return self.tth0_deg if self.tth0_deg is not None else 2 * math.degrees(self.theta_bragg_rad)
 
     def strain_from_tth(self, tth_deg):
-        """Axial strain ``eps = -cot(theta_B) (2theta - 2theta_ref) / 2`` (2theta in deg; array or float)."""
-        return -(tth_deg - self.tth_ref_deg) * (math.pi / 360.0) / math.tan(self.theta_bragg_rad)
+        """Axial strain ``eps = -cot(theta_ref) (2theta - 2theta_ref) / 2`` (2theta in deg; array or float).
+
+        ``theta_ref = tth_ref_deg / 2``: the Bragg angle of the reference lattice, the measured
+        ``tth0_deg`` when given (the derivative of Bragg's law is taken where the lattice is)."""
+        return -(tth_deg - self.tth_ref_deg) * (math.pi / 360.0) / self._tan_ref
 
     def tth_from_strain(self, eps):
         """Inverse of :meth:`strain_from_tth`: the 2theta (deg) where a lattice of strain ``eps`` diffracts."""
-        return self.tth_ref_deg - eps * math.tan(self.theta_bragg_rad) * (360.0 / math.pi)
+        return self.tth_ref_deg - eps * self._tan_ref * (360.0 / math.pi)
+
+    @property
+    def _tan_ref(self) -> float:
+        return math.tan(math.radians(self.tth_ref_deg / 2.0))
 
     def to_dict(self) -> dict:
         return asdict(self)

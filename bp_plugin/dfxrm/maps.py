@@ -11,9 +11,10 @@ dislocations) has three components that in-plane gradients of these maps give:
 
 - ``alpha_zz = d_x beta_zy - d_y beta_zx``: exact (the Burgers vector component along Q of the
   dislocation lines threading the layer);
-- ``alpha_xy = d_x beta_zx`` and ``alpha_yx = -d_y beta_zy``: with the lattice rotation read off the
-  tilts (shear strains ``eps_zx``, ``eps_zy`` neglected against rotations, the usual assumption of
-  Nye-tensor maps from orientation data).
+- ``alpha_xy = d_x beta_zx`` and ``alpha_yx = -d_y beta_zy``: neglecting ``d_z eps_xx - 2 d_x eps_xz``
+  and ``2 d_y eps_yz - d_z eps_yy`` (out-of-plane gradients of in-plane strains and shear-strain
+  gradients, which one layer does not measure: the usual assumption of Nye-tensor maps from
+  orientation data; docs/dfxrm.md has the full expressions).
 
 The strain map's gradients enter only ``alpha_zx`` and ``alpha_zy``, together with out-of-plane
 gradients (``d_z``) a single layer does not measure: they are not reported.
@@ -49,11 +50,14 @@ class MapOptions:
         threshold_counts: and exceeds this many integrated counts.
         resolution_deg: instrumental resolution (Gaussian sigma, deg) per axis, removed in quadrature
             from the widths: ``fwhm = 2.355 sqrt(var - sigma_res^2)``.
+        floor_correction: undo the noise floor's truncation of the tails in the widths and the
+            covariance (:func:`truncation_factor`); only when the moments were taken with a floor.
     """
 
     threshold_rel: float = 0.1
     threshold_counts: float = 0.0
     resolution_deg: dict = field(default_factory=dict)
+    floor_correction: bool = True
 
 
 def _np(a) -> np.ndarray:
@@ -61,18 +65,39 @@ def _np(a) -> np.ndarray:
 
 
 def crystal_mask(intensity: np.ndarray, opts: MapOptions) -> np.ndarray:
-    """Pixels whose integrated intensity passes both thresholds, bool ``(rows, cols)``."""
-    finite = intensity[np.isfinite(intensity)]
-    ref = float(np.percentile(finite, 99)) if finite.size else 0.0
+    """Pixels whose integrated intensity passes both thresholds, bool ``(rows, cols)``.
+
+    The reference level is the 99th percentile over the pixels that received any intensity, so a
+    crystal covering under 1 % of the field of view still sets its own level."""
+    lit = intensity[np.isfinite(intensity) & (intensity > 0)]
+    ref = float(np.percentile(lit, 99)) if lit.size else 0.0
     level = max(opts.threshold_rel * ref, opts.threshold_counts, 0.0)
     return np.isfinite(intensity) & (intensity > level) & (ref > 0)
+
+
+def truncation_factor(peak_over_floor, n_axes: int):
+    """Fraction of a Gaussian rocking curve's (co)variance left after the noise floor, per pixel.
+
+    With a floor ``F`` a frame value ``A g(u)`` (``A`` the peak counts, ``g`` a Gaussian in the ``n``
+    scanned angles with covariance ``Sigma``) survives where ``u^T Sigma^-1 u < T^2 = 2 ln(A / F)``: an
+    ellipsoid of the curve's own shape, so the measured covariance is ``c Sigma`` with
+    ``c = P(chi2_{n+2} < T^2) / P(chi2_n < T^2)`` (the truncated second moment of a normal vector),
+    whatever ``Sigma`` is; the centre of mass is unbiased. ``peak_over_floor``: ``A / F`` (array);
+    returns ``c`` in (0, 1], NaN where ``A <= F``.
+    """
+    from scipy.stats import chi2
+
+    a = np.asarray(peak_over_floor, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t2 = 2.0 * np.log(np.where(a > 1, a, np.nan))
+        return chi2.cdf(t2, n_axes + 2) / chi2.cdf(t2, n_axes)
 
 
 def compute_maps(acc: MomentAccumulator, geometry: DfxrmGeometry, opts: MapOptions | None = None) -> dict:
     """All maps the scan's axes allow, float32 ``(rows, cols)``, NaN outside the crystal mask.
 
     Returns a dict with ``intensity``, ``mask`` (uint8) and, per scanned axis, ``com_<axis>`` (deg),
-    ``fwhm_<axis>`` (deg), at order 4 ``skew_<axis>`` and ``kurt_<axis>``; ``tilt_phi`` /
+    ``fwhm_<axis>`` (deg; the floor's truncation undone, then the resolution removed), at order 4 ``skew_<axis>`` and ``kurt_<axis>``; ``tilt_phi`` /
     ``tilt_chi`` (deg, offsets from the reference orientation), ``cov_phi_chi`` (deg^2), ``strain``
     (when 2theta is scanned) and the Nye components ``nye_xy``, ``nye_yx``, ``nye_zz`` (1/um) that
     the scanned tilts allow.
@@ -80,17 +105,21 @@ def compute_maps(acc: MomentAccumulator, geometry: DfxrmGeometry, opts: MapOptio
     opts = opts or MapOptions()
     s0 = _np(acc.moment(()))
     mask = crystal_mask(s0, opts)
+    centre = acc.centre if acc.centre is not None else np.zeros(len(acc.axes))
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(mask, 1.0 / np.where(mask, s0, 1.0), np.nan)
+        # widths and covariance: undo the floor's truncation (1 where no floor was applied)
+        c = (truncation_factor(_np(acc.peak) / acc.floor, len(acc.axes)).reshape(acc.shape)
+             if acc.peak is not None and opts.floor_correction else 1.0)
         out: dict[str, np.ndarray] = {"intensity": s0, "mask": mask.astype(np.uint8)}
         mean = {}
         for a, name in enumerate(acc.axes):
             m = _np(acc.moment((a,))) * w
             mean[name] = m
             var = _np(acc.moment((a, a))) * w - m * m
-            out[f"com_{name}"] = acc.centre[a] + m
+            out[f"com_{name}"] = centre[a] + m
             res = float(opts.resolution_deg.get(name, 0.0))
-            out[f"fwhm_{name}"] = FWHM_PER_SIGMA * np.sqrt(np.clip(var - res * res, 0.0, None))
+            out[f"fwhm_{name}"] = FWHM_PER_SIGMA * np.sqrt(np.clip(var / c - res * res, 0.0, None))
             if acc.order == 4:
                 e3, e4 = _np(acc.moment((a,) * 3)) * w, _np(acc.moment((a,) * 4)) * w
                 e2 = var + m * m
@@ -104,7 +133,7 @@ def compute_maps(acc: MomentAccumulator, geometry: DfxrmGeometry, opts: MapOptio
             out["tilt_chi"] = out["com_chi"] - geometry.chi0_deg
         if "phi" in acc.axes and "chi" in acc.axes:
             a, b = acc.axes.index("phi"), acc.axes.index("chi")
-            out["cov_phi_chi"] = _np(acc.moment((a, b))) * w - mean["phi"] * mean["chi"]
+            out["cov_phi_chi"] = (_np(acc.moment((a, b))) * w - mean["phi"] * mean["chi"]) / c
         if "tth" in acc.axes:
             out["strain"] = geometry.strain_from_tth(out["com_tth"])
     out.update(nye_components(out.get("tilt_phi"), out.get("tilt_chi"), geometry.pixel_size_m))
@@ -123,12 +152,16 @@ def nye_components(tilt_phi_deg, tilt_chi_deg, pixel_size_m: float) -> dict:
     per_um = 1.0 / (pixel_size_m * 1e6)
     bx = None if tilt_phi_deg is None else np.radians(np.asarray(tilt_phi_deg, float))
     by = None if tilt_chi_deg is None else np.radians(np.asarray(tilt_chi_deg, float))
+
+    def d(a, axis):           # NaN along an axis of one pixel: no gradient to take there
+        return np.gradient(a, axis=axis) if a.shape[axis] > 1 else np.full(a.shape, np.nan)
+
     if bx is not None:
-        out["nye_xy"] = np.gradient(bx, axis=1) * per_um
+        out["nye_xy"] = d(bx, 1) * per_um
     if by is not None:
-        out["nye_yx"] = -np.gradient(by, axis=0) * per_um
+        out["nye_yx"] = -d(by, 0) * per_um
     if bx is not None and by is not None:
-        out["nye_zz"] = (np.gradient(by, axis=1) - np.gradient(bx, axis=0)) * per_um
+        out["nye_zz"] = (d(by, 1) - d(bx, 0)) * per_um
     return out
 
 

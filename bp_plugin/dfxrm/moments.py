@@ -36,13 +36,17 @@ class MomentAccumulator:
     Args:
         shape: frame shape ``(rows, cols)``.
         axes: names of the scanned angles, e.g. ``("phi", "chi")`` or ``("phi", "chi", "tth")``.
-        centre_deg: the centre ``c`` the monomials are taken about (deg), one per axis.
+        centre_deg: the centre ``c`` the monomials are taken about (deg), one per axis; None: the
+            angles of the first frame added (any value near the scan gives exact sums; a centre far
+            from the scan, e.g. 0 for a 2theta of 20 deg, would lose the widths to cancellation).
         order: 2 (counts, centre of mass, covariance) or 4 (plus 3rd and 4th powers per axis).
         background: counts per pixel subtracted from every frame (scalar or ``(rows, cols)`` dark
             image).
         floor: after the subtraction, values below ``floor`` counts are set to 0: the background's
             photon noise in the far tails of the scan would otherwise dominate the second moments
             (it is weighted by ``u^2``). A per-frame operation, so the sums stay order-independent.
+            With a floor the per-pixel maximum of the frames is kept too (``peak``): the maps use it
+            to undo the truncation of the rocking curve's tails (``maps.truncation_factor``).
         batch: frames buffered before they are folded into the sums.
         xp: array module (NumPy or CuPy).
     """
@@ -54,7 +58,7 @@ class MomentAccumulator:
         if not self.axes:
             raise ValueError("a DF-XRM scan needs at least one scanned angle (phi, chi or tth)")
         n = len(self.axes)
-        self.centre = np.zeros(n) if centre_deg is None else np.asarray(centre_deg, float).reshape(n)
+        self.centre = None if centre_deg is None else np.asarray(centre_deg, float).reshape(n)
         self.order = order
         self.rows = monomials(n, order)
         self.xp = xp
@@ -69,6 +73,9 @@ class MomentAccumulator:
             raise ValueError(f"background must be a number or a {self.shape} image, got shape {bg.shape}")
         self._bg = None if not bg.any() else xp.asarray(bg.reshape(-1) if bg.ndim else bg)
         self.floor = float(floor)
+        if not (np.isfinite(self.floor) and self.floor >= 0):
+            raise ValueError(f"floor must be a finite number of counts >= 0, got {floor!r}")
+        self.peak = xp.zeros(npix, np.float32) if self.floor > 0 else None
 
     def _monomial_values(self, u: np.ndarray) -> np.ndarray:
         return np.array([np.prod(u[list(r)]) if r else 1.0 for r in self.rows])
@@ -80,6 +87,8 @@ class MomentAccumulator:
         a = np.asarray(angles_deg, float).reshape(-1)
         if a.size != len(self.axes) or not np.all(np.isfinite(a)):
             raise ValueError(f"angles {angles_deg!r} must be {len(self.axes)} finite numbers ({', '.join(self.axes)})")
+        if self.centre is None:
+            self.centre = a.copy()
         row = self._buf[self._k]
         row[...] = self.xp.asarray(frame).reshape(-1)        # cast to float32 in the copy
         if self._bg is not None:
@@ -104,6 +113,8 @@ class MomentAccumulator:
             return
         coef = self.xp.asarray(self._coef[:, :k])
         self.sums += (coef @ self._buf[:k]).astype(np.float64)
+        if self.peak is not None:
+            self.xp.maximum(self.peak, self._buf[:k].max(axis=0), out=self.peak)
         self._k = 0
 
     def moment(self, exponents: tuple[int, ...]):
@@ -116,17 +127,57 @@ class MomentAccumulator:
     def state(self) -> dict:
         """Everything needed to continue later (host arrays and plain values)."""
         self.flush()
-        to_np = self.sums.get() if hasattr(self.sums, "get") else self.sums
-        return {"sums": np.asarray(to_np), "n_frames": self.n_frames, "axes": list(self.axes),
-                "centre_deg": self.centre.tolist(), "order": self.order, "shape": list(self.shape),
-                "floor": self.floor}
+        def to_np(a):
+            return None if a is None else np.asarray(a.get() if hasattr(a, "get") else a)
+        return {"sums": to_np(self.sums), "peak": to_np(self.peak), "n_frames": self.n_frames,
+                "axes": list(self.axes), "centre_deg": None if self.centre is None else self.centre.tolist(),
+                "order": self.order, "shape": list(self.shape), "floor": self.floor}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from :meth:`state` of the same scan (sums, peak, frame count, centre)."""
+        if tuple(int(v) for v in np.asarray(state["shape"]).reshape(-1)) != self.shape or \
+                int(state["order"]) != self.order or np.asarray(state["sums"]).shape != tuple(self.sums.shape):
+            raise ValueError("the saved moments belong to another scan (shape, order or axes differ)")
+        self.reset()
+        self.sums[...] = self.xp.asarray(state["sums"])
+        if self.peak is not None and state.get("peak") is not None:
+            self.peak[...] = self.xp.asarray(state["peak"])
+        c = state.get("centre_deg")
+        self.centre = None if c is None or np.asarray(c).size == 0 else np.asarray(c, float).reshape(len(self.axes))
+        self.n_frames = int(state["n_frames"])
+
+    def reset(self) -> None:
+        """Forget every frame (the centre stays if it was given)."""
+        self.sums[...] = 0
+        if self.peak is not None:
+            self.peak[...] = 0
+        self._k = 0
+        self.n_frames = 0
+
+    def copy(self) -> "MomentAccumulator":
+        """A flushed snapshot (sums and peak copied), to compute maps from while frames keep coming."""
+        self.flush()
+        new = object.__new__(MomentAccumulator)
+        new.__dict__.update(self.__dict__)
+        new.sums = self.sums.copy()
+        new.peak = None if self.peak is None else self.peak.copy()
+        new.centre = None if self.centre is None else self.centre.copy()
+        new._buf = self._buf[:0]          # a snapshot takes no frames
+        new._k = 0
+        return new
 
     def merge(self, other: "MomentAccumulator") -> None:
         """Add another accumulator's sums (same axes, centre and order), e.g. frames recovered later."""
+        if other.n_frames == 0:
+            return
+        if self.centre is None:
+            self.centre = other.centre
         if (other.axes, other.order, other.shape, other.floor) != (self.axes, self.order, self.shape, self.floor) or \
                 not np.allclose(other.centre, self.centre):
             raise ValueError("accumulators of different scans cannot be merged")
         self.flush()
         other.flush()
         self.sums += self.xp.asarray(other.sums)
+        if self.peak is not None:
+            self.xp.maximum(self.peak, self.xp.asarray(other.peak), out=self.peak)
         self.n_frames += other.n_frames
