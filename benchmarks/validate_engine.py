@@ -32,6 +32,7 @@ from sim_devices.sample import Dislocation
 
 
 COMA = (0.8, 0.5)
+WARMUP_SHARE = 0.3          # probe warm-up of the Gaussian-start scenario, share of the joint iterations
 
 
 def validation_preset(n_angles: int = 12, step_deg: float = 0.02):
@@ -149,6 +150,9 @@ def main() -> int:
             "joint, no up-sampling": (ds, dict(upsampling=1)),
             "baseline: fixed probe, no up-sampling": (ds, dict(upsampling=1, probe_update=False)),
             "joint from a plain Gaussian probe, x2": (ds, dict(upsampling=2, probe2d=gaussian_probe)),
+            # 300 of the paper's 1000-iteration schedule, compressed like the rest (30 at 100)
+            "same, with a probe warm-up (object restarted)": (ds, dict(upsampling=2, probe2d=gaussian_probe,
+                                                                       probe_warmup=round(1000 * WARMUP_SHARE))),
             "all 24 angles, baseline": (ds_fine, dict(upsampling=1, probe_update=False)),
             "6 of 24 angles, joint, up-sampling x4": (subset(ds_fine, 4), dict(upsampling=4)),
         }
@@ -231,6 +235,7 @@ def verdicts(rows, extra) -> list[str]:
     j1, b1 = r["joint, no up-sampling"], r["baseline: fixed probe, no up-sampling"]
     g2, all24, few = r["joint from a plain Gaussian probe, x2"], r["all 24 angles, baseline"], \
         r["6 of 24 angles, joint, up-sampling x4"]
+    gw = r["same, with a probe warm-up (object restarted)"]
     yes = lambda ok: "**reproduced**" if ok else "**not reproduced**"  # noqa: E731
     mean, ref = extra["implanted"]
     w = extra["windings_pi"]
@@ -251,8 +256,12 @@ def verdicts(rows, extra) -> list[str]:
         f"object error {few['object_error']:.3f} vs {all24['object_error']:.3f}, eps_zz {few['strain_rms_error']:.2e} "
         f"vs {all24['strain_rms_error']:.2e}; comparable (within 25 %): "
         f"{yes(few['object_error'] < 1.25 * all24['object_error'])}.",
-        f"Convergence from a plain Gaussian probe: object error {g2['object_error']:.3f} vs {j2['object_error']:.3f} "
-        f"from the NA focus (within 25 %): {yes(g2['object_error'] < 1.25 * j2['object_error'])}.",
+        f"Convergence from a plain Gaussian probe: object error {gw['object_error']:.3f} (probe error "
+        f"{gw['probe_error']:.3f}) with a probe warm-up of {WARMUP_SHARE:.0%} of the joint iterations, vs "
+        f"{j2['object_error']:.3f} ({j2['probe_error']:.3f}) from the NA focus (within 25 %): "
+        f"{yes(gw['object_error'] < 1.25 * j2['object_error'])}; without the warm-up {g2['object_error']:.3f}: "
+        f"the object refined while the probe is still wrong keeps phase vortices and amplitude holes that the "
+        f"later, good probe does not remove, so the warm-up restarts it from the slab.",
         f"Implanted layer 3e-4 within 0.3e-4: {mean:.2e} vs {ref:.2e}: {yes(abs(mean - ref) < 0.3e-4)}.",
         f"Dislocation vortices with the right winding (4 pi; 2 pi and 2 pi; 4 pi around the pair): "
         f"{w['4pi line']:.1f}, {w['partial A']:.1f}, {w['partial B']:.1f}, {w['pair']:.1f} pi: "

@@ -16,7 +16,13 @@ class ReconConfig:
         iterations: joint updates (the paper: 1000).
         ml_iterations: maximum-likelihood refinement iterations after the joint updates (500).
         probe_update: refine the probe (False: the paper's "former approach" keeps it fixed).
-        probe_freeze: iterations before the probe is first updated (5).
+        probe_freeze: iterations before the probe is first updated (5), counted from the start
+            of the schedule and again from the start of the warm-up.
+        probe_warmup: joint iterations run before the schedule to learn the probe from a poor
+            first guess (e.g. a plain Gaussian); then the object, support and background go back
+            to their initial state and the schedule starts with the learned probe (0: none). An
+            object refined with a wrong probe keeps phase vortices and amplitude holes that no
+            later probe removes; restarting it from the slab with a good probe does (docs/validation.md).
         probe_norm: "line" (default) normalises the probe step by the object's intensity
             averaged along the beam, "paper" by Eq. 10 per voxel (see ``Reconstructor._probe_increment``).
         background_update: refine the incoherent background.
@@ -43,6 +49,7 @@ class ReconConfig:
     ml_iterations: int = 500
     probe_update: bool = True
     probe_freeze: int = 5
+    probe_warmup: int = 0
     probe_norm: str = "line"
     background_update: bool = True
     background_init: float = 0.1
@@ -73,6 +80,8 @@ class ReconConfig:
             raise ValueError(f"mode must be 'sequential' or 'batched', got {self.mode!r}")
         if len(self.slab_thickness_factors) != len(self.slab_steps):
             raise ValueError("slab_thickness_factors and slab_steps must have the same length")
+        if self.probe_warmup < 0:
+            raise ValueError(f"probe_warmup must be >= 0 iterations, got {self.probe_warmup}")
         for name in ("alpha", "beta", "gamma"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -95,6 +104,7 @@ class ReconConfig:
         c.shrinkwrap_start = int(round(self.shrinkwrap_start * f))
         c.shrinkwrap_stop = int(round(self.shrinkwrap_stop * f))
         c.shrinkwrap_every = max(1, int(round(self.shrinkwrap_every * f)))
+        c.probe_warmup = int(round(self.probe_warmup * f))
         return c
 
     def to_dict(self) -> dict:

@@ -180,8 +180,24 @@ class Reconstructor:
         return self.probe_op.shift(inc, -s1, -s2)
 
     # --- iterations --------------------------------------------------------------------------
+    @property
+    def schedule_iteration(self) -> int:
+        """The iteration within the schedule: negative during the probe warm-up."""
+        return self.iteration - self.config.probe_warmup
+
+    def _restart_object(self) -> None:
+        """End of the probe warm-up: object, support and background back to their initial state."""
+        xp = self.backend.xp
+        self.support = xp.asarray(self._slab(0))
+        self._obj = self.support.astype(np.complex64) * self._mod
+        self.background[...] = self.config.background_init
+
     def _apply_schedule(self) -> None:
-        c, it, xp = self.config, self.iteration, self.backend.xp
+        c, it, xp = self.config, self.schedule_iteration, self.backend.xp
+        if it < 0:
+            return                                  # warm-up: the first slab, no shrink-wrap
+        if it == 0 and c.probe_warmup > 0:
+            self._restart_object()
         if it < c.shrinkwrap_start:
             if it in c.slab_steps:
                 self.support = xp.asarray(self._slab(it))
@@ -196,7 +212,8 @@ class Reconstructor:
     def step(self) -> float:
         """One iteration (every measured position once); returns the normalised cost."""
         self._apply_schedule()
-        update_probe = self.config.probe_update and self.iteration >= self.config.probe_freeze
+        it = self.schedule_iteration
+        update_probe = self.config.probe_update and (it if it >= 0 else self.iteration) >= self.config.probe_freeze
         t0 = time.perf_counter()
         if self.config.mode == "sequential":
             cost, norm = self._step_sequential(update_probe)
@@ -204,7 +221,7 @@ class Reconstructor:
             cost, norm = self._step_batched(update_probe)
         err = cost / norm if norm > 0 else float("nan")
         self.history.append({"iteration": self.iteration, "error": err, "seconds": time.perf_counter() - t0,
-                             "probe_update": bool(update_probe)})
+                             "probe_update": bool(update_probe), **({"stage": "warmup"} if it < 0 else {})})
         self.iteration += 1
         return err
 
@@ -263,17 +280,18 @@ class Reconstructor:
         ``callback(self)`` after each iteration. Resuming a saved state continues the count."""
         from .ml import ml_refine
 
-        while self.iteration < self.config.iterations:
+        c = self.config
+        while self.iteration < c.probe_warmup + c.iterations:
             self.step()
             if callback is not None:
                 callback(self)
-        remaining = self.config.iterations + self.config.ml_iterations - self.iteration
+        remaining = c.probe_warmup + c.iterations + c.ml_iterations - self.iteration
         if remaining > 0:
             ml_refine(self, remaining, callback)
 
     @property
     def total_iterations(self) -> int:
-        return self.config.iterations + self.config.ml_iterations
+        return self.config.probe_warmup + self.config.iterations + self.config.ml_iterations
 
     # --- results -----------------------------------------------------------------------------
     def set_frame(self, angle_index: int, position_index: int, frame) -> None:

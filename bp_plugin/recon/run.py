@@ -20,13 +20,15 @@ class ReconstructOptions:
     """What the command line sets; ``None`` keeps the defaults of :class:`ReconConfig`.
 
     ``iterations`` compresses the paper's schedule (slab steps, shrink-wrap window, ML share) to
-    that many joint updates; ``ml_iterations`` then overrides the ML count.
+    that many joint updates; ``ml_iterations`` then overrides the ML count; ``probe_warmup``
+    (joint iterations, not compressed) learns the probe first and restarts the object with it.
     """
 
     iterations: int | None = None
     ml_iterations: int | None = None
     upsampling: int | None = None
     fixed_probe: bool = False
+    probe_warmup: int | None = None
     mode: str = "sequential"
     device: str = "auto"
     resume: bool = False
@@ -46,6 +48,8 @@ def make_config(opts: ReconstructOptions, base: dict | None = None) -> ReconConf
             cfg = cfg.scaled(opts.iterations)
     if opts.ml_iterations is not None:
         cfg.ml_iterations = opts.ml_iterations
+    if opts.probe_warmup is not None and not base:
+        cfg.probe_warmup = opts.probe_warmup          # iterations as given, not compressed
     return cfg
 
 
