@@ -92,7 +92,7 @@ def time_floor(frames, n: int, batch: int, xp, repeats: int) -> float:
     return statistics.median(times)
 
 
-SERVICE_BG, SERVICE_FLOOR = 5.0, 11.0       # the tiny preset's dark level and its 1e-4 Poisson floor (counts)
+SERVICE_BG = 5.0                           # a dark level (counts); the floor is its 1e-4 Poisson quantile
 
 
 def time_accumulator(frames, angles, centre, axes, n: int, batch: int, order: int, xp, repeats: int,
@@ -100,7 +100,9 @@ def time_accumulator(frames, angles, centre, axes, n: int, batch: int, order: in
     """ms/frame of ``add`` over ``n`` frames plus the final ``flush``, per repeat (steady state).
     ``service``: with the background subtraction and noise floor (and the per-pixel maximum it
     keeps) that the live service always applies."""
-    kw = {"background": SERVICE_BG, "floor": SERVICE_FLOOR} if service else {}
+    from plans.dfxrm import noise_floor
+
+    kw = {"background": SERVICE_BG, "floor": noise_floor(SERVICE_BG)} if service else {}
     acc = MomentAccumulator(frames[0].shape, axes, centre, order=order, batch=batch, xp=xp, **kw)
     for k in range(batch):                              # warm-up: page in the buffer and the sums
         acc.add(frames[k % len(frames)], angles[k % len(angles)])

@@ -104,7 +104,8 @@ def add_dfxrm_parser(sub, add_tiled_args) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--n-phi", type=int, default=None, help="phi points (default: the preset's)")
     q.add_argument("--n-chi", type=int, default=None, help="chi points (default: the preset's)")
-    q.add_argument("--n-tth", type=int, default=None, help="2theta points (default: the preset's)")
+    q.add_argument("--n-tth", type=int, default=None,
+                   help="2theta points (default: the preset's for a strain scan, 7 for a combined one)")
     q.add_argument("--count-time", type=float, default=None, help="exposure per frame, s (default: the preset's)")
     q.add_argument("--realtime", action="store_true", help="exposures last count-time, as on a real camera")
     q.add_argument("--order", type=int, default=2, choices=[2, 4], help="4: skewness and kurtosis maps too")

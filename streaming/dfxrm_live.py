@@ -88,17 +88,19 @@ class DfxrmRun:
         stop message, like any frame that never arrived."""
         folder = Path(folder)
         p = folder / "dfxrm_start.json"
-        if not p.exists():
+        if not p.exists() or (folder / "maps.h5").exists():       # never started here, or finished
             return None
         run = cls(json.loads(p.read_text()), folder, xp=xp)
         if (folder / "stop.json").exists():
             run.stop = json.loads((folder / "stop.json").read_text())
         ck = folder / "moments.npz"
-        if ck.exists():
+        if ck.exists() and run.weak is None:        # weak-beam images are not checkpointed: all recovered
             try:
                 with np.load(ck) as z:
                     run.acc.load_state({k: z[k] for k in z.files})
                     run.seen[:] = z["seen"]
+                if run.acc.n_frames != run.n_measured:
+                    raise ValueError(f"it holds {run.acc.n_frames} frames but lists {run.n_measured}")
                 log.info("run %s: moments of %d frames from the checkpoint", run.uid[:8], run.n_measured)
             except (OSError, KeyError, ValueError) as exc:
                 log.warning("run %s: checkpoint %s unusable (%s); the frames will be recovered from the "
@@ -108,7 +110,10 @@ class DfxrmRun:
         return run
 
     def checkpoint(self) -> None:
-        """Write the sums and the frames they hold (``moments.npz``, replaced atomically)."""
+        """Write the sums and the frames they hold (``moments.npz``, replaced atomically). Weak-beam
+        series are not checkpointed: a restarted service reads all their images back."""
+        if self.weak is not None:
+            return
         with self.lock:
             state, seen = self.acc.state(), self.seen.copy()
         arrays = {k: np.asarray(v) for k, v in state.items() if v is not None}
@@ -286,7 +291,7 @@ def truth_metrics(run: DfxrmRun, maps: dict) -> dict:
 
 
 def run_dfxrm(run: DfxrmRun, *, publisher, stop_event: threading.Event, interval_s: float = 1.0,
-              abandoned=lambda run: False, figures: bool = True, progress=None, checkpoint_s: float = 30.0) -> dict:
+              abandoned=lambda run: False, figures: bool = True, progress=None, checkpoint_s: float = 10.0) -> dict:
     """Publish live maps until the stop message, then recover, finish, write and publish the final maps.
 
     The moments are checkpointed every ``checkpoint_s`` and when the service stops mid-run, so a

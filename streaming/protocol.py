@@ -86,6 +86,7 @@ def encode_dfxrm_start(run_uid: str, seq: int, geometry: dict, scan: dict, n_fra
 DFXRM_AXES = ("phi", "chi", "tth")
 MAX_FRAME_SIDE = 16384
 MAX_FRAMES = 10_000_000
+MAX_MOMENT_BYTES = 16 << 30
 
 
 def _finite(v) -> bool:
@@ -97,13 +98,14 @@ def check_dfxrm_start(h: dict) -> None:
     ``scan.axes`` 1-3 distinct names of ``phi``, ``chi``, ``tth``; ``scan.frame_shape`` two positive
     integers up to 16384; ``scan.centre_deg`` absent, null or one finite number per axis;
     ``scan.order`` absent, 2 or 4; ``background_counts`` / ``noise_floor_counts`` finite and >= 0;
-    ``n_frames`` in 1 .. 10^7; ``geometry`` a valid ``DfxrmGeometry``."""
+    ``resolution_deg`` absent or axis -> finite sigma >= 0; ``n_frames`` in 1 .. 10^7; the running
+    sums within 16 GiB; ``geometry`` a valid ``DfxrmGeometry``."""
     scan = h.get("scan")
     if not isinstance(scan, dict):
         raise ProtocolError("DF-XRM start message without a scan object")
     axes = scan.get("axes")
-    if not (isinstance(axes, list) and 1 <= len(axes) <= 3 and len(set(axes)) == len(axes)
-            and all(a in DFXRM_AXES for a in axes)):
+    if not (isinstance(axes, list) and 1 <= len(axes) <= 3 and all(isinstance(a, str) and a in DFXRM_AXES for a in axes)
+            and len(set(axes)) == len(axes)):
         raise ProtocolError(f"DF-XRM start message: scan.axes {axes!r} must list 1-3 distinct names of {DFXRM_AXES}")
     fs = scan.get("frame_shape")
     if not (isinstance(fs, list) and len(fs) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
@@ -118,8 +120,19 @@ def check_dfxrm_start(h: dict) -> None:
     for key in ("background_counts", "noise_floor_counts"):
         if key in scan and not (_finite(scan[key]) and scan[key] >= 0):
             raise ProtocolError(f"DF-XRM start message: scan.{key} {scan[key]!r} must be a finite number >= 0")
+    res = scan.get("resolution_deg") or {}
+    if not (isinstance(res, dict) and all(k in DFXRM_AXES and _finite(v) and v >= 0 for k, v in res.items())):
+        raise ProtocolError(f"DF-XRM start message: scan.resolution_deg {res!r} must map axis names of "
+                            f"{DFXRM_AXES} to finite sigmas >= 0 (deg)")
     if not 0 < h["n_frames"] <= MAX_FRAMES:
         raise ProtocolError(f"DF-XRM start message: n_frames {h['n_frames']} must be in 1..{MAX_FRAMES}")
+    n = len(axes)
+    rows = 1 + n + n * (n + 1) // 2 + (2 * n if scan.get("order", 2) == 4 else 0)
+    nbytes = rows * fs[0] * fs[1] * 12 + 32 * fs[0] * fs[1] * 4      # float64 sums + float32 products + batch
+    if nbytes > MAX_MOMENT_BYTES:
+        raise ProtocolError(f"DF-XRM start message: moments of {n} axes at order {scan.get('order', 2)} on "
+                            f"{fs[0]} x {fs[1]} frames need {nbytes / 2**30:.1f} GiB (limit "
+                            f"{MAX_MOMENT_BYTES / 2**30:.0f} GiB); bin the frames or keep order 2")
     from bp_plugin.dfxrm.geometry import DfxrmGeometry
     try:
         DfxrmGeometry.from_dict(h["geometry"])

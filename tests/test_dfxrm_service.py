@@ -79,6 +79,17 @@ def test_every_frame_is_accounted_for_and_recovery_does_not_double_count(tmp_pat
     again = DfxrmRun.resume(tmp_path / uid)
     assert again.n_measured == run.n_measured
     _assert_same_maps(again.maps(), run.maps())
+    # a checkpoint whose sums do not match its frame list is not trusted (everything is recovered)
+    import shutil
+    torn = tmp_path / "torn"
+    shutil.copytree(tmp_path / uid, torn)
+    with np.load(torn / "moments.npz") as z:
+        parts = {k: z[k] for k in z.files}
+    parts["seen"][1] = True
+    np.savez(torn / "moments.npz", **parts)
+    assert DfxrmRun.resume(torn).n_measured == 0
+    (torn / "maps.h5").touch()                                   # a finished run is not resumed
+    assert DfxrmRun.resume(torn) is None
     # the stop message's sources list every frame: only the odd ones are read back, and a receiver
     # placing some of them at the same moment does not make them count twice
     sources = _camera_file(tmp_path / "cam.h5", frames)
@@ -105,6 +116,9 @@ def test_every_frame_is_accounted_for_and_recovery_does_not_double_count(tmp_pat
     (lambda h: h.update(n_frames=0), "n_frames"),
     (lambda h: h["geometry"].update(energy_kev=0), "energy_kev"),
     (lambda h: h.pop("scan"), "scan"),
+    (lambda h: h["scan"].update(axes=[["phi"]]), "scan.axes"),
+    (lambda h: h["scan"].update(resolution_deg={"phi": -0.1}), "resolution_deg"),
+    (lambda h: h["scan"].update(frame_shape=[16384, 16384], order=4), "GiB"),
 ])
 def test_unusable_dfxrm_start_messages_are_refused_with_the_reason(change, why):
     import json

@@ -176,6 +176,10 @@ def test_probe_warmup_recovers_from_a_plain_gaussian_probe(tiny_scan):
     assert q["object_error"] < 0.2 and q["probe_error"] < 0.2 and q["strain_rms_error"] < 4.6e-5, q
     assert q["probe_error"] < 0.67 * runs[0][1]["probe_error"]
     assert q["object_error"] < runs[0][1]["object_error"]
+    with pytest.raises(ValueError, match="never updates the probe"):
+        ReconConfig(probe_warmup=4)                             # not longer than probe_freeze (5)
+    with pytest.raises(ValueError, match="never updates the probe"):
+        ReconConfig(probe_warmup=50, probe_update=False)
 
 
 def test_batched_mode_reaches_comparable_quality(tiny_scan):

@@ -30,6 +30,8 @@ from .geometry import DfxrmGeometry
 from .moments import MomentAccumulator
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+# below it the floor's truncation factor (2 axes: 0.31 at 2, 0.45 at 3) cannot be undone reliably
+MIN_PEAK_OVER_FLOOR = 3.0
 
 MAP_UNITS = {
     "intensity": "counts (background subtracted, summed over the scan)", "mask": "1 = crystal pixel",
@@ -83,13 +85,14 @@ def truncation_factor(peak_over_floor, n_axes: int):
     ellipsoid of the curve's own shape, so the measured covariance is ``c Sigma`` with
     ``c = P(chi2_{n+2} < T^2) / P(chi2_n < T^2)`` (the truncated second moment of a normal vector),
     whatever ``Sigma`` is; the centre of mass is unbiased. ``peak_over_floor``: ``A / F`` (array);
-    returns ``c`` in (0, 1], NaN where ``A <= F``.
+    returns ``c`` in (0, 1], NaN where ``A / F < MIN_PEAK_OVER_FLOOR``: a curve that barely clears
+    the floor has lost most of its width (``c`` -> 0), and dividing by ``c`` would only amplify noise.
     """
     from scipy.stats import chi2
 
     a = np.asarray(peak_over_floor, float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t2 = 2.0 * np.log(np.where(a > 1, a, np.nan))
+        t2 = 2.0 * np.log(np.where(a >= MIN_PEAK_OVER_FLOOR, a, np.nan))
         return chi2.cdf(t2, n_axes + 2) / chi2.cdf(t2, n_axes)
 
 

@@ -142,8 +142,8 @@ class MomentAccumulator:
     def state(self) -> dict:
         """Everything needed to continue later (host arrays and plain values)."""
         self.flush()
-        def to_np(a):
-            return None if a is None else np.asarray(a.get() if hasattr(a, "get") else a)
+        def to_np(a):                     # copies: the caller may write them while frames keep coming
+            return None if a is None else np.array(a.get() if hasattr(a, "get") else a, copy=True)
         return {"sums": to_np(self.sums), "peak": to_np(self.peak), "n_frames": self.n_frames,
                 "axes": list(self.axes), "centre_deg": None if self.centre is None else self.centre.tolist(),
                 "order": self.order, "shape": list(self.shape), "floor": self.floor}
@@ -185,11 +185,12 @@ class MomentAccumulator:
         """Add another accumulator's sums (same axes, centre and order), e.g. frames recovered later."""
         if other.n_frames == 0:
             return
-        if self.centre is None:
-            self.centre = other.centre
+        same_centre = self.centre is None or np.allclose(other.centre, self.centre, rtol=0.0, atol=1e-9)
         if (other.axes, other.order, other.shape, other.floor) != (self.axes, self.order, self.shape, self.floor) or \
-                not np.allclose(other.centre, self.centre):
+                not same_centre:
             raise ValueError("accumulators of different scans cannot be merged")
+        if self.centre is None:
+            self.centre = other.centre.copy()
         self.flush()
         other.flush()
         self.sums += self.xp.asarray(other.sums)

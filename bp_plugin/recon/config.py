@@ -82,6 +82,10 @@ class ReconConfig:
             raise ValueError("slab_thickness_factors and slab_steps must have the same length")
         if self.probe_warmup < 0:
             raise ValueError(f"probe_warmup must be >= 0 iterations, got {self.probe_warmup}")
+        if self.probe_warmup and (not self.probe_update or self.probe_warmup <= self.probe_freeze):
+            raise ValueError(f"a probe warm-up of {self.probe_warmup} iterations never updates the probe "
+                             f"(probe_update={self.probe_update}, probe_freeze={self.probe_freeze}): "
+                             "make it longer than probe_freeze, or drop it with a fixed probe")
         for name in ("alpha", "beta", "gamma"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -105,6 +109,7 @@ class ReconConfig:
         c.shrinkwrap_stop = int(round(self.shrinkwrap_stop * f))
         c.shrinkwrap_every = max(1, int(round(self.shrinkwrap_every * f)))
         c.probe_warmup = int(round(self.probe_warmup * f))
+        c.__post_init__()                   # e.g. a warm-up compressed below probe_freeze
         return c
 
     def to_dict(self) -> dict:

@@ -48,8 +48,12 @@ def make_config(opts: ReconstructOptions, base: dict | None = None) -> ReconConf
             cfg = cfg.scaled(opts.iterations)
     if opts.ml_iterations is not None:
         cfg.ml_iterations = opts.ml_iterations
-    if opts.probe_warmup is not None and not base:
+    if opts.probe_warmup is not None:
+        if base:
+            raise ValueError("--probe-warmup cannot change a run being resumed (its schedule is in the result "
+                             "file); start a new reconstruction instead")
         cfg.probe_warmup = opts.probe_warmup          # iterations as given, not compressed
+        cfg.__post_init__()
     return cfg
 
 
