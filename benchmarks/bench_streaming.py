@@ -159,8 +159,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--iterations", type=int, default=20, help="final-schedule joint iterations per run")
-    ap.add_argument("--ml-iterations", type=int, default=5)
+    ap.add_argument("--iterations", type=int, default=60,
+                    help="final-schedule joint iterations per run (the service's default)")
+    ap.add_argument("--ml-iterations", type=int, default=20)
     ap.add_argument("--out", default="benchmarks/results/bench_streaming.json")
     a = ap.parse_args()
     ceil = [ceiling() for _ in range(5)]

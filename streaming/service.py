@@ -62,6 +62,12 @@ class ServiceOptions:
     live: LiveOptions = field(default_factory=LiveOptions)
 
 
+# messages found waiting in one drain of the socket that make the engine pause for the receiver
+BACKLOG_MESSAGES = 16
+# longest the engine waits for the receiver at one pause point (s): iterations never stop for good
+MAX_PAUSE_S = 0.5
+
+
 class _Stopped(Exception):
     """The service was asked to stop (Ctrl-C, SIGTERM) in the middle of a run."""
 
@@ -92,6 +98,9 @@ class ReconstructorService:
         self._stop = threading.Event()
         self.progress = progress
         self._t_tick = 0.0
+        # set by the receiver while messages queue up faster than it takes them: the engine then
+        # waits between positions, so ingest keeps the pace of the wire (frames before iterations)
+        self._backlog = threading.Event()
         self._rx = threading.Thread(target=self._receive, daemon=True, name="bp-receiver")
         for folder in sorted(self.workdir.iterdir()):
             # runs whose stop came but whose final result was not made (the process was stopped)
@@ -113,12 +122,16 @@ class ReconstructorService:
         poller.register(self._sock, zmq.POLLIN)
         while not self._stop.is_set():
             if not poller.poll(100):
+                self._backlog.clear()
                 continue
-            for _ in range(256):            # drain what is queued: one poll per burst, not per message
+            for n in range(256):            # drain what is queued: one poll per burst, not per message
                 try:
                     parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
+                    self._backlog.clear()   # drained: the engine goes on
                     break
+                if n == BACKLOG_MESSAGES:   # this many were waiting: the engine holds ingest back
+                    self._backlog.set()
                 self.counters["messages"] += 1
                 try:
                     self._dispatch(decode(parts))
@@ -216,6 +229,14 @@ class ReconstructorService:
         """Ask both threads to stop (the current run is checkpointed); :meth:`serve` then returns."""
         self._stop.set()
 
+    def _yield_to_receiver(self) -> None:
+        """The engine's pause hook: wait while the receiver has a backlog (at most ``MAX_PAUSE_S``)."""
+        if not self._backlog.is_set():
+            return
+        t0 = time.monotonic()
+        while self._backlog.is_set() and not self._stop.is_set() and time.monotonic() - t0 < MAX_PAUSE_S:
+            time.sleep(0.001)
+
     def _publisher(self, uid: str):
         if self.client is None:
             return None
@@ -237,6 +258,7 @@ class ReconstructorService:
         t_pub = t_ck = 0.0
         try:
             live = LiveReconstruction(asm, opts, self.backend)
+            live.rec.pause_hook = self._yield_to_receiver
             pub = self._publisher(asm.uid)
             log.info("run %s: %s", asm.uid[:8], live.rec.layout.describe())
             if pub:

@@ -80,6 +80,9 @@ class Reconstructor:
         self.scale_probe_to_data()
         self.iteration = 0
         self.history: list[dict] = []
+        # called between positions (and batches, and ML gradient terms): a host that must stay
+        # responsive (the streaming service's receiver) can make the engine wait there
+        self.pause_hook = None
 
     # --- set-up helpers ----------------------------------------------------------------------
     def _slab(self, iteration: int) -> np.ndarray:
@@ -229,6 +232,8 @@ class Reconstructor:
         cost = norm = 0.0
         sup = self.support.astype(np.float32)
         for j in self._positions():
+            if self.pause_hook is not None:
+                self.pause_hook()
             v = self.layout.view(j)
             probe = self.probe3d(j)
             rho_v = self._obj[v]
@@ -251,6 +256,8 @@ class Reconstructor:
         outside = 1 - sup
         order = self._positions()
         for b0 in range(0, len(order), c.batch_size):
+            if self.pause_hook is not None:
+                self.pause_hook()
             batch = order[b0:b0 + c.batch_size]
             views = [self.layout.view(j) for j in batch]
             probes = xp.stack([self.probe3d(j) for j in batch])

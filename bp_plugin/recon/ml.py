@@ -37,6 +37,8 @@ def _cost_grad(rec, rho):
     grad = xp.zeros_like(rho)
     total = 0.0
     for j in rec.active_positions():
+        if rec.pause_hook is not None:
+            rec.pause_hook()
         v = rec.layout.view(j)
         probe = rec.probe3d(j)
         d, cj, _ = rec._fourier(j, probe * rho[v], False)
