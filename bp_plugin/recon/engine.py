@@ -188,8 +188,9 @@ class Reconstructor:
         """The iteration within the schedule: negative during the probe warm-up."""
         return self.iteration - self.config.probe_warmup
 
-    def _restart_object(self) -> None:
-        """End of the probe warm-up: object, support and background back to their initial state."""
+    def restart_object(self) -> None:
+        """Object, support and background back to their initial state (the probe is kept): the end
+        of a probe warm-up, or the start of the final schedule after a live phase."""
         xp = self.backend.xp
         self.support = xp.asarray(self._slab(0))
         self._obj = self.support.astype(np.complex64) * self._mod
@@ -200,7 +201,7 @@ class Reconstructor:
         if it < 0:
             return                                  # warm-up: the first slab, no shrink-wrap
         if it == 0 and c.probe_warmup > 0:
-            self._restart_object()
+            self.restart_object()
         if it < c.shrinkwrap_start:
             if it in c.slab_steps:
                 self.support = xp.asarray(self._slab(it))
