@@ -129,7 +129,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
 
     _reconstruct(a.scan, a.out, ReconstructOptions(
         iterations=a.iterations, ml_iterations=a.ml_iterations, upsampling=a.upsampling, fixed_probe=a.fixed_probe,
-        probe_warmup=a.probe_warmup,
+        probe_warmup=a.probe_warmup, angle_curriculum=a.angle_curriculum,
         mode=a.mode, device=a.device, resume=a.resume, progress=not a.no_progress, figures=not a.no_figures,
         seed=a.seed))
     return 0
@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--probe-warmup", type=int, default=None, metavar="N",
                     help="learn the probe for N joint iterations first, then restart the object with it "
                          "(for a poor initial probe; docs/validation.md)")
+    pr.add_argument("--angle-curriculum", type=int, default=None, metavar="N",
+                    help="add the rocking angles one by one, N iterations each, before the schedule "
+                         "(scans with many angles and up-sampling converge much better: bp_plugin/recon/curriculum.py)")
     pr.add_argument("--mode", default="sequential", choices=["sequential", "batched"])
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     pr.add_argument("--resume", action="store_true", help="continue from the state in --out")

@@ -182,6 +182,26 @@ def test_probe_warmup_recovers_from_a_plain_gaussian_probe(tiny_scan):
         ReconConfig(probe_warmup=50, probe_update=False)
 
 
+def test_angle_curriculum_then_the_schedule(tiny_scan):
+    """Angles added one by one (5 iterations each) before the 60 + 20 schedule. Measured (tiny, seed
+    0): object error 0.142, eps_zz 2.8e-5 (the schedule alone: 0.166, 3.5e-5); on `small` the same idea
+    took 0.713 to 0.146 (bp_plugin/recon/curriculum.py). Bounds: the engine's thresholds, and no worse
+    than the schedule alone's measured value with 10 % margin."""
+    from bp_plugin.recon.curriculum import angle_curriculum
+
+    ds, _ = tiny_scan
+    rec = make_rec(ds)
+    cfg = rec.config
+    n = angle_curriculum(rec, 5)
+    assert n == 5 * ds.geometry.n_angles and rec.iteration == 0 and rec.measured.all() and rec.config is cfg
+    assert [h["stage"] for h in rec.history] == ["curriculum"] * n
+    rec.run()
+    q = quality(rec, ds)
+    assert q["object_error"] < min(0.22, 1.1 * 0.166) and q["strain_rms_error"] < 4.6e-5, q
+    with pytest.raises(ValueError, match="starts a reconstruction"):
+        angle_curriculum(rec, 5)
+
+
 def test_batched_mode_reaches_comparable_quality(tiny_scan):
     ds, _ = tiny_scan
     rec = make_rec(ds, mode="batched")

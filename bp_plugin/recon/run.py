@@ -21,7 +21,9 @@ class ReconstructOptions:
 
     ``iterations`` compresses the paper's schedule (slab steps, shrink-wrap window, ML share) to
     that many joint updates; ``ml_iterations`` then overrides the ML count; ``probe_warmup``
-    (joint iterations, not compressed) learns the probe first and restarts the object with it.
+    (joint iterations, not compressed) learns the probe first and restarts the object with it;
+    ``angle_curriculum`` (iterations per angle) adds the angles one by one before the schedule
+    (:mod:`bp_plugin.recon.curriculum`).
     """
 
     iterations: int | None = None
@@ -29,6 +31,7 @@ class ReconstructOptions:
     upsampling: int | None = None
     fixed_probe: bool = False
     probe_warmup: int | None = None
+    angle_curriculum: int | None = None
     mode: str = "sequential"
     device: str = "auto"
     resume: bool = False
@@ -79,7 +82,10 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, ds.measured, config=cfg, backend=backend)
     if state:
         rec.load_state(state)
-    bar = tqdm(total=rec.total_iterations, initial=rec.iteration, desc="reconstruct", unit="it",
+    if opts.angle_curriculum and state:
+        raise ValueError("--angle-curriculum starts a reconstruction; a resumed run continues its schedule")
+    n_curr = int(rec.measured.any(axis=1).sum()) * opts.angle_curriculum if opts.angle_curriculum else 0
+    bar = tqdm(total=rec.total_iterations + n_curr, initial=rec.iteration, desc="reconstruct", unit="it",
                disable=not opts.progress)
 
     def tick(r):
@@ -87,6 +93,9 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
         bar.set_postfix(stage=h.get("stage", "joint"), error=f"{h['error']:.4g}", refresh=False)
         bar.update(1)
 
+    if n_curr:
+        from .curriculum import angle_curriculum
+        angle_curriculum(rec, opts.angle_curriculum, tick)
     rec.run(tick)
     bar.close()
     seconds = time.perf_counter() - t0
@@ -107,7 +116,8 @@ def summarize(rec: Reconstructor, ground_truth: dict | None = None, gt_attrs: di
     illum = a(rec.illumination())
     obj, probe = a(rec.object), a(rec.probe2d)
     metrics = {"iterations": rec.iteration, "device": rec.backend.device, "layout": rec.layout.describe(),
-               "final_error": rec.history[-1]["error"] if rec.history else float("nan")}
+               "final_error": rec.history[-1]["error"] if rec.history else float("nan"),
+               "curriculum_iterations": sum(1 for h in rec.history if h.get("stage") == "curriculum")}
     if ground_truth and "density" in ground_truth:
         at = gt_attrs
         grid = (tuple(at["grid_origin_m"]), float(at["grid_voxel_m"]), ground_truth["density"].shape)
