@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +79,8 @@ class LiveReconstruction:
         self.final_config = ReconConfig(mode=opts.mode).scaled(opts.final_iterations)
         if opts.ml_iterations is not None:
             self.final_config.ml_iterations = opts.ml_iterations
-        c = self.final_config
         # the live configuration: first slab only, no shrink-wrap, probe released later
-        self.live_config = ReconConfig(**{**asdict(c), "iterations": 1 << 62, "ml_iterations": 0, "slab_steps": (0,),
-                                          "slab_thickness_factors": c.slab_thickness_factors[:1],
-                                          "shrinkwrap_start": 1 << 62, "shrinkwrap_stop": 1 << 62,
-                                          "probe_update": False})
+        self.live_config = self.final_config.on_first_slab(probe_update=False)
         empty = np.zeros(asm.shape, np.float32)
         self.rec = Reconstructor(geo, empty, asm.translations_m, asm.mask(), np.zeros(asm.shape[:2], bool),
                                  config=self.live_config, backend=backend)

@@ -1,7 +1,7 @@
 """Parameters of the reconstruction, with the paper's values as defaults (physics.md section 3)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass
@@ -111,6 +111,14 @@ class ReconConfig:
         c.probe_warmup = int(round(self.probe_warmup * f))
         c.__post_init__()                   # e.g. a warm-up compressed below probe_freeze
         return c
+
+    def on_first_slab(self, **changes) -> "ReconConfig":
+        """This configuration without its schedule: endless joint iterations on the first slab, no
+        thickness steps, no shrink-wrap, no ML, no warm-up (the live phase of a streamed run and the
+        angle curriculum); ``changes`` override further fields."""
+        return replace(self, iterations=1 << 62, ml_iterations=0, slab_steps=(0,),
+                       slab_thickness_factors=self.slab_thickness_factors[:1], shrinkwrap_start=1 << 62,
+                       shrinkwrap_stop=1 << 62, probe_warmup=0, **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)

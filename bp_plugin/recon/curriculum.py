@@ -9,8 +9,6 @@ iterations): object error 0.139, probe 0.061, eps_zz 5.4e-5, against 0.713 for t
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from .engine import Reconstructor
@@ -35,9 +33,7 @@ def angle_curriculum(rec: Reconstructor, per_angle: int, callback=None, probe_af
         raise ValueError("the angle curriculum starts a reconstruction; this one is at iteration "
                          f"{rec.iteration} (a resumed run continues its schedule instead)")
     cfg, full = rec.config, rec.measured.copy()
-    rec.config = replace(cfg, iterations=1 << 62, ml_iterations=0, slab_steps=(0,),
-                         slab_thickness_factors=cfg.slab_thickness_factors[:1], shrinkwrap_start=1 << 62,
-                         shrinkwrap_stop=1 << 62, probe_warmup=0)
+    rec.config = cfg.on_first_slab()
     rec.measured[:] = False
     n = 0
     try:
