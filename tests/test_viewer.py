@@ -175,6 +175,8 @@ def test_values_update_while_streaming(tiled_server, viewer, page):
         wait_slice(page, "z", index=k, lo=np.nanmin(arrays["eps_zz"][k]), hi=np.nanmax(arrays["eps_zz"][k]))
         pw.expect(page.locator("#error-plot")).to_have_attribute("data-points", "41")
         pw.expect(page.locator("#behind")).to_be_visible()
+        # data-updated is set once the probe is loaded too, after the slices the wait above saw
+        page.wait_for_function("first => document.body.dataset.updated !== first", arg=first, timeout=WAIT_MS)
         assert attr(page, "body", "updated") != first
         latency = time.monotonic() - t0
         assert pub.last_error is None, pub.last_error
