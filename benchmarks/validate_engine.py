@@ -6,7 +6,7 @@ layer, a grain boundary, a 4 pi dislocation and a dissociated pair of 2 pi parti
 reconstructs it with the engine on the CPU and compares with the ground truth after removing
 the ambiguities (bp_plugin.quality). Re-run with:
 
-    .venv/bin/python benchmarks/validate_engine.py            # about 3-5 minutes on 2 cores
+    .venv/bin/python benchmarks/validate_engine.py            # about 8-10 minutes on 2 cores
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from bp_plugin.dataset import read_dataset
 from bp_plugin.geometry import window_w_m
+from bp_plugin.quality import ground_truth_at_resolution, probe_quality
 from bp_plugin.recon.config import ReconConfig
 from bp_plugin.recon.engine import Reconstructor
 from bp_plugin.recon.results import evaluate
@@ -35,9 +36,12 @@ COMA = (0.8, 0.5)
 WARMUP_SHARE = 0.3          # probe warm-up of the Gaussian-start scenario, share of the joint iterations
 
 
-def validation_preset(n_angles: int = 12, step_deg: float = 0.02):
-    """The tiny preset with a 6 x 6 raster, stronger probe aberrations and all dislocations."""
+def validation_preset(n_angles: int = 12, step_deg: float = 0.02, noiseless: bool = False):
+    """The tiny preset with a 6 x 6 raster, stronger probe aberrations and all dislocations;
+    ``noiseless``: 1e4 times the count rate and no background (Poisson noise 1e-2 of the default's)."""
     p = get_preset("tiny")
+    if noiseless:
+        p = replace(p, detector=replace(p.detector, peak_rate_cps=p.detector.peak_rate_cps * 1e4, background_cps=0.0))
     geo = replace(p.geometry, raster_shape=(6, 6), n_angles=n_angles, rocking_step_deg=step_deg)
     probe = replace(p.probe, coma_rad=COMA, extent_m=(0.9e-6, 0.9e-6))
     p = replace(p, name="validation", geometry=geo, probe=probe, features=("grain_boundary", "implanted"))
@@ -49,10 +53,20 @@ def validation_preset(n_angles: int = 12, step_deg: float = 0.02):
     return replace(p, sample=crystal)
 
 
-def reconstruct(ds, *, iterations=60, ml=20, probe2d=None, **kw):
+def reconstruct(ds, *, iterations=100, ml=30, probe2d=None, start="slab", **kw):
+    """Reconstruct ``ds`` with the compressed schedule. ``start``: "slab" (the engine's own start),
+    "true probe" (the slab object with the true probe), "truth" (the ground truth at the grid's
+    resolution and the true probe: what the engine holds when it starts from the answer)."""
     cfg = ReconConfig(**kw).scaled(iterations)
     cfg.ml_iterations = ml
     rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, ds.measured, config=cfg)
+    gt, at = ds.ground_truth, ds.ground_truth_attrs
+    if start == "truth":
+        rec.object = ground_truth_at_resolution(gt["density"], at["grid_origin_m"], float(at["grid_voxel_m"]),
+                                                rec.layout)
+    if start in ("truth", "true probe"):
+        probe2d = lambda r: probe_quality(r.probe2d, r.probe_op.p1_m, r.probe_op.r2_m, gt["probe"],  # noqa: E731
+                                          gt["probe_p1_m"], gt["probe_p2_m"])["truth"]
     if probe2d is not None:
         rec.probe2d = rec.backend.xp.asarray(probe2d(rec))
         rec.scale_probe_to_data()
@@ -130,8 +144,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/validation.md")
     ap.add_argument("--json", default="benchmarks/results/validation.json")
-    ap.add_argument("--iterations", type=int, default=60)
-    ap.add_argument("--ml", type=int, default=20)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--ml", type=int, default=30)
     ap.add_argument("--coma", type=float, nargs=2, default=list(COMA), help="probe coma (rad), vertical horizontal")
     a = ap.parse_args()
     globals()["COMA"] = tuple(a.coma)
@@ -155,14 +169,15 @@ def main() -> int:
                                                                        probe_warmup=round(1000 * WARMUP_SHARE))),
             "all 24 angles, baseline": (ds_fine, dict(upsampling=1, probe_update=False)),
             "6 of 24 angles, joint, up-sampling x4": (subset(ds_fine, 4), dict(upsampling=4)),
+            # references: what the object reaches from the slab when the probe is perfect
+            "reference: true probe held, up-sampling x2": (ds, dict(upsampling=2, probe_update=False,
+                                                                    start="true probe")),
+            "reference: 6 of 24 angles, true probe held, x4": (subset(ds_fine, 4), dict(
+                upsampling=4, probe_update=False, start="true probe")),
         }
         for name, (data, kw) in runs.items():
             rec, q = reconstruct(data, **it, **kw)
-            row = {"scenario": name, "angles": int(data.geometry.n_angles),
-                   "window_w_um": q["window_w_um"], "object_error": q["object_error"],
-                   "probe_error": q["probe_error"], "probe_fwhm_rel_error": max(q["probe_fwhm_rel_error"]),
-                   "strain_rms_error": q["strain_rms_error"], "tilt_rms_error_rad": q["tilt_rms_error_rad"],
-                   "seconds": q["seconds"]}
+            row = _row(name, data, q)
             if name == "joint, up-sampling x2":
                 extra["implanted"] = implanted_strain(q)
                 extra["windings_pi"] = vortex_windings(q, ds)
@@ -170,11 +185,60 @@ def main() -> int:
                 extra["voxel_nm"] = [v * 1e9 for v in rec.layout.voxel_m]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
+        extra["floors"] = floors(ds, ds_fine, it)
+        extra["noiseless"] = noiseless_rows(Path(tmp), it)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"rows": rows, **extra}, indent=2))
     Path(a.out).write_text(render(rows, extra, it))
     print(render(rows, extra, it))
     return 0
+
+
+def _row(name, data, q) -> dict:
+    return {"scenario": name, "angles": int(data.geometry.n_angles), "window_w_um": q["window_w_um"],
+            "object_error": q["object_error"], "probe_error": q["probe_error"],
+            "probe_fwhm_rel_error": max(q["probe_fwhm_rel_error"]), "strain_rms_error": q["strain_rms_error"],
+            "tilt_rms_error_rad": q["tilt_rms_error_rad"], "seconds": q["seconds"]}
+
+
+FLOORS = {  # scenario -> (data set, up-sampling, probe refined)
+    "12 angles, joint, up-sampling x2": ("coarse", 2, True),
+    "12 angles, true probe held, no up-sampling": ("coarse", 1, False),
+    "12 angles, joint, no up-sampling": ("coarse", 1, True),
+    "24 angles, true probe held, no up-sampling": ("fine", 1, False),
+    "6 of 24 angles, joint, up-sampling x4": ("few", 4, True),
+}
+
+
+def floors(ds, ds_fine, it) -> list[dict]:
+    """What the engine holds when it starts from the answer (the ground truth at the grid's
+    resolution and the true probe), per data set, up-sampling and probe mode of the compared
+    scenarios: the object error no reconstruction of that data in that mode can be expected to
+    beat (the truth averaged over a voxel is not the object that explains the data best there)."""
+    data = {"coarse": ds, "fine": ds_fine, "few": subset(ds_fine, 4)}
+    out = []
+    for name, (key, up, joint) in FLOORS.items():
+        _, q = reconstruct(data[key], **it, upsampling=up, probe_update=joint, start="truth")
+        out.append(_row(name, data[key], q))
+        print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+    return out
+
+
+def noiseless_rows(tmp: Path, it) -> list[dict]:
+    """The scenarios of the two comparisons with the former approach, on noiseless copies of the scans."""
+    simulate_to_file(tmp / "nl.h5", validation_preset(noiseless=True), progress=False)
+    simulate_to_file(tmp / "nl_fine.h5", validation_preset(24, 0.01, noiseless=True), progress=False)
+    c, f = read_dataset(tmp / "nl.h5"), read_dataset(tmp / "nl_fine.h5")
+    runs = {"joint, up-sampling x2": (c, dict(upsampling=2)),
+            "baseline: fixed probe, no up-sampling": (c, dict(upsampling=1, probe_update=False)),
+            "all 24 angles, baseline": (f, dict(upsampling=1, probe_update=False)),
+            "6 of 24 angles, joint, up-sampling x4": (subset(f, 4), dict(upsampling=4))}
+    out = []
+    for name, (data, kw) in runs.items():
+        _, q = reconstruct(data, **it, **kw)
+        out.append(_row(name, data, q))
+        print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+    return out
 
 
 def subset(ds, k: int):
@@ -189,9 +253,10 @@ def subset(ds, k: int):
 def render(rows, extra, it) -> str:
     head = ("| scenario | angles | W held (um) | object error | probe error | probe FWHM error | "
             "eps_zz RMS error | tilt RMS error (urad) | s |\n|---|---|---|---|---|---|---|---|---|\n")
-    body = "".join(f"| {r['scenario']} | {r['angles']} | {r['window_w_um']:.2f} | {r['object_error']:.3f} | "
-                   f"{r['probe_error']:.3f} | {100 * r['probe_fwhm_rel_error']:.1f} % | {r['strain_rms_error']:.2e} | "
-                   f"{r['tilt_rms_error_rad'] * 1e6:.1f} | {r['seconds']:.0f} |\n" for r in rows)
+    def body(rows):
+        return "".join(f"| {r['scenario']} | {r['angles']} | {r['window_w_um']:.2f} | {r['object_error']:.3f} | "
+                       f"{r['probe_error']:.3f} | {100 * r['probe_fwhm_rel_error']:.1f} % | {r['strain_rms_error']:.2e} | "
+                       f"{r['tilt_rms_error_rad'] * 1e6:.1f} | {r['seconds']:.0f} |\n" for r in rows)
     mean, ref = extra["implanted"]
     w = extra["windings_pi"]
     claims = "".join(f"- {c}\n" for c in verdicts(rows, extra))
@@ -210,7 +275,7 @@ Errors are against the ground truth averaged over the reconstruction's voxels, i
 of view, after removing the ambiguities (global complex factor, linear phase ramp, and the object's
 translation along k_i). "W held" is the beam width the effective rocking step can hold (Eq. 2).
 
-{head}{body}
+{head}{body(rows)}
 Resolution (half period) of the joint x2 reconstruction, Fourier shell correlation (threshold 1/7)
 between reconstructions of two half-dose copies of the scan (binomial split of every count), on
 the reconstruction grid inside a soft mask of the illuminated crystal:
@@ -223,7 +288,33 @@ Phase windings around the dislocations in the mid-foil plane of the joint x2 rec
 (loop integral of the wrapped phase, in units of pi): 4 pi line: {w['4pi line']:.1f};
 partial A: {w['partial A']:.1f}; partial B: {w['partial B']:.1f}; loop around the pair: {w['pair']:.1f}.
 
-## The paper's claims, read off the table (computed by the script)
+## What the engine holds when it starts from the answer
+
+Each data set reconstructed with the same schedule, up-sampling and probe mode as the scenarios
+compared above, but started from the ground truth at the reconstruction grid's resolution and the
+true probe. The object leaves the truth within the first iterations and settles at these errors:
+the truth averaged over a voxel is not the object that explains the data best on that grid (the
+simulator works on a finer, oversampled grid), so these are the floors the reconstructions above
+are to be read against. The probe error of a held probe is that of the true probe resampled.
+
+{head}{body(extra['floors'])}
+## The two comparisons with the former approach, without noise
+
+Noiseless copies of the scans (1e4 times the count rate, no background):
+
+{head}{body(extra['noiseless'])}
+## The schedule
+
+The tables use the paper's schedule compressed to {it['iterations']} joint + {it['ml']} ML iterations. By hand (not
+re-run by this script), the full schedule (1000 + 500) on the same data gave object errors 0.184
+(joint x2), 0.268 (6 of 24, x4) and 0.154 (baseline): the joint x2 error is lowest near 50 iterations
+(0.147), creeps up through the joint phase (0.154 at 1000) and faster in the ML phase (0.174 after 100
+ML iterations; 0.168 without noise) while the data error keeps falling (0.0072 -> 0.0060). The engine
+then fits the mismatch between its model and the simulator's that the floors above measure, so longer
+is not better here; after the compressed schedule, 100 ML iterations leave the object error unchanged
+(0.158 -> 0.159).
+
+## The paper's claims, read off the tables (computed by the script)
 
 {claims}"""
 
@@ -236,6 +327,11 @@ def verdicts(rows, extra) -> list[str]:
     g2, all24, few = r["joint from a plain Gaussian probe, x2"], r["all 24 angles, baseline"], \
         r["6 of 24 angles, joint, up-sampling x4"]
     gw = r["same, with a probe warm-up (object restarted)"]
+    nl = {row["scenario"]: row for row in extra["noiseless"]}
+    fl = {row["scenario"]: row for row in extra["floors"]}
+    fl2, fl1 = fl["12 angles, joint, up-sampling x2"], fl["12 angles, true probe held, no up-sampling"]
+    fl6, fl24 = fl["6 of 24 angles, joint, up-sampling x4"], fl["24 angles, true probe held, no up-sampling"]
+    tp2, tp6 = r["reference: true probe held, up-sampling x2"], r["reference: 6 of 24 angles, true probe held, x4"]
     yes = lambda ok: "**reproduced**" if ok else "**not reproduced**"  # noqa: E731
     mean, ref = extra["implanted"]
     w = extra["windings_pi"]
@@ -248,14 +344,35 @@ def verdicts(rows, extra) -> list[str]:
         f"Angular up-sampling x2 vs none at the same 12 angles (joint): window {j2['window_w_um']:.2f} vs "
         f"{j1['window_w_um']:.2f} um, probe error (tails included) {j2['probe_error']:.3f} vs {j1['probe_error']:.3f}, "
         f"object error {j2['object_error']:.3f} vs {j1['object_error']:.3f}: "
-        f"{yes(j2['probe_error'] < j1['probe_error'] and j2['object_error'] < j1['object_error'])}.",
+        f"{yes(j2['probe_error'] < j1['probe_error'] and j2['object_error'] < j1['object_error'])}. Started from "
+        f"the answer, the joint engine stays at {fl['12 angles, joint, up-sampling x2']['object_error']:.3f} with x2 "
+        f"and drifts to {fl['12 angles, joint, no up-sampling']['object_error']:.3f} without: the data do not "
+        f"determine the probe's tails beyond the window one rocking step holds.",
         f"Joint x2 vs the former approach (fixed probe, no up-sampling): object error {j2['object_error']:.3f} vs "
         f"{b1['object_error']:.3f}, eps_zz {j2['strain_rms_error']:.2e} vs {b1['strain_rms_error']:.2e}: "
-        f"{yes(j2['object_error'] <= b1['object_error'] and j2['strain_rms_error'] <= b1['strain_rms_error'])}.",
+        f"{yes(j2['object_error'] <= b1['object_error'] and j2['strain_rms_error'] <= b1['strain_rms_error'])}. "
+        f"Why: not photon noise (without noise {nl['joint, up-sampling x2']['object_error']:.3f} vs "
+        f"{nl['baseline: fixed probe, no up-sampling']['object_error']:.3f}), and not the probe: with the true probe "
+        f"held, the object from the slab ends at {tp2['object_error']:.3f}. Started from the answer the engine holds "
+        f"{fl2['object_error']:.3f} (x2) and {fl1['object_error']:.3f} (no up-sampling), so the most up-sampling "
+        f"could gain on the object here is {100 - 100 * fl2['object_error'] / fl1['object_error']:.0f} %, and every "
+        f"12-angle run from the slab ends {100 * min(j2['object_error'], b1['object_error'], tp2['object_error']) / fl2['object_error'] - 100:.0f}-"
+        f"{100 * max(j2['object_error'], b1['object_error'], tp2['object_error']) / fl2['object_error'] - 100:.0f} % above the x2 floor, "
+        f"whatever its probe: on this small problem the object's convergence from the slab, not the probe, sets "
+        f"the object error. The strain and tilts, which the phase inside the crystal carries, are the better for "
+        f"joint x2.",
         f"6 of 24 angles with up-sampling x4 (4x less beam time) vs all 24 angles with the former approach: "
         f"object error {few['object_error']:.3f} vs {all24['object_error']:.3f}, eps_zz {few['strain_rms_error']:.2e} "
         f"vs {all24['strain_rms_error']:.2e}; comparable (within 25 %): "
-        f"{yes(few['object_error'] < 1.25 * all24['object_error'])}.",
+        f"{yes(few['object_error'] < 1.25 * all24['object_error'])}. Why: not the 4x fewer photons (without noise "
+        f"{nl['6 of 24 angles, joint, up-sampling x4']['object_error']:.3f} vs {nl['all 24 angles, baseline']['object_error']:.3f}). "
+        f"Started from the answer the engine holds {fl6['object_error']:.3f} on the 6 angles: a better solution "
+        f"exists than the one reached from the slab, which the engine does not find from there even with the true "
+        f"probe held ({tp6['object_error']:.3f}; by hand, neither did a 2x or 3x longer schedule, a probe warm-up, "
+        f"the angle curriculum, batched updates or the NA-focus probe held: 0.187-0.230). And even that solution "
+        f"is {100 * fl6['object_error'] / fl24['object_error'] - 100:.0f} % above the 24-angle floor "
+        f"({fl24['object_error']:.3f}): 6 measured planes in place of 24 carry less information about the object "
+        f"than the up-sampling makes up for on this 6 x 6 raster.",
         f"Convergence from a plain Gaussian probe: object error {gw['object_error']:.3f} (probe error "
         f"{gw['probe_error']:.3f}) with a probe warm-up of {WARMUP_SHARE:.0%} of the joint iterations, vs "
         f"{j2['object_error']:.3f} ({j2['probe_error']:.3f}) from the NA focus (within 25 %): "
