@@ -118,13 +118,21 @@ class Reconstructor:
         xp = self.backend.xp
         big = self.fft.forward(psi)
         bm = big[:, self.planes]                                  # (B, n_a, N1, N2)
-        sqrt_h = xp.sqrt(xp.maximum(xp.abs(bm) ** 2 + self.background, 1e-12))
+        sqrt_h = xp.sqrt(xp.maximum(bm.real ** 2 + bm.imag ** 2 + self.background, 1e-12))
         return big, bm, sqrt_h, self.amp[js], self._weights(js)
 
     def probe3d(self, j: int):
         """The probe of position ``j`` on its box, sub-voxel shift included, complex64 ``(N3, N1, N2)``."""
         s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
         return self.probe_op.extrude(self.probe_op.shift(self.probe2d, s1, s2))
+
+    def probe3d_with_intensity(self, j: int):
+        """``probe3d(j)`` and ``(|P|^2 on the box (float32), its max)``, the intensity taken on the
+        section before extrusion (one real gather in place of a complex pass over the box)."""
+        s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
+        section = self.probe_op.shift(self.probe2d, s1, s2)
+        i2 = section.real ** 2 + section.imag ** 2
+        return self.probe_op.extrude(section), (self.probe_op.extrude(i2), i2[self.probe_op.rows_used].max())
 
     # --- one position ------------------------------------------------------------------------
     def _fourier(self, js, psi, update_background: bool):
@@ -150,15 +158,24 @@ class Reconstructor:
         d = self.fft.adjoint(dbig)
         return (d[0] if single else d), cost, norm
 
-    def _object_step(self, probe, rho_v, support_v, d):
-        """Eqs. 5, 7, 9 on one view; returns the new view."""
+    def _object_step(self, probe, rho_v, support_v, d, intensity=None):
+        """Eqs. 5, 7, 9 on one view; returns the new view. ``intensity``: ``(|P|^2, max |P|^2)``
+        when the caller has them (:meth:`probe3d_with_intensity`). In-place passes: on a CPU the
+        step is bound by memory traffic, not arithmetic."""
         xp, c = self.backend.xp, self.config
-        p2 = xp.abs(probe) ** 2
-        pmax = p2.max()
-        outside = 1 - support_v
-        mu = c.mu * pmax
-        lam = (1 - c.beta) * p2 + c.beta * pmax + mu * outside
-        return rho_v + (xp.conj(probe) * d - mu * outside * rho_v) / lam
+        if intensity is None:
+            p2 = probe.real ** 2 + probe.imag ** 2
+            intensity = (p2, p2.max())
+        p2, pmax = intensity
+        reg = (1 - support_v) * (c.mu * pmax)                     # mu_j outside the support
+        num = d * xp.conj(probe)
+        num -= reg * rho_v
+        lam = p2 * np.float32(1 - c.beta)
+        lam += reg
+        lam += c.beta * pmax
+        num /= lam
+        num += rho_v
+        return num
 
     def _probe_increment(self, j: int, rho_v, d):
         """Eqs. 6, 8, 10 for position ``j``: the change of the (unshifted) section, before NA.
@@ -170,10 +187,10 @@ class Reconstructor:
         that crosses the crystal, a quarter for the paper's foil).
         """
         xp, c = self.backend.xp, self.config
-        r2 = xp.abs(rho_v) ** 2
+        r2 = rho_v.real ** 2 + rho_v.imag ** 2
         line = c.probe_norm == "line"
         if line:
-            r2 = self.probe_op.project(r2.astype(np.complex64)).real
+            r2 = self.probe_op.project_real(r2)
         lam = xp.maximum((1 - c.alpha) * r2 + c.alpha * r2.max(), 1e-20)
         if line:
             inc = self.probe_op.project(xp.conj(rho_v) * d) / lam
@@ -236,11 +253,11 @@ class Reconstructor:
             if self.pause_hook is not None:
                 self.pause_hook()
             v = self.layout.view(j)
-            probe = self.probe3d(j)
+            probe, intensity = self.probe3d_with_intensity(j)
             rho_v = self._obj[v]
             d, cj, nj = self._fourier(j, probe * rho_v, self.config.background_update)
             cost, norm = cost + cj, norm + nj
-            new_v = self._object_step(probe, rho_v, sup[v], d)
+            new_v = self._object_step(probe, rho_v, sup[v], d, intensity)
             if update_probe:
                 inc = self._probe_increment(j, rho_v, d)
                 self.probe2d = self.probe_op.na_constraint(self.probe2d + inc)

@@ -52,7 +52,9 @@ class ProbeOperator:
         rows = sp.csr_matrix((1.0 / counts[idx], (idx, np.arange(idx.size))),
                              shape=(self.shape2d[0], idx.size), dtype=np.complex64)
         self._gather = xp.asarray(idx.reshape(n3, n1))
+        self.rows_used = xp.asarray(counts > 0)                               # section rows on the box
         self._project = self._sparse(rows)
+        self._project_real = self._sparse(rows.real.astype(np.float32))
         self.p1_m = (np.arange(self.shape2d[0]) - self.p1_index0) * self.dp1   # (np1,)
         self.r2_m = (np.arange(n2) - n2 // 2) * dr2                              # (n2,)
         lam = geo.wavelength_m
@@ -80,6 +82,11 @@ class ProbeOperator:
         """``R``: 3D field ``(N3, N1, N2)`` -> its average along ``k_i``, a section ``(np1, N2)``."""
         n2 = p3.shape[-1]
         return self._project @ p3.reshape(-1, n2)
+
+    def project_real(self, p3):
+        """``R`` of a real field ``(N3, N1, N2)`` (float32), without a complex copy of it."""
+        n2 = p3.shape[-1]
+        return self._project_real @ p3.reshape(-1, n2)
 
     # --- constraints and shifts ------------------------------------------------------------
     def na_constraint(self, p2):
