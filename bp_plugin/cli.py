@@ -251,7 +251,7 @@ def cmd_reconstructor(a: argparse.Namespace) -> int:
     return run_reconstructor(a.listen, a.workdir, tiled_url=a.tiled_url, api_key=a.api_key, device=a.device,
                              max_runs=a.max_runs, final_iterations=a.iterations, ml_iterations=a.ml_iterations,
                              publish_interval_s=a.publish_interval, checkpoint_interval_s=a.checkpoint_interval,
-                             quiet=a.quiet)
+                             catch_up_per_angle=a.catch_up_per_angle, quiet=a.quiet)
 
 
 def cmd_stream(a: argparse.Namespace) -> int:
@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     pc.add_argument("--iterations", type=int, default=60, help="joint iterations of the final schedule")
     pc.add_argument("--ml-iterations", type=int, default=20, help="ML iterations of the final schedule")
+    pc.add_argument("--catch-up-per-angle", type=int, default=5, metavar="N",
+                    help="when the live phase ran fewer than N iterations per angle (frames came faster than it "
+                         "iterated), start the final phase with the angle curriculum at N per angle (0: never)")
     pc.add_argument("--publish-interval", type=float, default=1.0, help="seconds between publications")
     pc.add_argument("--checkpoint-interval", type=float, default=10.0,
                     help="seconds between checkpoints of a run (what a restarted service continues from)")

@@ -24,7 +24,7 @@ def status_line(st: dict) -> str:
 
 def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, device="auto", max_runs=None,
                       final_iterations=60, ml_iterations=20, publish_interval_s=1.0, checkpoint_interval_s=10.0,
-                      quiet=False) -> int:
+                      catch_up_per_angle=5, quiet=False) -> int:
     """``bp-plugin reconstructor``: serve until Ctrl-C / SIGTERM (or ``max_runs`` runs)."""
     from .live import LiveOptions
     from .service import ReconstructorService, ServiceOptions
@@ -43,7 +43,8 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
                           max_runs=max_runs, live=LiveOptions(final_iterations=final_iterations,
                                                               ml_iterations=ml_iterations,
                                                               publish_interval_s=publish_interval_s,
-                                                              checkpoint_interval_s=checkpoint_interval_s))
+                                                              checkpoint_interval_s=checkpoint_interval_s,
+                                                              catch_up_per_angle=catch_up_per_angle))
     svc = ReconstructorService(opts, progress=progress)
 
     def stop(signum, frame):
