@@ -152,6 +152,7 @@ def ingest(preset: str, runs: int, tmp: Path, iterations: int, ml: int) -> dict:
             "latency_live_map_s": t_live[0] - t_last_sent[0] if t_live else None,
             "latency_final_published_s": mds[0]["status"]["updated"] - t_last_sent[0],
             "final_iterations": iterations, "ml_iterations": ml, "object_error": m.get("object_error"),
+            "catch_up_iterations": m.get("curriculum_iterations"),
             "strain_rms_error": m.get("strain_rms_error")}
 
 
@@ -177,6 +178,7 @@ def main() -> None:
             ("  frames sent / placed / lost", f"{r['frames_sent']}/{r['frames_placed']}/{r['lost']}"),
             ("latency last frame -> live map in Tiled, s", f"{r['latency_live_map_s']:.2f}"),
             ("latency last frame -> final result published, s", f"{r['latency_final_published_s']:.1f}"),
+            ("catch-up curriculum iterations (last run)", f"{r.get('catch_up_iterations')}"),
             ("final object error / eps_zz RMS error", f"{r['object_error']:.3f} / {r['strain_rms_error']:.1e}")]
     for k, v in rows:
         print(f"{k:<50}{v:>14}")

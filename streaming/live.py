@@ -52,9 +52,10 @@ class LiveOptions:
             60 + 20 final: object error 0.55 instead of 0.67) but throws away the work of a long
             one, which the final schedule of 60 + 20 iterations alone does not redo.
         catch_up_per_angle: when the live phase ran fewer than this many iterations per measured
-            angle, the final phase starts with the angle curriculum at this many iterations per
-            angle (0: never). The schedule alone after a short live phase left ``small`` at object
-            error 0.55-0.7; offline, the curriculum brings it to 0.14 (bp_plugin/recon/curriculum.py).
+            angle, the final phase starts with the angle curriculum for the missing iterations per
+            angle (0: never). After a flood of ``small`` the schedule alone ended at object error
+            0.55-0.7, with the catch-up at 0.144; it costs up to ``catch_up_per_angle`` iterations per
+            angle on growing data (about 100 s on ``small``, 2 CPU cores).
     """
 
     final_iterations: int = 60
@@ -67,6 +68,11 @@ class LiveOptions:
     figures: bool = True
     restart_object: bool = False
     catch_up_per_angle: int = 5
+
+    def __post_init__(self) -> None:
+        if self.catch_up_per_angle < 0:
+            raise ValueError(f"catch_up_per_angle must be >= 0 iterations per angle (0: never), "
+                             f"got {self.catch_up_per_angle}")
 
 
 def full_illumination(rec: Reconstructor) -> np.ndarray:
@@ -154,11 +160,12 @@ class LiveReconstruction:
         rec.history = []
         if self.opts.restart_object:
             rec.restart_object()
-        per = self.opts.catch_up_per_angle
+        n_angles = int(rec.measured.any(axis=1).sum())
         live_its = sum(1 for h in self._live_history if h.get("stage") == "live")
-        if per and live_its < per * int(rec.measured.any(axis=1).sum()):
+        per = self.opts.catch_up_per_angle - live_its // max(n_angles, 1)     # what the live phase missed
+        if per > 0:
             self.stage = "catch-up"
-            angle_curriculum(rec, per, callback)
+            angle_curriculum(rec, per, callback, probe_after_fraction=self.opts.probe_after_fraction)
             self.stage = "final-schedule"
         rec.run(callback)
         for h in rec.history:
@@ -171,11 +178,12 @@ class LiveReconstruction:
     # --- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self) -> None:
         """Engine state and the spool flushed to disk (atomic rename: a kill never leaves half a file)."""
-        st = self.rec.state()
+        st, h = self.rec.state(), self.history()
         tmp = self.asm.folder / "checkpoint.tmp.npz"
         np.savez(tmp, object=st["object"], probe2d=st["probe2d"], background=st["background"],
                  support=st["support"], iteration=st["iteration"],
-                 history_error=np.array([h["error"] for h in st["history"]], np.float64))
+                 history_error=np.array([e["error"] for e in h], np.float64),
+                 history_stage=np.array([e.get("stage", "joint") for e in h], str))
         self.asm.flush()
         tmp.replace(self.asm.folder / "checkpoint.npz")
 
@@ -183,8 +191,9 @@ class LiveReconstruction:
         with np.load(path) as z:
             st = {k: z[k] for k in ("object", "probe2d", "background", "support")}
             st["iteration"] = int(z["iteration"])
-            st["history"] = [{"iteration": i, "error": float(e), "seconds": 0.0, "stage": "live"}
-                             for i, e in enumerate(z["history_error"])]
+            stages = z["history_stage"] if "history_stage" in z.files else ["live"] * len(z["history_error"])
+            st["history"] = [{"iteration": i, "error": float(e), "seconds": 0.0, "stage": str(g)}
+                             for i, (e, g) in enumerate(zip(z["history_error"], stages))]
         self.rec.load_state(st)
         self._scaled = True
         log.info("run %s: resumed from checkpoint at iteration %d", self.asm.uid[:8], st["iteration"])

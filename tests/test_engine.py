@@ -131,6 +131,37 @@ def test_one_update_decreases_the_cost_of_its_position(tiny_scan):
     assert after_probe < before
 
 
+def test_fast_paths_equal_the_plain_formulas(tiny_scan):
+    """The hot path's shortcuts (probe intensity taken on the section, real projection, in-place
+    object step) give what the plain formulas give, and leave their inputs untouched."""
+    ds, _ = tiny_scan
+    rec = make_rec(ds)
+    for _ in range(2):
+        rec.step()
+    j = 7
+    v = rec.layout.view(j)
+    probe, (p2, pmax) = rec.probe3d_with_intensity(j)
+    np.testing.assert_array_equal(probe, rec.probe3d(j))
+    np.testing.assert_allclose(p2, np.abs(probe) ** 2, rtol=1e-5, atol=1e-6 * float(pmax))
+    assert p2.dtype == np.float32 and float(pmax) == pytest.approx(float((np.abs(probe) ** 2).max()), rel=1e-5)
+    rho = np.array(rec.object[v])
+    r2 = np.abs(rho) ** 2
+    np.testing.assert_allclose(rec.probe_op.project_real(r2.astype(np.float32)),
+                               rec.probe_op.project(r2.astype(np.complex64)).real, rtol=1e-5, atol=1e-7 * r2.max())
+    d, _, _ = rec._fourier(j, probe * rho, False)
+    sup = rec.support.astype(np.float32)[v]
+    keep = [a.copy() for a in (probe, rho, d, sup)]
+    fast = rec._object_step(probe, rho, sup, d, (p2, pmax))
+    c = rec.config
+    q2 = np.abs(probe) ** 2
+    mu = c.mu * q2.max()
+    plain = rho + (np.conj(probe) * d - mu * (1 - sup) * rho) / ((1 - c.beta) * q2 + c.beta * q2.max() + mu * (1 - sup))
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-6 * np.abs(plain).max())
+    assert fast.dtype == np.complex64
+    for a, b in zip(keep, (probe, rho, d, sup)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_joint_reconstruction_of_a_noisy_tiny_scan_meets_ground_truth(tiny_scan):
     ds, _ = tiny_scan
     rec = make_rec(ds)
