@@ -52,7 +52,8 @@ class ProbeOperator:
         rows = sp.csr_matrix((1.0 / counts[idx], (idx, np.arange(idx.size))),
                              shape=(self.shape2d[0], idx.size), dtype=np.complex64)
         self._gather = xp.asarray(idx.reshape(n3, n1))
-        self.rows_used = xp.asarray(counts > 0)                               # section rows on the box
+        # section rows present on the box, as indices (a boolean mask costs CuPy a sync per use)
+        self.rows_used = xp.asarray(np.flatnonzero(counts > 0))
         self._project = self._sparse(rows)
         self._project_real = self._sparse(rows.real.astype(np.float32))
         self.p1_m = (np.arange(self.shape2d[0]) - self.p1_index0) * self.dp1   # (np1,)
