@@ -304,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="learn the probe for N joint iterations first, then restart the object with it "
                          "(for a poor initial probe; docs/validation.md)")
     pr.add_argument("--angle-curriculum", type=int, default=None, metavar="N",
-                    help="add the rocking angles one by one, N iterations each, before the schedule "
-                         "(scans with many angles and up-sampling converge much better: bp_plugin/recon/curriculum.py)")
+                    help="add the rocking angles one by one, N iterations each, before the schedule (default: 5 "
+                         "for scans of 8 or more angles, none for fewer or when resuming; 0: none; "
+                         "bp_plugin/recon/run.py says what was measured)")
     pr.add_argument("--mode", default="sequential", choices=["sequential", "batched"])
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     pr.add_argument("--resume", action="store_true", help="continue from the state in --out")

@@ -258,7 +258,7 @@ def test_resume_repeats_an_uninterrupted_run(tiny_scan):
 
 
 def test_cli_reconstruct_writes_result_metrics_and_figures(tiny_scan, tmp_path):
-    _, path = tiny_scan
+    ds, path = tiny_scan
     tmp_path = tmp_path / "new" / "folder"                   # created by the command
     out = tmp_path / "result.h5"
     opts = ReconstructOptions(iterations=10, ml_iterations=2, progress=False)
@@ -267,10 +267,24 @@ def test_cli_reconstruct_writes_result_metrics_and_figures(tiny_scan, tmp_path):
     for key in ("object_error", "probe_error", "strain_rms_error", "tilt_rms_error_rad", "iterations", "seconds"):
         assert key in saved
     assert saved["iterations"] == 12 == m["iterations"]
+    assert saved["curriculum_iterations"] == 5 * ds.geometry.n_angles     # the default for 12 angles
     for png in ("result_maps.png", "result_probe.png", "result_truth_maps.png"):
         assert (tmp_path / png).stat().st_size > 20_000
     m2 = reconstruct_file(path, out, ReconstructOptions(ml_iterations=4, resume=True, progress=False, figures=False))
     assert m2["iterations"] == 14
+    with pytest.raises(ValueError, match="resumed run continues"):
+        reconstruct_file(path, out, ReconstructOptions(resume=True, angle_curriculum=3, progress=False))
+
+
+def test_default_angle_curriculum_by_number_of_angles():
+    from bp_plugin.recon.run import curriculum_per_angle
+
+    assert curriculum_per_angle(None, 16, False) == 5 and curriculum_per_angle(None, 8, False) == 5
+    assert curriculum_per_angle(None, 6, False) == 0           # few angles: it doubled the strain error
+    assert curriculum_per_angle(None, 16, True) == 0           # a resumed run continues its schedule
+    assert curriculum_per_angle(0, 16, False) == 0 and curriculum_per_angle(3, 6, False) == 3
+    with pytest.raises(ValueError, match=">= 0"):
+        curriculum_per_angle(-1, 16, False)
 
 
 def test_fourier_shell_correlation_and_half_dose_split():
