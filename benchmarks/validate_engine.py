@@ -211,10 +211,10 @@ FLOORS = {  # scenario -> (data set, up-sampling, probe refined)
 
 
 def floors(ds, ds_fine, it) -> list[dict]:
-    """What the engine holds when it starts from the answer (the ground truth at the grid's
+    """What the engine ends at when it starts from the answer (the ground truth at the grid's
     resolution and the true probe), per data set, up-sampling and probe mode of the compared
-    scenarios: the object error no reconstruction of that data in that mode can be expected to
-    beat (the truth averaged over a voxel is not the object that explains the data best there)."""
+    scenarios. Not a lower bound (a start from the truth finds the solution nearest to it), but
+    the error of a solution the engine accepts, to read the runs from the slab against."""
     data = {"coarse": ds, "fine": ds_fine, "few": subset(ds_fine, 4)}
     out = []
     for name, (key, up, joint) in FLOORS.items():
@@ -259,6 +259,7 @@ def render(rows, extra, it) -> str:
                        f"{r['tilt_rms_error_rad'] * 1e6:.1f} | {r['seconds']:.0f} |\n" for r in rows)
     mean, ref = extra["implanted"]
     w = extra["windings_pi"]
+    r_j1 = next(r["object_error"] for r in rows if r["scenario"] == "joint, no up-sampling")
     claims = "".join(f"- {c}\n" for c in verdicts(rows, extra))
     return f"""# Validation of the engine on simulated data
 
@@ -292,10 +293,12 @@ partial A: {w['partial A']:.1f}; partial B: {w['partial B']:.1f}; loop around th
 
 Each data set reconstructed with the same schedule, up-sampling and probe mode as the scenarios
 compared above, but started from the ground truth at the reconstruction grid's resolution and the
-true probe. The object leaves the truth within the first iterations and settles at these errors:
-the truth averaged over a voxel is not the object that explains the data best on that grid (the
-simulator works on a finer, oversampled grid), so these are the floors the reconstructions above
-are to be read against. The probe error of a held probe is that of the true probe resampled.
+true probe (object error 0 at the start; a held probe's error is 0 by construction). The engine moves
+away from the truth to these errors: the truth averaged over a voxel is not the object that explains
+the data best on that grid (the simulator works on a finer, oversampled grid). They are not lower
+bounds (a start from the truth finds the solution nearest to it: joint without up-sampling ends
+lower from the slab, {r_j1:.3f}, than from the truth), but solutions the engine accepts, to read the
+runs from the slab against.
 
 {head}{body(extra['floors'])}
 ## The two comparisons with the former approach, without noise
@@ -306,11 +309,11 @@ Noiseless copies of the scans (1e4 times the count rate, no background):
 ## The schedule
 
 The tables use the paper's schedule compressed to {it['iterations']} joint + {it['ml']} ML iterations. By hand (not
-re-run by this script), the full schedule (1000 + 500) on the same data gave object errors 0.184
+re-run by this script; the comparison was made at 100 + 30), the full schedule (1000 + 500) on the same data gave object errors 0.184
 (joint x2), 0.268 (6 of 24, x4) and 0.154 (baseline): the joint x2 error is lowest near 50 iterations
 (0.147), creeps up through the joint phase (0.154 at 1000) and faster in the ML phase (0.174 after 100
 ML iterations; 0.168 without noise) while the data error keeps falling (0.0072 -> 0.0060). The engine
-then fits the mismatch between its model and the simulator's that the floors above measure, so longer
+then fits the mismatch between its model and the simulator's that the runs from the answer show, so longer
 is not better here; after the compressed schedule, 100 ML iterations leave the object error unchanged
 (0.158 -> 0.159).
 
@@ -345,34 +348,43 @@ def verdicts(rows, extra) -> list[str]:
         f"{j1['window_w_um']:.2f} um, probe error (tails included) {j2['probe_error']:.3f} vs {j1['probe_error']:.3f}, "
         f"object error {j2['object_error']:.3f} vs {j1['object_error']:.3f}: "
         f"{yes(j2['probe_error'] < j1['probe_error'] and j2['object_error'] < j1['object_error'])}. Started from "
-        f"the answer, the joint engine stays at {fl['12 angles, joint, up-sampling x2']['object_error']:.3f} with x2 "
-        f"and drifts to {fl['12 angles, joint, no up-sampling']['object_error']:.3f} without: the data do not "
-        f"determine the probe's tails beyond the window one rocking step holds.",
+        f"the answer, the joint engine ends at {fl['12 angles, joint, up-sampling x2']['object_error']:.3f} with x2 "
+        f"and at {fl['12 angles, joint, no up-sampling']['object_error']:.3f} without (probe error "
+        f"{fl['12 angles, joint, up-sampling x2']['probe_error']:.3f} vs "
+        f"{fl['12 angles, joint, no up-sampling']['probe_error']:.3f}): without up-sampling even the true probe "
+        f"drifts, its tails beyond the window one rocking step holds are not determined by the data.",
         f"Joint x2 vs the former approach (fixed probe, no up-sampling): object error {j2['object_error']:.3f} vs "
         f"{b1['object_error']:.3f}, eps_zz {j2['strain_rms_error']:.2e} vs {b1['strain_rms_error']:.2e}: "
         f"{yes(j2['object_error'] <= b1['object_error'] and j2['strain_rms_error'] <= b1['strain_rms_error'])}. "
-        f"Why: not photon noise (without noise {nl['joint, up-sampling x2']['object_error']:.3f} vs "
-        f"{nl['baseline: fixed probe, no up-sampling']['object_error']:.3f}), and not the probe: with the true probe "
-        f"held, the object from the slab ends at {tp2['object_error']:.3f}. Started from the answer the engine holds "
-        f"{fl2['object_error']:.3f} (x2) and {fl1['object_error']:.3f} (no up-sampling), so the most up-sampling "
-        f"could gain on the object here is {100 - 100 * fl2['object_error'] / fl1['object_error']:.0f} %, and every "
-        f"12-angle run from the slab ends {100 * min(j2['object_error'], b1['object_error'], tp2['object_error']) / fl2['object_error'] - 100:.0f}-"
-        f"{100 * max(j2['object_error'], b1['object_error'], tp2['object_error']) / fl2['object_error'] - 100:.0f} % above the x2 floor, "
-        f"whatever its probe: on this small problem the object's convergence from the slab, not the probe, sets "
-        f"the object error. The strain and tilts, which the phase inside the crystal carries, are the better for "
-        f"joint x2.",
+        f"Without noise {nl['joint, up-sampling x2']['object_error']:.3f} vs "
+        f"{nl['baseline: fixed probe, no up-sampling']['object_error']:.3f}; with the true probe held (x2) the "
+        f"object from the slab ends at {tp2['object_error']:.3f}. From the answer the engine ends at "
+        f"{fl2['object_error']:.3f} (joint x2) and {fl1['object_error']:.3f} (x1, true probe held); the three "
+        f"runs compared here end {100 * min(j2['object_error'], b1['object_error'], tp2['object_error']) / fl2['object_error'] - 100:.0f}-"
+        f"{100 * max(j2['object_error'], b1['object_error'], tp2['object_error']) / fl2['object_error'] - 100:.0f} % above "
+        f"{fl2['object_error']:.3f}"
+        + (", whatever their probe: on this small problem the object's convergence from the slab, not the "
+           "probe or the photon count, sets the object error" if max(j2['object_error'], b1['object_error'],
+                                                                       tp2['object_error']) < 1.1 * min(
+            j2['object_error'], b1['object_error'], tp2['object_error']) else "")
+        + (f". Strain and tilts are the better for joint x2 ({j2['tilt_rms_error_rad'] * 1e6:.1f} vs "
+           f"{b1['tilt_rms_error_rad'] * 1e6:.1f} urad)." if j2['strain_rms_error'] < b1['strain_rms_error']
+           and j2['tilt_rms_error_rad'] < b1['tilt_rms_error_rad'] else "."),
         f"6 of 24 angles with up-sampling x4 (4x less beam time) vs all 24 angles with the former approach: "
         f"object error {few['object_error']:.3f} vs {all24['object_error']:.3f}, eps_zz {few['strain_rms_error']:.2e} "
         f"vs {all24['strain_rms_error']:.2e}; comparable (within 25 %): "
-        f"{yes(few['object_error'] < 1.25 * all24['object_error'])}. Why: not the 4x fewer photons (without noise "
-        f"{nl['6 of 24 angles, joint, up-sampling x4']['object_error']:.3f} vs {nl['all 24 angles, baseline']['object_error']:.3f}). "
-        f"Started from the answer the engine holds {fl6['object_error']:.3f} on the 6 angles: a better solution "
-        f"exists than the one reached from the slab, which the engine does not find from there even with the true "
-        f"probe held ({tp6['object_error']:.3f}; by hand, neither did a 2x or 3x longer schedule, a probe warm-up, "
-        f"the angle curriculum, batched updates or the NA-focus probe held: 0.187-0.230). And even that solution "
-        f"is {100 * fl6['object_error'] / fl24['object_error'] - 100:.0f} % above the 24-angle floor "
-        f"({fl24['object_error']:.3f}): 6 measured planes in place of 24 carry less information about the object "
-        f"than the up-sampling makes up for on this 6 x 6 raster.",
+        f"{yes(few['object_error'] < 1.25 * all24['object_error'])}. Without noise (4x fewer photons no longer "
+        f"count) {nl['6 of 24 angles, joint, up-sampling x4']['object_error']:.3f} vs "
+        f"{nl['all 24 angles, baseline']['object_error']:.3f}. From the answer the engine ends at "
+        f"{fl6['object_error']:.3f} on the 6 angles (joint x4) and {fl24['object_error']:.3f} on the 24 (true "
+        f"probe held); from the slab with the true probe held the 6 angles end at {tp6['object_error']:.3f}"
+        + (": a better solution exists than the one the engine reaches from the slab (by hand, neither did a "
+           "2x or 3x longer schedule, a probe warm-up, the angle curriculum, batched updates or the NA-focus "
+           "probe held reach it: 0.187-0.230)" if fl6['object_error'] < min(few['object_error'], tp6['object_error'])
+           else "")
+        + (f", and that solution is itself {100 * fl6['object_error'] / fl24['object_error'] - 100:.0f} % above "
+           f"the 24-angle one: 6 measured planes in place of 24 carry less information about the object than the "
+           f"up-sampling makes up for on this 6 x 6 raster." if fl6['object_error'] > fl24['object_error'] else "."),
         f"Convergence from a plain Gaussian probe: object error {gw['object_error']:.3f} (probe error "
         f"{gw['probe_error']:.3f}) with a probe warm-up of {WARMUP_SHARE:.0%} of the joint iterations, vs "
         f"{j2['object_error']:.3f} ({j2['probe_error']:.3f}) from the NA focus (within 25 %): "
