@@ -377,9 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     pc.add_argument("--iterations", type=int, default=60, help="joint iterations of the final schedule")
     pc.add_argument("--ml-iterations", type=int, default=20, help="ML iterations of the final schedule")
-    pc.add_argument("--catch-up-per-angle", type=int, default=5, metavar="N",
+    pc.add_argument("--catch-up-per-angle", type=int, default=6, metavar="N",
                     help="when the live phase ran fewer than N iterations per angle (frames came faster than it "
-                         "iterated), start the final phase with the angle curriculum at N per angle (0: never)")
+                         "iterated), restart the object and run the angle curriculum at N per angle before the "
+                         "final schedule (0: never)")
     pc.add_argument("--publish-interval", type=float, default=1.0, help="seconds between publications")
     pc.add_argument("--checkpoint-interval", type=float, default=10.0,
                     help="seconds between checkpoints of a run (what a restarted service continues from)")

@@ -24,7 +24,7 @@ def status_line(st: dict) -> str:
 
 def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, device="auto", max_runs=None,
                       final_iterations=60, ml_iterations=20, publish_interval_s=1.0, checkpoint_interval_s=10.0,
-                      catch_up_per_angle=5, quiet=False) -> int:
+                      catch_up_per_angle=6, quiet=False) -> int:
     """``bp-plugin reconstructor``: serve until Ctrl-C / SIGTERM (or ``max_runs`` runs)."""
     from .live import LiveOptions
     from .service import ReconstructorService, ServiceOptions

@@ -7,10 +7,11 @@ iteration over the positions measured so far. The support stays at the first sla
 and the probe is held until half of the frames are in, so early, partial data cannot drag it away.
 
 Final phase (after the stop message, with frames the stream missed recovered from files): when the
-frames came faster than the live phase iterated (a replay, a flood, a fast detector), a catch-up
-angle curriculum first does what the live phase did not (:mod:`bp_plugin.recon.curriculum`); then the
-full schedule of :class:`~bp_plugin.recon.config.ReconConfig` compressed to ``final_iterations``,
-started from that state (slab steps, shrink-wrap, ML), then the result file, metrics and figures.
+frames came faster than the live phase iterated (a replay, a flood, a fast detector), the catch-up
+starts over and runs the angle curriculum the live phase could not (:mod:`bp_plugin.recon.curriculum`);
+then the full schedule of :class:`~bp_plugin.recon.config.ReconConfig` compressed to
+``final_iterations``, started from that state (slab steps, shrink-wrap, ML), then the result file,
+metrics and figures.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from bp_plugin.backend import Backend
 from bp_plugin.recon.config import ReconConfig
 from bp_plugin.recon.curriculum import angle_curriculum
 from bp_plugin.recon.engine import Reconstructor
+from bp_plugin.recon.probe_ops import na_focus
 from bp_plugin.recon.results import default_lab_grid, lab_maps
 
 from .assembly import RunAssembly
@@ -51,11 +53,16 @@ class LiveOptions:
             Off by default: it helps after a short live phase (small preset, 10 live iterations,
             60 + 20 final: object error 0.55 instead of 0.67) but throws away the work of a long
             one, which the final schedule of 60 + 20 iterations alone does not redo.
-        catch_up_per_angle: when the live phase ran fewer than this many iterations per measured
-            angle, the final phase starts with the angle curriculum for the missing iterations per
-            angle (0: never). After a flood of ``small`` the schedule alone ended at object error
-            0.55-0.7, with the catch-up at 0.144; it costs up to ``catch_up_per_angle`` iterations per
-            angle on growing data (about 100 s on ``small``, 2 CPU cores).
+        catch_up_per_angle: when the live phase ran fewer than this many iterations per angle
+            (median over the angles of the iterations run while each was the newest), the final
+            phase starts over (object, background and probe) and runs the angle curriculum at
+            this many iterations per angle first (0: never). Emulated streamed ``small`` scans
+            (frames angle by angle, then 60 + 20): 7 live iterations per angle end at object
+            error 0.145, 4 at 0.888; after a flood the schedule alone ended at 0.55-0.7.
+            The catch-up starts over as the offline path does (slab, flat background, the NA
+            focus): 0.140 after the 4-per-angle run; restarted with its live probe, 0.87.
+            It costs ``catch_up_per_angle`` iterations per angle on growing data (about 100 s on
+            ``small``, 2 CPU cores).
     """
 
     final_iterations: int = 60
@@ -67,7 +74,7 @@ class LiveOptions:
     mode: str = "sequential"
     figures: bool = True
     restart_object: bool = False
-    catch_up_per_angle: int = 5
+    catch_up_per_angle: int = 6
 
     def __post_init__(self) -> None:
         if self.catch_up_per_angle < 0:
@@ -146,8 +153,17 @@ class LiveReconstruction:
         frac = rec.measured.mean()
         rec.config.probe_update = frac >= self.opts.probe_after_fraction
         err = rec.step()
-        rec.history[-1]["stage"] = "live"
+        rec.history[-1].update(stage="live", angles_seen=int(rec.measured.any(axis=1).sum()))
         return err
+
+    def live_iterations_per_angle(self, history: list[dict]) -> float:
+        """Median over the angles of the live iterations run while each was the newest one in (an
+        angle-outer scan's own curriculum; a flood gives 0 for all but the last angle)."""
+        n = int(self.rec.measured.any(axis=1).sum())
+        if n == 0:
+            return 0.0
+        seen = [h.get("angles_seen", 0) for h in history if h.get("stage") == "live"]
+        return float(np.median(np.bincount(np.clip(seen, 0, n), minlength=n + 1)[1:]))
 
     # --- final phase ------------------------------------------------------------------------------
     def run_final(self, callback=None) -> None:
@@ -158,12 +174,15 @@ class LiveReconstruction:
         self._live_history = list(rec.history)
         rec.iteration = 0
         rec.history = []
-        if self.opts.restart_object:
+        per = self.opts.catch_up_per_angle
+        catch_up = per > 0 and self.live_iterations_per_angle(self._live_history) < per
+        if self.opts.restart_object or catch_up:
             rec.restart_object()
-        n_angles = int(rec.measured.any(axis=1).sum())
-        live_its = sum(1 for h in self._live_history if h.get("stage") == "live")
-        per = self.opts.catch_up_per_angle - live_its // max(n_angles, 1)     # what the live phase missed
-        if per > 0:
+        if catch_up:
+            # the offline start as well: a probe learned from too few iterations per angle led the
+            # restarted object to a wrong minimum (emulated small, 4 per angle: object error 0.87)
+            rec.probe2d = rec.backend.xp.asarray(na_focus(rec.probe_op))
+            rec.scale_probe_to_data()
             self.stage = "catch-up"
             angle_curriculum(rec, per, callback, probe_after_fraction=self.opts.probe_after_fraction)
             self.stage = "final-schedule"
@@ -183,7 +202,8 @@ class LiveReconstruction:
         np.savez(tmp, object=st["object"], probe2d=st["probe2d"], background=st["background"],
                  support=st["support"], iteration=st["iteration"],
                  history_error=np.array([e["error"] for e in h], np.float64),
-                 history_stage=np.array([e.get("stage", "joint") for e in h], str))
+                 history_stage=np.array([e.get("stage", "joint") for e in h], str),
+                 history_angles=np.array([e.get("angles_seen", 0) for e in h], np.int32))
         self.asm.flush()
         tmp.replace(self.asm.folder / "checkpoint.npz")
 
@@ -191,9 +211,11 @@ class LiveReconstruction:
         with np.load(path) as z:
             st = {k: z[k] for k in ("object", "probe2d", "background", "support")}
             st["iteration"] = int(z["iteration"])
-            stages = z["history_stage"] if "history_stage" in z.files else ["live"] * len(z["history_error"])
-            st["history"] = [{"iteration": i, "error": float(e), "seconds": 0.0, "stage": str(g)}
-                             for i, (e, g) in enumerate(zip(z["history_error"], stages))]
+            n = len(z["history_error"])
+            stages = z["history_stage"] if "history_stage" in z.files else ["live"] * n
+            angles = z["history_angles"] if "history_angles" in z.files else [0] * n
+            st["history"] = [{"iteration": i, "error": float(e), "seconds": 0.0, "stage": str(g), "angles_seen": int(k)}
+                             for i, (e, g, k) in enumerate(zip(z["history_error"], stages, angles))]
         self.rec.load_state(st)
         self._scaled = True
         log.info("run %s: resumed from checkpoint at iteration %d", self.asm.uid[:8], st["iteration"])
