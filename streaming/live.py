@@ -162,8 +162,8 @@ class LiveReconstruction:
         n = int(self.rec.measured.any(axis=1).sum())
         if n == 0:
             return 0.0
-        seen = [h.get("angles_seen", 0) for h in history if h.get("stage") == "live"]
-        return float(np.median(np.bincount(np.clip(seen, 0, n), minlength=n + 1)[1:]))
+        seen = np.array([h.get("angles_seen", 0) for h in history if h.get("stage") == "live"], np.int64)
+        return float(np.median(np.bincount(np.clip(seen, 0, n), minlength=n + 1)[1:]))    # none run: 0
 
     # --- final phase ------------------------------------------------------------------------------
     def run_final(self, callback=None) -> None:

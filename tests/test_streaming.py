@@ -339,6 +339,7 @@ def test_final_phase_catches_up_with_the_angle_curriculum_after_a_flood(tiny_fil
     n_angles = ds.measured.shape[0]
     caught = _flooded_run(ds, tmp_path / "on", LiveOptions(figures=False), 2)
     assert caught.live_iterations_per_angle(caught.rec.history) == 0      # all but the last angle: none
+    assert caught.live_iterations_per_angle([]) == 0    # the stop came before any live iteration (a backlog)
     caught.run_final()
     stages = [h.get("stage") for h in caught.rec.history]
     assert stages.count("live") == 2 and stages.count("curriculum") == 6 * n_angles, stages
