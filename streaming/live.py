@@ -26,7 +26,6 @@ from bp_plugin.backend import Backend
 from bp_plugin.recon.config import ReconConfig
 from bp_plugin.recon.curriculum import angle_curriculum
 from bp_plugin.recon.engine import Reconstructor
-from bp_plugin.recon.probe_ops import na_focus
 from bp_plugin.recon.results import default_lab_grid, lab_maps
 
 from .assembly import RunAssembly
@@ -181,8 +180,7 @@ class LiveReconstruction:
         if catch_up:
             # the offline start as well: a probe learned from too few iterations per angle led the
             # restarted object to a wrong minimum (emulated small, 4 per angle: object error 0.87)
-            rec.probe2d = rec.backend.xp.asarray(na_focus(rec.probe_op))
-            rec.scale_probe_to_data()
+            rec.restart_probe()
             self.stage = "catch-up"
             angle_curriculum(rec, per, callback, probe_after_fraction=self.opts.probe_after_fraction)
             self.stage = "final-schedule"

@@ -352,7 +352,7 @@ def test_final_phase_catches_up_with_the_angle_curriculum_after_a_flood(tiny_fil
     assert q["object_error"] < OBJ and q["strain_rms_error"] < STRAIN and q["tilt_rms_error_rad"] < TILT, q
     assert q["object_error"] <= q0["object_error"], (q["object_error"], q0["object_error"])
     # a live phase that kept up (6 iterations after each angle came in) goes straight to the schedule;
-    # one that ran 60 iterations on every frame at once did not (each angle never had its turn)
+    # one that ran as many (72) on every frame at once did not (each angle never had its turn)
     short = LiveOptions(figures=False, final_iterations=2, ml_iterations=0)
     kept_up = _flooded_run(ds, tmp_path / "kept", short, 0, per_angle=6)
     assert kept_up.live_iterations_per_angle(kept_up.rec.history) == 6

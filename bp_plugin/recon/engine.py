@@ -74,10 +74,11 @@ class Reconstructor:
         self.background = xp.full((n_a,) + tuple(geometry.crop), self.config.background_init, np.float32)
         self.support = xp.asarray(self._slab(0))
         self._obj = self.support.astype(np.complex64) * self._mod
-        self.probe2d = xp.asarray(na_focus(self.probe_op) if probe2d is None else np.asarray(probe2d, np.complex64))
-        if self.probe2d.shape != self.probe_op.shape2d:
-            raise ValueError(f"probe2d must have the section shape {self.probe_op.shape2d}, got {self.probe2d.shape}")
-        self.scale_probe_to_data()
+        self._initial_probe2d = na_focus(self.probe_op) if probe2d is None else np.asarray(probe2d, np.complex64)
+        if self._initial_probe2d.shape != self.probe_op.shape2d:
+            raise ValueError(f"probe2d must have the section shape {self.probe_op.shape2d}, "
+                             f"got {self._initial_probe2d.shape}")
+        self.restart_probe()
         self.iteration = 0
         self.history: list[dict] = []
         # called between positions (and batches, and ML gradient terms): a host that must stay
@@ -121,16 +122,19 @@ class Reconstructor:
         sqrt_h = xp.sqrt(xp.maximum(bm.real ** 2 + bm.imag ** 2 + self.background, 1e-12))
         return big, bm, sqrt_h, self.amp[js], self._weights(js)
 
+    def _section_at(self, j: int):
+        """The probe section shifted by position ``j``'s sub-voxel remainder."""
+        s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
+        return self.probe_op.shift(self.probe2d, s1, s2)
+
     def probe3d(self, j: int):
         """The probe of position ``j`` on its box, sub-voxel shift included, complex64 ``(N3, N1, N2)``."""
-        s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
-        return self.probe_op.extrude(self.probe_op.shift(self.probe2d, s1, s2))
+        return self.probe_op.extrude(self._section_at(j))
 
     def probe3d_with_intensity(self, j: int):
         """``probe3d(j)`` and ``(|P|^2 on the box (float32), its max)``, the intensity taken on the
         section before extrusion (one real gather in place of a complex pass over the box)."""
-        s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
-        section = self.probe_op.shift(self.probe2d, s1, s2)
+        section = self._section_at(j)
         i2 = section.real ** 2 + section.imag ** 2
         return self.probe_op.extrude(section), (self.probe_op.extrude(i2), i2[self.probe_op.rows_used].max())
 
@@ -204,6 +208,11 @@ class Reconstructor:
     def schedule_iteration(self) -> int:
         """The iteration within the schedule: negative during the probe warm-up."""
         return self.iteration - self.config.probe_warmup
+
+    def restart_probe(self) -> None:
+        """The probe given at construction (else the NA focus) again, scaled to the data measured so far."""
+        self.probe2d = self.backend.xp.array(self._initial_probe2d)     # a copy: the scaling is in place
+        self.scale_probe_to_data()
 
     def restart_object(self) -> None:
         """Object, support and background back to their initial state (the probe is kept): the end
