@@ -1,4 +1,4 @@
-"""The project's scan file: one CXI-style HDF5 file per scan ("bp-scan" format, version 1).
+"""The project's scan file: one CXI-style HDF5 file per scan ("bp-scan" format, version 2; version 1 is read too).
 
 The full specification (every path, shape, dtype, unit and attribute, the orientation
 conventions, the versioning policy and a plain-h5py reading snippet) is ``docs/dataset-format.md``.
@@ -7,8 +7,8 @@ Layout in short (``n_a`` = n_angles, ``n_p`` = n_positions, ``(n1, n2)`` = detec
 frames ``/entry_1/data_1/data`` uint32 ``[n_a, n_p, n1, n2]`` (one bitshuffle/LZ4 chunk per frame),
 ``/entry_1/data_1/measured`` uint8 ``[n_a, n_p]``, translations ``[n_p, 3]`` (m) and rocking angles
 ``[n_a]`` (deg) under ``/entry_1/sample_1/geometry_1``, energy (J), distance, pixel sizes (m), mask
-and count time (s) under ``/entry_1/instrument_1``, geometry JSON and conventions as ``/entry_1``
-attributes, optional ``/entry_1/ground_truth_1`` for simulated data. The ``P_*`` constants are the paths.
+and count time (s) under ``/entry_1/instrument_1``, geometry JSON, conventions and the pixel of q = 0
+(``q0_pixel``, version 2) as ``/entry_1`` attributes, optional ``/entry_1/ground_truth_1`` for simulated data. The ``P_*`` constants are the paths.
 Every dataset has a ``units`` attribute (``"1"`` = dimensionless). The frame filter needs
 ``hdf5plugin`` (imported here, so h5py reads the files once this module is imported).
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -30,7 +30,7 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Conventions", "DatasetError", "Data
            "P_ENERGY", "P_DISTANCE", "P_X_PIXEL", "P_Y_PIXEL", "P_MASK", "P_COUNT_TIME", "P_GROUND_TRUTH"]
 
 FORMAT_NAME = "bp-scan"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 ENTRY = "/entry_1"
 P_DATA = "/entry_1/data_1/data"
@@ -55,7 +55,9 @@ OPTIONAL = {P_COUNT_TIME: ("s", "float64 scalar")}
 CONVENTIONS_DOC = (
     "sign +1 means: increasing n1 index (axis 2 of data) = +q along e1; increasing n2 index "
     "(axis 3) = +q along e2; increasing rocking angle = +q along the rocking direction (+y); "
-    "translation = displacement of the sample in the lab frame (x, y, z). -1 means the opposite.")
+    "translation = displacement of the sample in the lab frame (x, y, z). -1 means the opposite. "
+    "q0_pixel = (n1, n2) index, in the stored frames, of the pixel at q = 0 (the reflection's Bragg peak "
+    "for the reference lattice); flips are made about it.")
 _WRITER = "bp_plugin.dataset.DatasetWriter / write_dataset (creates every required dataset when the file is opened)"
 
 
@@ -65,16 +67,50 @@ class DatasetError(ValueError):
 
 @dataclass
 class Conventions:
-    """Orientation of the stored arrays relative to the project frames (each +1 or -1, see ``CONVENTIONS_DOC``)."""
+    """Orientation of the stored arrays relative to the project frames (each sign +1 or -1, see
+    ``CONVENTIONS_DOC``) and ``q0_pixel``: the ``(n1, n2)`` index, in the stored frames, of the
+    pixel at q = 0. ``None`` means the centre of the crop, ``(N1 // 2, N2 // 2)``, which is where
+    the reconstruction puts q = 0; :func:`read_dataset` returns data with ``q0_pixel`` at the centre.
+    """
 
     n1_sign: int = 1
     n2_sign: int = 1
     angle_sign: int = 1
     translation_sign: int = 1
+    q0_pixel: tuple[int, int] | None = None
 
     def as_dict(self) -> dict[str, int]:
+        """The four signs (the ``convention_*`` attributes)."""
         return {"n1_sign": int(self.n1_sign), "n2_sign": int(self.n2_sign),
                 "angle_sign": int(self.angle_sign), "translation_sign": int(self.translation_sign)}
+
+    def q0(self, crop) -> tuple[int, int]:
+        """``q0_pixel`` for frames of shape ``crop``, the centre when it is ``None``."""
+        return tuple(int(c) // 2 for c in crop) if self.q0_pixel is None else tuple(int(v) for v in self.q0_pixel)
+
+
+def _version1_q0(signs: "Conventions", crop) -> tuple[int, int]:
+    """Where a version-1 file had q = 0: version 1 reversed a -1 axis as ``i -> N - 1 - i`` and then
+    took pixel ``N // 2``, so its stored q = 0 pixel was ``N - 1 - N // 2`` on such an axis."""
+    return tuple(int(n) // 2 if sign > 0 else int(n) - 1 - int(n) // 2
+                 for n, sign in zip(crop, (signs.n1_sign, signs.n2_sign)))
+
+
+def normalise_axis(a: np.ndarray, axis: int, sign: int, q0: int, fill=0) -> np.ndarray:
+    """Re-index ``axis`` of ``a`` so that index ``k`` holds q = ``k - N // 2`` along +e (sign +1):
+    source index ``i = q0 + sign (k - N // 2)``; indices that fall outside the stored frame are
+    ``fill`` (the reader masks them: nothing was measured there). A flip keeps q = 0 where it is:
+    for even ``N`` it is not the plain reversal ``i -> N - 1 - i``, which moves q = 0 by one pixel.
+    """
+    n = a.shape[axis]
+    src = q0 + sign * (np.arange(n) - n // 2)
+    ok = (src >= 0) & (src < n)
+    if ok.all() and (sign > 0 or q0 == n - 1 - n // 2):
+        return a if sign > 0 else np.flip(a, axis)             # plain copies where they are exact
+    out = np.take(a, np.clip(src, 0, n - 1), axis=axis)
+    shape = [1] * a.ndim
+    shape[axis] = n
+    return np.where(ok.reshape(shape), out, np.asarray(fill, a.dtype))
 
 
 @dataclass
@@ -192,6 +228,13 @@ def _check_arrays(geometry, frames_shape, frames_dtype, translations, angles, ma
     if not isinstance(conventions, Conventions) or bad:
         p.append(f"conventions ({ENTRY} attributes convention_*): expected a Conventions with signs +1/-1, "
                  f"got {bad or conventions!r}")
+    elif conventions.q0_pixel is not None:
+        q0 = tuple(conventions.q0_pixel)
+        if len(q0) != 2 or not all(isinstance(v, (int, np.integer)) and 0 <= v < n for v, n in zip(q0, (n1, n2))):
+            p.append(f"conventions.q0_pixel ({ENTRY} attribute q0_pixel): expected two integer pixel indices "
+                     f"0 <= i1 < {n1}, 0 <= i2 < {n2} (where q = 0 falls in the stored frames), got {q0!r}; "
+                     "fix: the pixel of the Bragg peak of the reference lattice, rounded to whole pixels "
+                     "(a fraction of a pixel is a constant phase ramp, which the reconstruction absorbs)")
     if count_time is not None and not (np.ndim(count_time) == 0 and np.isfinite(count_time) and count_time > 0):
         p.append(f"count_time_s ({P_COUNT_TIME}): expected a positive scalar (s) or None, got {count_time!r}")
     return p
@@ -322,6 +365,7 @@ class DatasetWriter:
         e.attrs["theta_bragg_deg"] = math.degrees(geometry.theta_bragg_rad)
         for k, v in conventions.as_dict().items():
             e.attrs[f"convention_{k}"] = v
+        e.attrs["q0_pixel"] = np.asarray(conventions.q0(shape[2:]), dtype=np.int64)
         e.attrs["conventions"] = CONVENTIONS_DOC
         e.attrs["metadata_json"] = json.dumps(metadata, default=_json_default)
         self._data = _dataset(f, P_DATA, "counts", shape=shape, dtype=self.dtype, chunks=(1, 1, *shape[2:]),
@@ -457,12 +501,15 @@ def read_dataset(path, *, allow_partial: bool = False, load_frames: bool = True,
                  conventions: Conventions | None = None) -> ScanDataset:
     """Read and validate a scan file; return it normalised to the all-+1 conventions.
 
-    The stored ``convention_*`` attributes (or ``conventions`` if given, for files whose attributes
-    are wrong) are combined with the ``flip_*`` options (each flips one sign), then: n1 sign -1
-    reverses axis 2 of the frames and axis 0 of the mask; n2 sign -1 reverses axis 3 / axis 1;
-    translation sign -1 negates the translations; angles become ``angle_sign * angles`` and axis 0
-    (frames, measured, angles) is put in ascending angle order. Reversal is plain index reversal
-    ``i -> N - 1 - i``. The returned ``conventions`` are all +1.
+    The stored ``convention_*`` and ``q0_pixel`` attributes (or ``conventions`` if given, for files
+    whose attributes are wrong) are combined with the ``flip_*`` options (each flips one sign), then
+    the frame axes (axes 2 and 3, the mask's 0 and 1) are re-indexed so that pixel ``N // 2`` is
+    q = 0 and increasing index is +q (:func:`normalise_axis`: a -1 axis is flipped *about* q = 0,
+    and pixels that fall outside the stored frame read 0 and are masked); translation sign -1
+    negates the translations; angles become ``angle_sign * angles`` and axis 0 (frames, measured,
+    angles) is put in ascending angle order. Version-1 files, which had no ``q0_pixel``, read as
+    they always did (a -1 axis reversed ``i -> N - 1 - i``). The returned ``conventions`` are all
+    +1 with q = 0 at the centre.
 
     Args:
         allow_partial: accept files whose ``measured`` is not all 1 (aborted / streaming scans);
@@ -501,14 +548,21 @@ def read_dataset(path, *, allow_partial: bool = False, load_frames: bool = True,
             raise DatasetError(_report(f"{path}", problems + [
                 f"{ENTRY} attribute geometry_json: expected ExperimentGeometry.to_dict() as JSON, got error {err}; "
                 f"it is written by {_WRITER}"])) from None
+        d = f[P_DATA]
         try:
             stored = Conventions(*(int(e.attrs[f"convention_{k}"]) for k in Conventions().as_dict()))
         except KeyError as err:
             stored = Conventions()
             problems.append(f"{ENTRY}: missing attribute {err}; expected +1/-1; fix: set it, or pass "
                             "conventions=Conventions(...) to read_dataset")
+        if ver >= 2 and "q0_pixel" in e.attrs:
+            stored = replace(stored, q0_pixel=tuple(int(v) for v in np.ravel(e.attrs["q0_pixel"])))
+        elif ver >= 2:
+            problems.append(f"{ENTRY}: missing attribute 'q0_pixel' (int64 [2], the stored pixel of q = 0); "
+                            "fix: set it, or pass conventions=Conventions(..., q0_pixel=(i1, i2)) to read_dataset")
         conv = stored if conventions is None else conventions
-        d = f[P_DATA]
+        if ver == 1 and conv.q0_pixel is None and len(d.shape) == 4:
+            conv = replace(conv, q0_pixel=_version1_q0(conv, d.shape[2:]))
         translations, angles = f[P_TRANSLATION][()], f[P_ANGLE][()]
         mask, measured = f[P_MASK][()], f[P_MEASURED][()]
         count_time = f[P_COUNT_TIME][()] if P_COUNT_TIME in f else None
@@ -548,17 +602,23 @@ def read_dataset(path, *, allow_partial: bool = False, load_frames: bool = True,
             g = f[P_GROUND_TRUTH]
             ground_truth = {k: v[()] for k, v in g.items() if isinstance(v, h5py.Dataset)}
             gt_attrs = {k: _from_attr(v) for k, v in g.attrs.items()}
-    # normalise to the all-+1 conventions: flip frame axes / mask, sort angles ascending, sign translations
+    # normalise to the all-+1 conventions: frame axes re-indexed about q = 0 (pixels that fall
+    # outside the stored frame are masked), angles ascending, translations signed
     n1s, n2s, angs, trs = (sign * (-1 if flip else 1) for sign, flip in zip(
         conv.as_dict().values(), (flip_n1, flip_n2, flip_angle, flip_translation)))
-    frame_axes = [ax for ax, sign in ((2, n1s), (3, n2s)) if sign < 0]
-    mask = np.flip(mask.astype(bool), [ax - 2 for ax in frame_axes])
+    q0 = conv.q0(mask.shape)
+    mask = mask.astype(bool)
+    for axis, sign, c in ((2, n1s, q0[0]), (3, n2s, q0[1])):
+        mask = normalise_axis(mask, axis - 2, sign, c, fill=False)
+        if frames is not None:
+            frames = normalise_axis(frames, axis, sign, c)
     angles = angs * angles.astype(np.float64)
     if angles.size > 1 and angles[0] > angles[-1]:
-        angles, measured, frame_axes = angles[::-1], measured[::-1], [0, *frame_axes]
+        angles, measured = angles[::-1], measured[::-1]
+        frames = None if frames is None else frames[::-1]
     return ScanDataset(
         geometry=geometry,
-        frames=None if frames is None else np.ascontiguousarray(np.flip(frames, frame_axes)),
+        frames=None if frames is None else np.ascontiguousarray(frames),
         translations_m=trs * translations.astype(np.float64),
         angles_deg=np.ascontiguousarray(angles), mask=np.ascontiguousarray(mask),
         measured=np.ascontiguousarray(measured), count_time_s=count_time, conventions=Conventions(),

@@ -90,8 +90,9 @@ def test_layout_units_attributes_chunking_and_filter(tmp_path):
     ds = make_ds()
     write_dataset(tmp_path / "s.h5", ds)
     with h5py.File(tmp_path / "s.h5", "r") as f:
-        assert f.attrs["bp_plugin_format"] == "bp-scan" and f.attrs["bp_plugin_format_version"] == 1
+        assert f.attrs["bp_plugin_format"] == "bp-scan" and f.attrs["bp_plugin_format_version"] == 2
         e = f["entry_1"]
+        assert tuple(e.attrs["q0_pixel"]) == (8, 6)          # the crop's centre unless the writer says
         assert ExperimentGeometry.from_dict(json.loads(e.attrs["geometry_json"])) == GEOM
         assert tuple(e.attrs["hkl"]) == (2, 2, 0)
         assert abs(e.attrs["theta_bragg_deg"] - np.degrees(GEOM.theta_bragg_rad)) < 1e-12
@@ -187,42 +188,87 @@ def test_load_frames_false(tmp_path):
     assert back.frames is None and back.mask.shape == (16, 12) and back.geometry == GEOM
 
 
-def test_flips_on_read(tmp_path):
-    ds = make_ds()
-    ds.measured[0, 1] = False
-    ds.frames[0, 1] = 0
-    p = tmp_path / "s.h5"
-    write_dataset(p, ds)
-    r = read_dataset(p, allow_partial=True, flip_n1=True)
-    np.testing.assert_array_equal(r.frames, ds.frames[:, :, ::-1])
-    np.testing.assert_array_equal(r.mask, ds.mask[::-1])
-    assert r.conventions == Conventions()
-    r = read_dataset(p, allow_partial=True, flip_n2=True)
-    np.testing.assert_array_equal(r.frames, ds.frames[..., ::-1])
-    np.testing.assert_array_equal(r.mask, ds.mask[:, ::-1])
-    r = read_dataset(p, allow_partial=True, flip_angle=True)
-    np.testing.assert_array_equal(r.frames, ds.frames[::-1])
-    np.testing.assert_array_equal(r.measured, ds.measured[::-1])
-    np.testing.assert_allclose(r.angles_deg, -ds.angles_deg[::-1])
-    assert np.all(np.diff(r.angles_deg) > 0)
-    r = read_dataset(p, allow_partial=True, flip_translation=True)
-    np.testing.assert_array_equal(r.translations_m, -ds.translations_m)
-    np.testing.assert_array_equal(r.frames, ds.frames)
+def about_q0(a, axis, q0):
+    """What a -1 axis means: index k of the result holds the stored index q0 - (k - N // 2), zero outside."""
+    n = a.shape[axis]
+    src = q0 - (np.arange(n) - n // 2)
+    out = np.take(a, np.clip(src, 0, n - 1), axis=axis)
+    ok = ((src >= 0) & (src < n)).reshape([n if k == axis else 1 for k in range(a.ndim)])
+    return np.where(ok, out, 0).astype(a.dtype)
+
+
+def test_flips_on_read_keep_q0_for_even_and_odd_crops(tmp_path):
+    for crop in ((16, 12), (15, 11)):
+        geo = dataclasses.replace(GEOM, crop=crop)
+        ds = make_ds(geometry=geo, frames=make_ds().frames[:, :, :crop[0], :crop[1]].copy(),
+                     mask=make_ds().mask[:crop[0], :crop[1]].copy())
+        ds.measured[0, 1] = False
+        ds.frames[0, 1] = 0
+        p = tmp_path / "s.h5"
+        write_dataset(p, ds)
+        c1, c2 = crop[0] // 2, crop[1] // 2
+        r = read_dataset(p, allow_partial=True, flip_n1=True)
+        np.testing.assert_array_equal(r.frames, about_q0(ds.frames, 2, c1))
+        np.testing.assert_array_equal(r.mask, about_q0(ds.mask, 0, c1).astype(bool))
+        np.testing.assert_array_equal(r.frames[:, :, c1], ds.frames[:, :, c1])   # q = 0 stays where it was
+        assert r.conventions == Conventions()
+        r = read_dataset(p, allow_partial=True, flip_n2=True)
+        np.testing.assert_array_equal(r.frames, about_q0(ds.frames, 3, c2))
+        np.testing.assert_array_equal(r.mask, about_q0(ds.mask, 1, c2).astype(bool))
+        r1 = read_dataset(p, allow_partial=True, flip_n1=True)
+        if crop[0] % 2:                                       # odd: about the centre = plain reversal
+            np.testing.assert_array_equal(r1.frames, ds.frames[:, :, ::-1])
+        else:                                                 # even: row 0 (q = -N/2) was not measured
+            assert not r1.mask[0].any() and not r1.frames[:, :, 0].any()
+        r = read_dataset(p, allow_partial=True, flip_angle=True)
+        np.testing.assert_array_equal(r.frames, ds.frames[::-1])
+        np.testing.assert_array_equal(r.measured, ds.measured[::-1])
+        np.testing.assert_allclose(r.angles_deg, -ds.angles_deg[::-1])
+        assert np.all(np.diff(r.angles_deg) > 0)
+        r = read_dataset(p, allow_partial=True, flip_translation=True)
+        np.testing.assert_array_equal(r.translations_m, -ds.translations_m)
+        np.testing.assert_array_equal(r.frames, ds.frames)
 
 
 def test_stored_conventions_are_normalised_and_can_be_overridden(tmp_path):
-    ds = make_ds(conventions=Conventions(n1_sign=-1, n2_sign=1, angle_sign=1, translation_sign=-1))
+    ds = make_ds(conventions=Conventions(n1_sign=-1, n2_sign=1, angle_sign=1, translation_sign=-1, q0_pixel=(7, 6)))
     p = tmp_path / "s.h5"
     write_dataset(p, ds)
     r = read_dataset(p)
     assert r.conventions == Conventions()
-    np.testing.assert_array_equal(r.frames, ds.frames[:, :, ::-1])
+    np.testing.assert_array_equal(r.frames, ds.frames[:, :, ::-1])     # q0 = N - 1 - N // 2: a plain reversal
     np.testing.assert_array_equal(r.translations_m, -ds.translations_m)
     r = read_dataset(p, flip_n1=True)  # flip cancels the stored -1
-    np.testing.assert_array_equal(r.frames, ds.frames)
+    np.testing.assert_array_equal(r.frames[:, :, 1:], ds.frames[:, :, :-1])  # and q = 0 (stored 7) goes to 8
+    assert not r.mask[0].any()
     r = read_dataset(p, conventions=Conventions())  # override ignores the stored attributes
     np.testing.assert_array_equal(r.frames, ds.frames)
     np.testing.assert_array_equal(r.translations_m, ds.translations_m)
+
+
+def test_q0_off_centre_is_moved_to_the_centre_and_the_rest_masked(tmp_path):
+    ds = make_ds(conventions=Conventions(q0_pixel=(5, 9)))
+    p = tmp_path / "s.h5"
+    write_dataset(p, ds)
+    r = read_dataset(p)
+    np.testing.assert_array_equal(r.frames[..., 3:, :9], ds.frames[..., :13, 3:])   # stored (5, 9) -> (8, 6)
+    assert r.frames[0, 0, 8, 6] == ds.frames[0, 0, 5, 9]
+    assert not r.mask[:3].any() and not r.mask[:, 9:].any() and r.mask[3:, :9].sum() == ds.mask[:13, 3:].sum()
+    with pytest.raises(DatasetError, match=r"q0_pixel.*0 <= i1 < 16"):
+        make_ds(conventions=Conventions(q0_pixel=(16, 3))).validate()
+
+
+def test_version_1_files_read_as_before(tmp_path):
+    """A version-1 file (no q0_pixel; a -1 axis meant a plain reversal) reads exactly as version 1 did."""
+    ds = make_ds(conventions=Conventions(n1_sign=-1, n2_sign=-1))
+    p = tmp_path / "s.h5"
+    write_dataset(p, ds)
+    with h5py.File(p, "a") as f:
+        f.attrs["bp_plugin_format_version"] = 1
+        del f["entry_1"].attrs["q0_pixel"]
+    r = read_dataset(p)
+    np.testing.assert_array_equal(r.frames, ds.frames[:, :, ::-1, ::-1])
+    assert r.mask.sum() == ds.mask.sum()
 
 
 def test_descending_angles_are_returned_ascending(tmp_path):
@@ -334,7 +380,7 @@ def test_other_shape_and_value_errors(tmp_path):
     p = tmp_path / "s.h5"
     write_dataset(p, make_ds())
     with h5py.File(p, "a") as f:
-        f.attrs["bp_plugin_format_version"] = 2
+        f.attrs["bp_plugin_format_version"] = 3
     with pytest.raises(DatasetError, match="upgrade bp_plugin"):
         read_dataset(p)
 
