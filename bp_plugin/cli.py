@@ -119,6 +119,8 @@ def _reconstruct(scan, out, opts) -> None:
     m = reconstruct_file(scan, out, opts)
     print(f"wrote {out}: {m['iterations']} iterations in {m['seconds']:.1f} s on {m['device']}, "
           f"final error {m['final_error']:.4g}")
+    for w in m.get("warnings", []):
+        print(f"warning: {w}")
     keys = ("object_error", "probe_error", "strain_rms_error", "tilt_rms_error_rad", "field_of_view_fraction")
     if "object_error" in m:
         print("against ground truth: " + ", ".join(f"{k} {m[k]:.4g}" for k in keys if k in m))
@@ -130,7 +132,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     _reconstruct(a.scan, a.out, ReconstructOptions(
         iterations=a.iterations, ml_iterations=a.ml_iterations, upsampling=a.upsampling, fixed_probe=a.fixed_probe,
         probe_warmup=a.probe_warmup, angle_curriculum=a.angle_curriculum,
-        mode=a.mode, device=a.device, resume=a.resume, progress=not a.no_progress, figures=not a.no_figures,
+        sample_tilt_deg=tuple(a.sample_tilt) if a.sample_tilt else None, mode=a.mode, device=a.device, resume=a.resume, progress=not a.no_progress, figures=not a.no_figures,
         seed=a.seed))
     return 0
 
@@ -298,7 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--iterations", type=int, default=None,
                     help="joint updates; the paper's schedule (1000) is compressed to this many")
     pr.add_argument("--ml-iterations", type=int, default=None, help="maximum-likelihood iterations after them")
-    pr.add_argument("--upsampling", type=int, default=None, help="angular up-sampling ratio (default: the scan's)")
+    pr.add_argument("--upsampling", type=int, default=None,
+                    help="angular up-sampling ratio (default: what the geometry needs for a beam filling the "
+                         "detector's window, never less than the scan's; a smaller ratio is warned about)")
+    pr.add_argument("--sample-tilt", type=float, nargs=2, default=None, metavar=("TX", "TY"),
+                    help="tilt (deg) of the sample's surface normal from Q, about x then about y, for the slab "
+                         "supports (default: the scan file's sample_tilt_deg, else 0 0 with a warning)")
     pr.add_argument("--fixed-probe", action="store_true", help="keep the initial probe (the former approach)")
     pr.add_argument("--probe-warmup", type=int, default=None, metavar="N",
                     help="learn the probe for N joint iterations first, then restart the object with it "

@@ -176,6 +176,9 @@ class ExperimentGeometry:
         thickness_m: sample (foil) thickness T (m).
         beam_width_m: beam width W along p1 (m) that the sampling condition must hold (Eq. 12).
         numerical_aperture: KB half-aperture ``(NA along p1 / vertical, NA along p2 / horizontal)``.
+        sample_tilt_deg: tilt of the sample's surface normal from Q, ``(about x, then about y)`` in
+            degrees, when the user knows it (a specular reflection of a flat foil: (0, 0)); ``None``
+            (unknown) lets the reconstruction estimate it from the data.
     """
 
     energy_kev: float = 8.0
@@ -193,6 +196,7 @@ class ExperimentGeometry:
     thickness_m: float = 0.5e-6
     beam_width_m: float = 1.7e-6
     numerical_aperture: tuple[float, float] = (3.7e-4, 1.9e-4)
+    sample_tilt_deg: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -206,6 +210,8 @@ class ExperimentGeometry:
             "beam_width_m": self.beam_width_m > 0,
             "crop": len(self.crop) == 2 and min(self.crop) >= 2,
             "numerical_aperture": len(self.numerical_aperture) == 2 and min(self.numerical_aperture) > 0,
+            "sample_tilt_deg": self.sample_tilt_deg is None or (
+                len(self.sample_tilt_deg) == 2 and all(math.isfinite(t) and abs(t) < 45 for t in self.sample_tilt_deg)),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -300,6 +306,21 @@ class ExperimentGeometry:
         return max(1, math.ceil(self.rocking_step_rad / step_max - 1e-12))
 
     @property
+    def widest_sampled_beam_m(self) -> float:
+        """The widest beam (m, along p1) whose exit wave the detector's pixels sample without
+        aliasing: ``lambda D / p - 2 cos(tB) T`` (the r1 window less the foil's share)."""
+        return self.window_m[0] - 2 * math.cos(self.theta_bragg_rad) * self.thickness_m
+
+    def upsampling_default(self) -> int:
+        """The up-sampling ratio a reconstruction uses unless told otherwise: the largest of the
+        geometry's own, the one the stated beam width needs (Eq. 12) and the one a beam filling the
+        detector's window needs (:attr:`widest_sampled_beam_m`). A probe's tails are rarely known
+        and reach well past its stated width; the pixels bound what can be sampled at all, so the
+        last ratio holds whatever the tails, up to the pixel sampling condition."""
+        return max(int(self.upsampling), self.upsampling_needed(),
+                   self.upsampling_needed(max(self.widest_sampled_beam_m, self.beam_width_m)))
+
+    @property
     def intersection_length_m(self) -> float:
         return intersection_length_m(self.theta_bragg_rad, self.thickness_m, self.beam_width_m)
 
@@ -351,6 +372,8 @@ class ExperimentGeometry:
             "window_w_upsampled_m": self.window_w_upsampled_m,
             "rocking_step_max_deg": self.rocking_step_max_deg,
             "upsampling_needed": self.upsampling_needed(),
+            "widest_sampled_beam_m": self.widest_sampled_beam_m,
+            "upsampling_default": self.upsampling_default(),
             "intersection_length_m": self.intersection_length_m,
             "exit_wave_extent_r1_m": self.exit_wave_extent_r1_m,
             "pixel_sampling_ok": self.exit_wave_extent_r1_m <= self.window_m[0],

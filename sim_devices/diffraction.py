@@ -155,6 +155,9 @@ class BraggSimulator:
         self._axes = [np.arange(a, b) * s for (a, b), s in zip(self.box, self.step)]  # r3, r1, r2 (m)
         self._probe_box = self._probe_on_box()
         self._scale = None
+        #: each frame is the mean intensity over this many rocking angles spread evenly over its
+        #: step (a continuous or finite rocking exposure); 1 = a point at the nominal angle
+        self.rocking_substeps = 1
         #: budget (bytes) for whole exit waves cached per translation (0: none). A detector that
         #: computes one rocking angle per frame reuses them: the exit wave, not the sum, dominates.
         self.cache_bytes = 0
@@ -291,8 +294,14 @@ class BraggSimulator:
         return self._scale
 
     def expected_counts(self, translation_m, deltas_rad) -> np.ndarray:
-        """Noise-free expected photon counts (no background), float32 ``(n, N1, N2)``."""
-        return (self.scale * np.abs(self.amplitudes(translation_m, deltas_rad)) ** 2).astype(np.float32)
+        """Noise-free expected photon counts (no background), float32 ``(n, N1, N2)``: the mean over
+        ``rocking_substeps`` angles at the centres of equal parts of each frame's rocking step."""
+        deltas = np.atleast_1d(np.asarray(deltas_rad, float))
+        k = max(1, int(self.rocking_substeps))
+        sub = ((np.arange(k) + 0.5) / k - 0.5) * self.geometry.rocking_step_rad
+        amp = self.amplitudes(translation_m, (deltas[:, None] + sub[None, :]).ravel())
+        inten = (np.abs(amp) ** 2).reshape(len(deltas), k, *amp.shape[1:]).mean(1)
+        return (self.scale * inten).astype(np.float32)
 
     def frames(self, translation_m, deltas_rad, rng: np.random.Generator) -> np.ndarray:
         """Noisy counting frames, uint32 ``(n, N1, N2)``."""

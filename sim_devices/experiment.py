@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bp_plugin.dataset import DatasetWriter
+from bp_plugin.dataset import Conventions, DatasetWriter, normalise_axis
 from bp_plugin.geometry import ExperimentGeometry
 
 from .diffraction import BraggSimulator, measured_rocking_offsets_rad, raster_translations
@@ -74,6 +74,30 @@ class SimulatedExperiment:
         return gt, attrs
 
 
+@dataclass(frozen=True)
+class _StoredOrientation:
+    """How a detector that does not follow the project's frame stores a scan: each -1 axis flipped
+    about the crop's centre (q = 0 stays at pixel ``N // 2`` of the stored frame, increasing index
+    is -q), translations as the beam's position on the sample (-1)."""
+
+    n1_sign: int = 1
+    n2_sign: int = 1
+    translation_sign: int = 1
+
+    def conventions(self, crop) -> Conventions:
+        return Conventions(n1_sign=self.n1_sign, n2_sign=self.n2_sign, translation_sign=self.translation_sign,
+                           q0_pixel=(int(crop[0]) // 2, int(crop[1]) // 2))
+
+    def frames(self, a: np.ndarray, fill=0) -> np.ndarray:
+        """``(..., N1, N2)`` from the project's frame to the stored one (the mapping is its own inverse)."""
+        for axis, sign in ((-2, self.n1_sign), (-1, self.n2_sign)):
+            a = normalise_axis(a, a.ndim + axis, sign, a.shape[axis] // 2, fill=fill)
+        return a
+
+    def translations(self, t: np.ndarray) -> np.ndarray:
+        return self.translation_sign * np.asarray(t)
+
+
 def build_experiment(preset: str | Preset = "small", *, seed: int = 0) -> SimulatedExperiment:
     """Simulator, raster translations (with the preset's position jitter) and rocking offsets."""
     p = get_preset(preset) if isinstance(preset, str) else preset
@@ -82,6 +106,7 @@ def build_experiment(preset: str | Preset = "small", *, seed: int = 0) -> Simula
     trange = ((t[:, 0].min() - margin, t[:, 0].max() + margin), (t[:, 1].min() - margin, t[:, 1].max() + margin))
     sim = BraggSimulator(p.geometry, p.crystal(), p.probe, p.detector, oversampling=p.oversampling,
                          translation_range_m=trange)
+    sim.rocking_substeps = p.rocking_substeps
     return SimulatedExperiment(p, sim, t, measured_rocking_offsets_rad(p.geometry))
 
 
@@ -117,9 +142,12 @@ def simulate_to_file(path, preset: str | Preset = "small", *, seed: int = 0, dev
     det = exp.simulator.detector
     meta = {"preset": exp.preset.name, "description": exp.preset.description, "seed": seed,
             "simulated": True, "position_jitter_m": exp.preset.position_jitter_m,
-            "peak_rate_cps": det.peak_rate_cps, "background_cps": det.background_cps}
-    with DatasetWriter(path, geo, exp.translations_m, exp.angles_deg, det.mask(tuple(geo.crop)),
-                       count_time_s=det.count_time_s, metadata=meta, overwrite=overwrite) as w:
+            "peak_rate_cps": det.peak_rate_cps, "background_cps": det.background_cps,
+            "sample_tilt_deg": list(exp.preset.sample_tilt_deg), "rocking_substeps": exp.preset.rocking_substeps}
+    store = _StoredOrientation(*exp.preset.file_conventions)
+    with DatasetWriter(path, geo, store.translations(exp.translations_m), exp.angles_deg,
+                       store.frames(det.mask(tuple(geo.crop)), fill=False), count_time_s=det.count_time_s,
+                       conventions=store.conventions(geo.crop), metadata=meta, overwrite=overwrite) as w:
         gt, attrs = exp.ground_truth()
         w.write_ground_truth(gt, attrs)
         t_sim = time.perf_counter()
@@ -128,7 +156,7 @@ def simulate_to_file(path, preset: str | Preset = "small", *, seed: int = 0, dev
         for j in bar:
             frames = exp.simulator.frames(exp.translations_m[j], exp.deltas_rad, rng)
             for i in range(geo.n_angles):
-                w.write_frame(i, j, frames[i], flush=(i == geo.n_angles - 1))
+                w.write_frame(i, j, store.frames(frames[i]), flush=(i == geo.n_angles - 1))
             bar.set_postfix(frames=(j + 1) * geo.n_angles, refresh=False)
         t_frames = time.perf_counter() - t_sim
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB

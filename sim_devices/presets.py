@@ -16,6 +16,11 @@ from .diffraction import DetectorModel
 from .probe import ProbeModel
 from .sample import CrystalSample, Dislocation, Void
 
+#: the tilt (about x, then y; deg) of the presets' simulated W foil, the paper's (physics.md section 3).
+#: Their scan files state it (``geometry.sample_tilt_deg``), as an experimenter who cut the lamella
+#: knows it; the reconstruction has no default of its own (family members state none).
+FOIL_TILT_DEG = (5.5, -2.0)
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -34,6 +39,11 @@ class Preset:
         snake: snake raster (every other row reversed).
         gt_voxel_m: voxel of the ground-truth lab grid (m).
         gt_margin_m: ground-truth grid margin around the scanned area (m).
+        sample_tilt_deg: tilt of the foil's normal from Q (about x, then about y; deg).
+        rocking_substeps: each frame is the mean intensity of this many rocking angles spread over
+            its step (1: a point at the nominal angle; more: a continuous or finite rocking exposure).
+        file_conventions: orientation in which the frames are stored in the scan file (the
+            simulator computes them in the project's frame; a detector may store them otherwise).
     """
 
     name: str
@@ -48,6 +58,9 @@ class Preset:
     snake: bool = False
     gt_voxel_m: float = 10e-9
     gt_margin_m: float = 0.3e-6
+    sample_tilt_deg: tuple[float, float] = FOIL_TILT_DEG
+    rocking_substeps: int = 1
+    file_conventions: tuple[int, int, int] = (1, 1, 1)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -58,15 +71,18 @@ class Preset:
 
     def crystal(self) -> CrystalSample:
         return self.sample or make_sample(self.geometry, self.scan_half_extent_m, self.features,
-                                          fib_strains=self.extra.get("fib_strains", (1.5e-3, 1.1e-3)))
+                                          fib_strains=self.extra.get("fib_strains", (1.5e-3, 1.1e-3)),
+                                          tilt_deg=self.sample_tilt_deg)
 
 
 def make_sample(geometry: ExperimentGeometry, half_extent_m: tuple[float, float],
                 features=("grain_boundary", "implanted", "fib", "dislocation", "pair", "voids"),
-                fib_strains: tuple[float, float] = (1.5e-3, 1.1e-3)) -> CrystalSample:
+                fib_strains: tuple[float, float] = (1.5e-3, 1.1e-3),
+                tilt_deg: tuple[float, float] = FOIL_TILT_DEG) -> CrystalSample:
     """The paper's W-1%Re foil (physics.md section 5), scaled to a scanned area of ``2 * half_extent_m``.
 
-    ``fib_strains`` (top, bottom) are the paper's by default. A strained layer shifts its
+    ``tilt_deg`` tilts the foil's normal from Q (about x, then y). ``fib_strains`` (top, bottom)
+    are the paper's by default. A strained layer shifts its
     diffraction by ``|Q| eps / (cos tB dq1)`` pixels along n1: a preset with a small crop or large
     pixels must scale them down, or the layer diffracts outside the detector and cannot be
     reconstructed (the paper's 1.5e-3 lands 73 pixels from the peak on its 200-pixel crop).
@@ -77,7 +93,8 @@ def make_sample(geometry: ExperimentGeometry, half_extent_m: tuple[float, float]
     hx, hy = half_extent_m
     t = geometry.thickness_m
     q = geometry.q_bragg_inv_m
-    kw: dict = dict(q_bragg_inv_m=q, thickness_m=t, tilt_x_deg=5.5, tilt_y_deg=-2.0, edge_m=4e-9)
+    kw: dict = dict(q_bragg_inv_m=q, thickness_m=t, tilt_x_deg=tilt_deg[0], tilt_y_deg=tilt_deg[1],
+                    edge_m=4e-9)
     if "grain_boundary" in features:
         kw.update(grain_boundary_y_m=0.6 * hy, grain_boundary_tilt_deg=8.0)
     if "implanted" in features:
@@ -104,7 +121,7 @@ def _tiny() -> Preset:
     na = (5e-4, 5e-4)
     geo = ExperimentGeometry(pixel_size_m=165e-6, crop=(32, 32), rocking_step_deg=0.02, n_angles=12, upsampling=2,
                              raster_step_m=(60e-9, 60e-9), raster_shape=(5, 5), thickness_m=0.15e-6,
-                             beam_width_m=0.8e-6, numerical_aperture=na)
+                             beam_width_m=0.8e-6, numerical_aperture=na, sample_tilt_deg=FOIL_TILT_DEG)
     return Preset(
         name="tiny", description="5 x 5 positions, 12 angles, 32 x 32 pixels (3x3-binned Maxipix): seconds",
         geometry=geo,
@@ -122,7 +139,7 @@ def _small() -> Preset:
     # lambda D / p = 1.97 um along r1, or the frames alias: here 1.1 + 0.43 = 1.53 um
     geo = ExperimentGeometry(pixel_size_m=110e-6, crop=(64, 64), rocking_step_deg=0.015, n_angles=16, upsampling=3,
                              raster_step_m=(80e-9, 80e-9), raster_shape=(8, 8), thickness_m=0.3e-6,
-                             beam_width_m=1.1e-6, numerical_aperture=na)
+                             beam_width_m=1.1e-6, numerical_aperture=na, sample_tilt_deg=FOIL_TILT_DEG)
     return Preset(
         name="small", description="8 x 8 positions, 16 angles, 64 x 64 pixels (2x2-binned Maxipix): a minute",
         geometry=geo,
@@ -136,7 +153,7 @@ def _small() -> Preset:
 
 
 def _paper() -> Preset:
-    geo = ExperimentGeometry(upsampling=3, thickness_m=0.45e-6, beam_width_m=5.0e-6)
+    geo = ExperimentGeometry(upsampling=3, thickness_m=0.45e-6, beam_width_m=5.0e-6, sample_tilt_deg=FOIL_TILT_DEG)
     return Preset(
         name="paper", description="the paper's scan: 20 x 20 positions, 42 angles, 200 x 160 pixels (GPU)",
         geometry=geo,

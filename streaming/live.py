@@ -46,6 +46,8 @@ class LiveOptions:
         checkpoint_interval_s: shortest time between two checkpoints of the engine state.
         behind_after_s: a frame waiting longer than this for the engine makes the status "behind".
         mode: engine update mode ("sequential" or "batched").
+        upsampling: angular up-sampling ratio (None: the geometry's default, what a beam filling
+            the detector's window needs; see ``ExperimentGeometry.upsampling_default``).
         figures: write PNG figures with the final result.
         restart_object: the final schedule starts the object, support and background afresh from
             the slab, with the probe the live phase learned (the live phase as its probe warm-up).
@@ -71,6 +73,7 @@ class LiveOptions:
     checkpoint_interval_s: float = 10.0
     behind_after_s: float = 2.0
     mode: str = "sequential"
+    upsampling: int | None = None
     figures: bool = True
     restart_object: bool = False
     catch_up_per_angle: int = 6
@@ -96,7 +99,7 @@ class LiveReconstruction:
     def __init__(self, asm: RunAssembly, opts: LiveOptions, backend: Backend):
         self.asm, self.opts = asm, opts
         geo = asm.geometry
-        self.final_config = ReconConfig(mode=opts.mode).scaled(opts.final_iterations)
+        self.final_config = ReconConfig(mode=opts.mode, upsampling=opts.upsampling).scaled(opts.final_iterations)
         if opts.ml_iterations is not None:
             self.final_config.ml_iterations = opts.ml_iterations
         # the live configuration: first slab only, no shrink-wrap, probe released later

@@ -33,6 +33,9 @@ def tiny_scan(tmp_path_factory):
 
 
 def make_rec(ds, **kw):
+    # the ratio these thresholds were measured at (the tiny file's own); the default
+    # (geometry.upsampling_default(), x3 here) is exercised by tests/test_family.py
+    kw.setdefault("upsampling", 2)
     iterations = kw.pop("iterations", 60)
     ml = kw.pop("ml_iterations", 20)
     cfg = ReconConfig(**kw).scaled(iterations)

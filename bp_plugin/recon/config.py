@@ -32,14 +32,18 @@ class ReconConfig:
         batched_beta: ``beta`` of the batched object step, applied to the summed illumination of
             a batch (the paper's 0.5 suits one position at a time; on a sum it throttles the
             weakly lit voxels, so batched mode uses a smaller value).
-        slab_tilt_deg: tilt (about x, about y) of the initial slab support.
+        slab_tilt_deg: tilt (about x, then about y; deg) of the slab supports; ``None`` (default):
+            the geometry's ``sample_tilt_deg`` (what the user knows of the sample), else none
+            (a specular reflection: the foil's normal along Q), with a warning. No constant
+            default: a foil's tilt is the sample's, and one equal to a test sample's encodes it.
         slab_thickness_factors: thickness steps of the initial slab support, in units of the
             nominal sample thickness of the geometry (0.45 um x (1.1, 1.55, 2.0) = the paper's
             0.5, 0.7, 0.9 um).
         slab_steps: first iteration of each thickness step.
         shrinkwrap_start, shrinkwrap_stop, shrinkwrap_every, shrinkwrap_threshold: shrink-wrap
             window (iterations) and the fraction of max|rho| under which voxels leave the support.
-        upsampling: angular up-sampling ratio (None: the one of the geometry).
+        upsampling: angular up-sampling ratio (None: ``geometry.upsampling_default()``, the ratio a
+            beam filling the detector's window needs, never less than the geometry's own).
         probe_subsample: p1 samples of the probe section per ``sin(2 tB) dr3``.
         na_factor: NA constraint rectangle in units of the numerical aperture.
         seed: seed of the position order.
@@ -60,7 +64,7 @@ class ReconConfig:
     mode: str = "sequential"
     batch_size: int = 4
     batched_beta: float = 0.1
-    slab_tilt_deg: tuple[float, float] = (5.5, -2.0)
+    slab_tilt_deg: tuple[float, float] | None = None
     slab_thickness_factors: tuple[float, ...] = (1.1, 1.55, 2.0)
     slab_steps: tuple[int, ...] = (0, 100, 200)
     shrinkwrap_start: int = 300
@@ -116,9 +120,9 @@ class ReconConfig:
         """This configuration without its schedule: endless joint iterations on the first slab, no
         thickness steps, no shrink-wrap, no ML, no warm-up (the live phase of a streamed run and the
         angle curriculum); ``changes`` override further fields."""
-        return replace(self, iterations=1 << 62, ml_iterations=0, slab_steps=(0,),
-                       slab_thickness_factors=self.slab_thickness_factors[:1], shrinkwrap_start=1 << 62,
-                       shrinkwrap_stop=1 << 62, probe_warmup=0, **changes)
+        return replace(self, **{**dict(iterations=1 << 62, ml_iterations=0, slab_steps=(0,),
+                                       slab_thickness_factors=self.slab_thickness_factors[:1], shrinkwrap_start=1 << 62,
+                                       shrinkwrap_stop=1 << 62, probe_warmup=0), **changes})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -33,7 +33,8 @@ class Reconstructor:
     """State and iterations of one reconstruction.
 
     Args:
-        geometry: the experiment; ``config.upsampling`` (if set) replaces its up-sampling ratio.
+        geometry: the experiment; ``config.upsampling`` (if set) replaces its up-sampling ratio,
+            else :meth:`ExperimentGeometry.upsampling_default` does (never less than its own).
         frames: ``(n_angles, n_positions, N1, N2)`` counts (any real dtype).
         translations_m: ``(n_positions, 3)`` sample translations (m, lab frame).
         mask: ``(N1, N2)`` bool, True = valid pixel.
@@ -47,8 +48,9 @@ class Reconstructor:
     def __init__(self, geometry: ExperimentGeometry, frames, translations_m, mask, measured=None, *,
                  config: ReconConfig | None = None, probe2d=None, backend: Backend | None = None):
         self.config = config or ReconConfig()
-        if self.config.upsampling is not None:
-            geometry = replace(geometry, upsampling=int(self.config.upsampling))
+        #: one line per doubtful choice (forced up-sampling below the need, ...), for the user
+        self.warnings: list[str] = []
+        geometry = replace(geometry, upsampling=self._upsampling(geometry, self.config.upsampling))
         self.geometry = geometry
         self.backend = backend or get_backend("auto")
         xp = self.backend.xp
@@ -60,6 +62,16 @@ class Reconstructor:
         if not np.isfinite(frames).all() or (frames < 0).any():
             raise ValueError("frames hold NaN, infinite or negative values: fix or mask them before reconstructing")
         self.layout = ScanLayout.from_scan(geometry, translations_m)
+        # the slab's orientation is the sample's: what the user states (configuration, then
+        # geometry), else a specular reflection (normal along Q), said in a warning
+        tilt, self.slab_tilt_source = ((self.config.slab_tilt_deg, "config") if self.config.slab_tilt_deg is not None
+                                       else (geometry.sample_tilt_deg, "geometry") if geometry.sample_tilt_deg is not None
+                                       else ((0.0, 0.0), "assumed specular"))
+        self.slab_tilt_deg = tuple(float(t) for t in tilt)
+        if self.slab_tilt_source == "assumed specular":
+            self.warnings.append("the sample's tilt is unknown: the slab supports assume its surface normal along Q "
+                                 "(a specular reflection); a foil tilted by more than a degree or two reconstructs "
+                                 "better when the tilt is stated (--sample-tilt TX TY, or sample_tilt_deg in the geometry)")
         self.probe_op = ProbeOperator(self.layout, self.backend, subsample=self.config.probe_subsample,
                                       na_factor=self.config.na_factor)
         # the "modulated" layout: no shifts on the hot path; the object is stored times the
@@ -86,9 +98,27 @@ class Reconstructor:
         self.pause_hook = None
 
     # --- set-up helpers ----------------------------------------------------------------------
+    def _upsampling(self, geometry: ExperimentGeometry, requested: int | None) -> int:
+        """The ratio of the reconstruction grid: ``requested``, else the geometry's default
+        (:meth:`ExperimentGeometry.upsampling_default`); a requested ratio below the default is
+        kept with a warning."""
+        default = geometry.upsampling_default()
+        if requested is None:
+            return default
+        requested = int(requested)
+        if requested < 1:
+            raise ValueError(f"up-sampling must be >= 1, got {requested}")
+        if requested < default:
+            self.warnings.append(
+                f"up-sampling x{requested} is below the x{default} this geometry needs (a beam filling the detector's "
+                f"window, {geometry.widest_sampled_beam_m * 1e6:.2f} um along p1, at a rocking step of "
+                f"{geometry.rocking_step_deg:g} deg): the probe's tails alias along the rocking direction; "
+                f"drop --upsampling to use x{default}")
+        return requested
+
     def _slab(self, iteration: int) -> np.ndarray:
         c = self.config
-        return slab_support(self.layout, c.slab_factor_at(iteration) * self.geometry.thickness_m, *c.slab_tilt_deg)
+        return slab_support(self.layout, c.slab_factor_at(iteration) * self.geometry.thickness_m, *self.slab_tilt_deg)
 
     def scale_probe_to_data(self) -> None:
         """Scale the probe so the model's total intensity matches the data's (valid, measured pixels)."""
@@ -355,7 +385,8 @@ class Reconstructor:
         """Host copies of everything needed to resume or analyse: object, probe, background, support."""
         a = self.backend.asnumpy
         return {"object": a(self.object), "probe2d": a(self.probe2d), "background": a(self.background),
-                "support": a(self.support), "iteration": self.iteration, "history": list(self.history)}
+                "support": a(self.support), "iteration": self.iteration, "history": list(self.history),
+                "slab_tilt_deg": list(self.slab_tilt_deg), "slab_tilt_source": self.slab_tilt_source}
 
     def load_state(self, state: dict) -> None:
         """Resume from :meth:`state` output (same layout)."""
@@ -368,3 +399,6 @@ class Reconstructor:
             setattr(self, key, xp.asarray(arr.astype(cur.dtype)))
         self.iteration = int(state["iteration"])
         self.history = list(state.get("history", []))
+        if state.get("slab_tilt_deg") is not None:          # the run's own, whatever this process was told
+            self.slab_tilt_deg = tuple(float(t) for t in state["slab_tilt_deg"])
+            self.slab_tilt_source = str(state.get("slab_tilt_source", "result file"))

@@ -12,7 +12,8 @@ Result file (HDF5, one per reconstruction; ``bp_plugin_format = "bp-result"``, v
 | ``/history/iteration``, ``error``, ``seconds``, ``stage`` | one entry per iteration |
 
 Attributes on ``/``: ``geometry_json``, ``config_json``, ``iteration``, ``source``, ``object_origin``,
-``voxel_m``, ``metrics_json`` (when ground truth was available).
+``voxel_m``, ``slab_tilt_deg`` and ``slab_tilt_source`` (the slab orientation used and where it came
+from: ``config``, ``geometry`` or ``assumed specular``), ``metrics_json`` (when ground truth was available).
 """
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, lay
     compared on the ground truth's lab grid, both sides derived from their densities by the
     same operator, inside the crystal eroded by ``erode_voxels`` lab voxels.
 
-    Returns a JSON-ready dict (``object_error``, ``probe_error``, ``strain_rms_error``,
+    Returns a JSON-ready dict (``object_error``, ``probe_error``, ``strain_rms_error`` (against
+    the truth at the reconstruction's resolution), ``strain_rms_error_analytic`` with
+    ``strain_floor_rms`` and ``strain_truth_rms`` (:func:`strain_against_analytic`),
     ``tilt_rms_error_rad``, ``field_of_view_fraction``, probe FWHMs, the fitted ambiguities) and,
     under ``"arrays"``, the aligned maps for figures.
     """
@@ -75,14 +78,16 @@ def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, lay
     d_tilt = np.concatenate([(rec_maps["omega_x"] - ref_maps["omega_x"])[core],
                              (rec_maps["omega_y"] - ref_maps["omega_y"])[core]])
     amp = np.abs(aligned[region])
+    analytic = strain_against_analytic(rec_maps, ref_maps, gt, lit_lab, layout, voxel)
     out = {
         "object_error": relative_error(aligned, glow, region),
         "strain_rms_error": float(np.sqrt(np.mean(d_eps ** 2))) if d_eps.size else float("nan"),
         "tilt_rms_error_rad": float(np.sqrt(np.mean(d_tilt ** 2))) if d_tilt.size else float("nan"),
         "field_of_view_fraction": float(np.mean(amp > 0.5)) if amp.size else float("nan"),
-        "n_object_voxels": int(region.sum()), "n_strain_voxels": int(core.sum()),
+        "n_object_voxels": int(region.sum()), "n_strain_voxels": int(core.sum()), **analytic,
         "ambiguities": {"shift_voxels": amb["shift_voxels"], "ramp_rad_per_voxel": amb["ramp_rad_per_voxel"]},
     }
+    out["warnings"] = nan_reasons(out, int(lit.sum()))
     if "probe" in gt:
         pq = probe_quality(probe2d, probe_axes[0], probe_axes[1], gt["probe"], gt["probe_p1_m"], gt["probe_p2_m"])
         out.update(probe_error=pq["probe_error"], probe_fwhm_m=pq["fwhm_m"], probe_fwhm_true_m=pq["fwhm_true_m"],
@@ -90,6 +95,47 @@ def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, lay
     out["arrays"] = {"rec": rec_maps, "ref": ref_maps, "core": core}
     if "probe" in gt:
         out["arrays"]["probe_truth"] = pq["truth"]
+    return out
+
+
+def strain_against_analytic(rec_maps: dict, ref_maps: dict, gt: dict, lit_lab: np.ndarray, layout,
+                            gt_voxel_m: float) -> dict:
+    """eps_zz of the reconstruction against the simulator's *analytic* strain, and the floor.
+
+    Inside the true crystal (amplitude > 0.5 on the ground-truth grid), lit, and at least one
+    reconstruction voxel (its largest edge) away from every surface, void and dislocation core
+    (those are holes in the true amplitude, so one erosion keeps away from all of them):
+    ``strain_rms_error_analytic`` (reconstruction - analytic), ``strain_floor_rms`` (the ground
+    truth averaged over the reconstruction's voxels - analytic: what a perfect reconstruction at
+    this voxel size scores), ``strain_truth_rms`` (the analytic strain's own RMS, the signal) and
+    ``n_strain_voxels_analytic``. NaN (and 0 voxels) where nothing is left or no analytic strain.
+    """
+    if "eps_zz" not in gt or gt["eps_zz"].shape != ref_maps["eps_zz"].shape:
+        return {}
+    erode = max(1, int(math.ceil(max(layout.voxel_m) / gt_voxel_m)))
+    far = crystal_mask(gt["amplitude"] if "amplitude" in gt else np.abs(gt["density"]), 0.5, erode) & lit_lab
+    truth = gt["eps_zz"][far]
+    rms = lambda d: float(np.sqrt(np.mean(d ** 2))) if d.size else float("nan")  # noqa: E731
+    return {"strain_rms_error_analytic": rms(rec_maps["eps_zz"][far] - truth),
+            "strain_floor_rms": rms(ref_maps["eps_zz"][far] - truth), "strain_truth_rms": rms(truth),
+            "n_strain_voxels_analytic": int(far.sum())}
+
+
+def nan_reasons(metrics: dict, n_lit: int) -> list[str]:
+    """One line per NaN quality metric saying why it is NaN (no metric is NaN without a reason)."""
+    out = []
+    if not metrics["n_object_voxels"]:
+        where = ("no voxel is lit" if not n_lit else
+                 f"{n_lit} voxels are lit (illumination > 10 % of its maximum) but none holds the true crystal")
+        out.append(f"object_error and field_of_view_fraction are NaN: {where}; the reconstructed probe's "
+                   "illumination misses the crystal (a probe that drifted to the edge of its section, or a "
+                   "scan outside the sample)")
+    if metrics.get("n_strain_voxels_analytic") == 0:
+        out.append("strain_rms_error_analytic and strain_floor_rms are NaN: no lit crystal voxel lies one "
+                   "reconstruction voxel away from the surfaces (a foil only a few voxels thick)")
+    if not metrics["n_strain_voxels"]:
+        out.append("strain_rms_error and tilt_rms_error_rad are NaN: no voxel of the eroded crystal is lit "
+                   "(a foil thinner than a few voxels, or the illumination misses the crystal)")
     return out
 
 
@@ -102,7 +148,8 @@ def save_result(path, rec, maps: dict, lab_grid, illumination: np.ndarray, *, me
         f.attrs.update(bp_plugin_format=RESULT_FORMAT, bp_plugin_format_version=RESULT_VERSION,
                        geometry_json=json.dumps(rec.geometry.to_dict()), config_json=json.dumps(rec.config.to_dict()),
                        iteration=rec.iteration, source=str(source), object_origin=list(rec.layout.object_origin),
-                       voxel_m=list(rec.layout.voxel_m))
+                       voxel_m=list(rec.layout.voxel_m), slab_tilt_deg=list(rec.slab_tilt_deg),
+                       slab_tilt_source=rec.slab_tilt_source)
         if metrics is not None:
             f.attrs["metrics_json"] = json.dumps(metrics)
         f["object"] = st["object"]
@@ -134,4 +181,6 @@ def load_state(path) -> dict:
                 for i, e, s, st in zip(h["iteration"][()], h["error"][()], h["seconds"][()], h["stage"][()])]
         return {"object": f["object"][()], "probe2d": f["probe2d"][()], "background": f["background"][()],
                 "support": f["support"][()].astype(bool), "iteration": int(f.attrs["iteration"]), "history": hist,
-                "config": json.loads(f.attrs["config_json"])}
+                "config": json.loads(f.attrs["config_json"]),
+                "slab_tilt_deg": list(f.attrs["slab_tilt_deg"]) if "slab_tilt_deg" in f.attrs else None,
+                "slab_tilt_source": str(f.attrs.get("slab_tilt_source", "result file"))}

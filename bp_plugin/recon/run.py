@@ -41,6 +41,7 @@ class ReconstructOptions:
     ``iterations`` compresses the paper's schedule (slab steps, shrink-wrap window, ML share) to
     that many joint updates; ``ml_iterations`` then overrides the ML count; ``probe_warmup``
     (joint iterations, not compressed) learns the probe first and restarts the object with it;
+    ``sample_tilt_deg`` states the foil's tilt (else the scan's geometry's, else none);
     ``angle_curriculum`` (iterations per angle) adds the angles one by one before the schedule
     (:mod:`bp_plugin.recon.curriculum`); ``None`` chooses :data:`AUTO_CURRICULUM_PER_ANGLE` for a
     new run of a scan with at least :data:`AUTO_CURRICULUM_MIN_ANGLES` measured angles, 0 otherwise.
@@ -52,6 +53,7 @@ class ReconstructOptions:
     fixed_probe: bool = False
     probe_warmup: int | None = None
     angle_curriculum: int | None = None
+    sample_tilt_deg: tuple[float, float] | None = None
     mode: str = "sequential"
     device: str = "auto"
     resume: bool = False
@@ -66,7 +68,7 @@ def make_config(opts: ReconstructOptions, base: dict | None = None) -> ReconConf
         cfg = ReconConfig(**base)
     else:
         cfg = ReconConfig(mode=opts.mode, seed=opts.seed, probe_update=not opts.fixed_probe,
-                          upsampling=opts.upsampling)
+                          upsampling=opts.upsampling, slab_tilt_deg=opts.sample_tilt_deg)
         if opts.iterations is not None:
             cfg = cfg.scaled(opts.iterations)
     if opts.ml_iterations is not None:
@@ -121,6 +123,8 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     seconds = time.perf_counter() - t0
     metrics, maps, grid, arrays, illum = summarize(rec, ds.ground_truth, ds.ground_truth_attrs)
     metrics["seconds"] = seconds
+    metrics.update(slab_tilt_deg=list(rec.slab_tilt_deg), slab_tilt_source=rec.slab_tilt_source,
+                   upsampling=rec.geometry.upsampling, warnings=list(rec.warnings) + metrics.get("warnings", []))
     write_outputs(rec, out_path, metrics, maps, grid, arrays, illum, source=str(scan_path), figures=opts.figures)
     return metrics
 

@@ -1,0 +1,134 @@
+"""Data the project did not tune to: flipped files, another foil tilt, family members, the defaults.
+
+Thresholds come from measured runs (``benchmarks/bench_family.py``; numbers in the comments),
+with about 30 % of margin, so a regression fails them while seed-to-seed noise does not.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bp_plugin.dataset import read_dataset
+from bp_plugin.recon.config import ReconConfig
+from bp_plugin.recon.engine import Reconstructor
+from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
+from sim_devices.experiment import simulate_to_file
+from sim_devices.family import RANGES, draw_member
+from sim_devices.presets import get_preset
+
+FAST = dict(iterations=40, ml_iterations=10, angle_curriculum=0, progress=False, figures=False)
+
+
+def tiny_with(**geometry_changes):
+    p = get_preset("tiny")
+    return replace(p, geometry=replace(p.geometry, **geometry_changes))
+
+
+@pytest.mark.parametrize("crop", [(32, 32), (31, 33)])
+def test_a_flipped_file_reads_and_reconstructs_as_the_unflipped_one(tmp_path, crop):
+    """Frames stored with n1 and n2 running the other way (flipped about the crop's centre, as a
+    detector would store them, q0_pixel at the centre) read back as the unflipped scan: bit for bit
+    for odd crops; for even crops but the first row and column, which the flip leaves unmeasured
+    (masked); and the even one reconstructs as well."""
+    base = tiny_with(crop=crop)
+    plain, flipped = tmp_path / "plain.h5", tmp_path / "flipped.h5"
+    simulate_to_file(plain, base, progress=False)
+    simulate_to_file(flipped, replace(base, file_conventions=(-1, -1, -1)), progress=False)
+    a, b = read_dataset(plain), read_dataset(flipped)
+    np.testing.assert_array_equal(b.translations_m, a.translations_m)
+    odd = [n % 2 == 1 for n in crop]
+    keep = np.ones(crop, bool)
+    keep[0, :] &= odd[0]
+    keep[:, 0] &= odd[1]
+    np.testing.assert_array_equal(b.mask, a.mask & keep)
+    np.testing.assert_array_equal(b.frames[..., keep], a.frames[..., keep])
+    if all(odd):
+        return
+    errs = [reconstruct_file(p, tmp_path / p.stem / "r.h5", ReconstructOptions(**FAST))["object_error"]
+            for p in (plain, flipped)]
+    assert errs[1] < 1.1 * errs[0] + 0.01, errs               # measured 0.180 and 0.182
+
+
+def test_a_foil_with_another_tilt_reconstructs_as_well_when_its_tilt_is_stated(tmp_path):
+    """The slab's tilt comes from what the user states, not from a constant equal to a test sample:
+    tiny's foil tilted (-3, 4) deg instead of (5.5, -2) meets tiny's thresholds (test_engine)."""
+    tilt = (-3.0, 4.0)
+    p = replace(tiny_with(sample_tilt_deg=tilt), sample_tilt_deg=tilt)
+    path = tmp_path / "tilted.h5"
+    simulate_to_file(path, p, progress=False)
+    ds = read_dataset(path)
+    assert ds.geometry.sample_tilt_deg == tilt
+    m = reconstruct_file(path, tmp_path / "r" / "r.h5", ReconstructOptions(iterations=60, ml_iterations=20,
+                                                                           progress=False, figures=False))
+    assert m["slab_tilt_deg"] == list(tilt) and m["slab_tilt_source"] == "geometry"
+    assert m["object_error"] < 0.22 and m["strain_rms_error"] < 4.6e-5, m      # measured 0.150, 3.1e-5
+    assert not any("tilt" in w for w in m["warnings"])
+
+
+def test_no_tilt_constant_in_the_defaults_and_an_unknown_tilt_is_said(tmp_path):
+    assert ReconConfig().slab_tilt_deg is None
+    p = tiny_with(sample_tilt_deg=None)
+    path = tmp_path / "s.h5"
+    simulate_to_file(path, p, progress=False)
+    ds = read_dataset(path)
+    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=ReconConfig().scaled(10))
+    assert rec.slab_tilt_deg == (0.0, 0.0) and rec.slab_tilt_source == "assumed specular"
+    assert any("--sample-tilt" in w for w in rec.warnings)
+    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask,
+                        config=ReconConfig(slab_tilt_deg=(1.0, 2.0)).scaled(10))
+    assert rec.slab_tilt_deg == (1.0, 2.0) and rec.slab_tilt_source == "config" and not rec.warnings
+
+
+def test_upsampling_comes_from_the_geometry_and_less_is_warned_about():
+    geo = get_preset("tiny").geometry
+    # the tiny file says x2 (its stated 0.8 um beam); a beam filling the detector's window needs x3
+    assert geo.upsampling == 2 and geo.upsampling_needed() == 2 and geo.upsampling_default() == 3
+    assert geo.widest_sampled_beam_m == pytest.approx(geo.window_m[0] - 2 * math.cos(geo.theta_bragg_rad) * geo.thickness_m)
+    member = draw_member(1).geometry
+    assert member.upsampling == 1 and member.upsampling_default() >= 3     # a converter's file: x1
+    t = np.zeros((member.raster_shape[0] * member.raster_shape[1], 3))
+    frames = np.zeros((member.n_angles, len(t), *member.crop), np.float32)
+    rec = Reconstructor(member, frames, t, np.ones(member.crop, bool), config=ReconConfig(upsampling=1))
+    assert rec.geometry.upsampling == 1
+    assert any(w.startswith("up-sampling x1 is below the x") for w in rec.warnings), rec.warnings
+    rec = Reconstructor(member, frames, t, np.ones(member.crop, bool), config=ReconConfig())
+    assert rec.geometry.upsampling == member.upsampling_default()
+    assert not any("up-sampling" in w for w in rec.warnings)
+
+
+def test_family_members_are_drawn_from_the_documented_ranges():
+    members = [draw_member(s) for s in range(12)]
+    for p in members:
+        g = p.geometry
+        assert RANGES["energy_kev"][0] <= g.energy_kev <= RANGES["energy_kev"][1]
+        assert all(RANGES["crop_px"][0] <= c <= RANGES["crop_px"][1] for c in g.crop)
+        assert all(abs(t) <= RANGES["sample_tilt_deg"][1] for t in p.sample_tilt_deg)
+        assert g.sample_tilt_deg is None and g.upsampling == 1                  # what the file does not say
+        assert g.exit_wave_extent_r1_m <= g.window_m[0]                         # the pixels sample the exit wave
+        assert p.rocking_substeps in (1, 5) and set(p.file_conventions) <= {-1, 1}
+    assert len({p.geometry.hkl for p in members}) > 1 and len({p.geometry.crop[0] % 2 for p in members}) == 2
+    assert draw_member(3) == draw_member(3)                                     # seeded
+
+
+def test_family_members_reconstruct_with_the_defaults(tmp_path):
+    """Three members with only what a user knows (the tilt stated, as by an experimenter who cut the
+    foil): every NaN metric comes with a warning that says why, and the errors stay within bounds
+    measured on them (members 0, 3, 4: object 0.142, 0.163, 0.208; probe 0.243, 0.243, 0.251;
+    eps_zz against the analytic strain 4.5e-5 and 4.8e-5 for a truth RMS of 2.0e-4 and 1.9e-4;
+    member 4's foil is under two voxels thick away from its surfaces: NaN, said)."""
+    for seed in (0, 3, 4):
+        p = draw_member(seed)
+        path = tmp_path / f"m{seed}.h5"
+        simulate_to_file(path, p, progress=False)
+        m = reconstruct_file(path, tmp_path / f"r{seed}" / "r.h5", ReconstructOptions(
+            iterations=60, ml_iterations=20, progress=False, figures=False, sample_tilt_deg=tuple(p.sample_tilt_deg)))
+        nan = [k for k, v in m.items() if isinstance(v, float) and math.isnan(v)]
+        assert not nan or any("NaN" in w for w in m["warnings"]), (nan, m["warnings"])
+        assert m["upsampling"] == p.geometry.upsampling_default()
+        assert m["object_error"] < 0.28 and m["probe_error"] < 0.33, (seed, m)
+        if seed != 4:
+            assert m["strain_rms_error_analytic"] < 0.5 * m["strain_truth_rms"], (seed, m)
+            assert m["strain_floor_rms"] < m["strain_rms_error_analytic"]
