@@ -30,6 +30,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+#: what a frame holds along the rocking curve (``ExperimentGeometry.rocking_exposure``)
+EXPOSURES = ("point", "step")
+
 HC_KEV_ANGSTROM = 12.398419843320026  # h c in keV * Angstrom (CODATA 2018)
 EV_TO_J = 1.602176634e-19
 
@@ -178,7 +181,10 @@ class ExperimentGeometry:
         numerical_aperture: KB half-aperture ``(NA along p1 / vertical, NA along p2 / horizontal)``.
         sample_tilt_deg: tilt of the sample's surface normal from Q, ``(about x, then about y)`` in
             degrees, when the user knows it (a specular reflection of a flat foil: (0, 0)); ``None``
-            (unknown) lets the reconstruction estimate it from the data.
+            (unknown): the reconstruction assumes a specular reflection and says so.
+        rocking_exposure: ``"point"`` when each frame is taken at one rocking angle (step and
+            count, the sample at rest); ``"step"`` when it integrates its whole rocking step
+            (a continuous / fly rocking scan); see :mod:`bp_plugin.recon.exposure`.
     """
 
     energy_kev: float = 8.0
@@ -197,6 +203,7 @@ class ExperimentGeometry:
     beam_width_m: float = 1.7e-6
     numerical_aperture: tuple[float, float] = (3.7e-4, 1.9e-4)
     sample_tilt_deg: tuple[float, float] | None = None
+    rocking_exposure: str = "point"
 
     def __post_init__(self) -> None:
         checks = {
@@ -212,6 +219,7 @@ class ExperimentGeometry:
             "numerical_aperture": len(self.numerical_aperture) == 2 and min(self.numerical_aperture) > 0,
             "sample_tilt_deg": self.sample_tilt_deg is None or (
                 len(self.sample_tilt_deg) == 2 and all(math.isfinite(t) and abs(t) < 45 for t in self.sample_tilt_deg)),
+            "rocking_exposure": self.rocking_exposure in EXPOSURES,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

@@ -8,7 +8,8 @@ aberrations (coma, astigmatism, defocus) and tails, frames integrated over their
 flux, background, and the orientation in which the detector stores its axes. The scan file of a
 member holds only what a user would know: the experiment's geometry with ``upsampling = 1`` (a
 converter does not know the ratio the data need), the beam width the user states (the focus'
-central part, not its tails), the nominal thickness, no sample tilt.
+central part, not its tails), the nominal thickness, the scan mode (``rocking_exposure``: frames
+at one angle, or integrated over their step), no sample tilt.
 
 Used by ``tests/test_family.py`` (a few members, thresholds that hold for every member drawn) and
 ``benchmarks/bench_family.py`` (a table of the spread of object, probe and strain errors).
@@ -83,6 +84,8 @@ def draw_member(seed: int) -> Preset:
                              gap_rows=(gap,), n_hot=1, n_dead=2, seed=int(rng.integers(1 << 30)))
     tilt = (u("sample_tilt_deg"), u("sample_tilt_deg"))
     substeps = int(rng.choice([1, 5]))
+    # the scan mode is the user's knowledge: a fly scan's file says its frames integrate their step
+    geo = replace(geo, rocking_exposure="step" if substeps > 1 else "point")
     signs = tuple(int(s) for s in rng.choice([-1, 1], size=3))
     desc = (f"family member {seed}: {name} at {geo.energy_kev:.2f} keV (theta_B {math.degrees(geo.theta_bragg_rad):.1f} "
             f"deg), crop {crop[0]} x {crop[1]}, T {thickness * 1e9:.0f} nm tilted ({tilt[0]:.1f}, {tilt[1]:.1f}) deg, "

@@ -304,3 +304,33 @@ def test_fourier_shell_correlation_and_half_dose_split():
     frames = rng.poisson(50, size=(4, 5, 6)).astype(np.uint32)
     h1, h2 = split_counts(frames)
     assert np.array_equal(h1 + h2, frames) and abs(h1.mean() - 25) < 1.5
+
+
+@pytest.mark.parametrize("up", [1, 2, 3, 4])
+def test_step_exposure_is_the_mean_intensity_over_each_step_and_its_correction_projects(up):
+    """``rocking_exposure = "step"``: a frame is the trapezoidal mean of |Psi|^2 over the box planes
+    of its step (brute force below); with the measured intensity equal to the model's, the
+    correction changes nothing; for an odd ratio (no plane shared) a corrected far field has exactly
+    the measured intensity; planes beyond the first and last step stay free."""
+    from bp_plugin.recon.exposure import RockingExposure
+
+    n_a = 5
+    planes = (n_a * up) // 2 + (np.arange(n_a) - n_a // 2) * up
+    ex = RockingExposure(planes, n_a * up, up, "step", np)
+    rng = np.random.default_rng(up)
+    big = (rng.normal(size=(2, n_a * up, 3, 4)) + 1j * rng.normal(size=(2, n_a * up, 3, 4))).astype(np.complex64)
+    brute = np.zeros((2, n_a, 3, 4))
+    for a, p in enumerate(planes):
+        ks = [k for k in range(-(up // 2), up // 2 + 1) if 0 <= p + k < n_a * up]
+        w = np.array([0.5 if up > 1 and abs(k) * 2 == up else 1.0 for k in ks])
+        brute[:, a] = np.tensordot(w / w.sum(), np.abs(big[:, [p + k for k in ks]]) ** 2, (0, 1))
+    np.testing.assert_allclose(ex.intensity(big), brute, rtol=1e-5)
+    np.testing.assert_array_equal(ex.correction(big, np.zeros((2, n_a, 3, 4), np.float32)), 0)
+    measured = rng.uniform(0.5, 2, size=brute.shape).astype(np.float32) * brute.astype(np.float32)
+    corrected = big + ex.correction(big, np.sqrt(measured / ex.intensity(big)) - 1)
+    if up % 2:
+        np.testing.assert_allclose(ex.intensity(corrected), measured, rtol=1e-4)
+    point = RockingExposure(planes, n_a * up, up, "point", np)
+    np.testing.assert_allclose(point.intensity(big), np.abs(big[:, planes]) ** 2, rtol=1e-5)
+    with pytest.raises(ValueError, match="rocking_exposure"):
+        RockingExposure(planes, n_a * up, up, "fly", np)

@@ -116,8 +116,8 @@ def test_family_members_are_drawn_from_the_documented_ranges():
 def test_family_members_reconstruct_with_the_defaults(tmp_path):
     """Three members with only what a user knows (the tilt stated, as by an experimenter who cut the
     foil): every NaN metric comes with a warning that says why, and the errors stay within bounds
-    measured on them (members 0, 3, 4: object 0.142, 0.163, 0.208; probe 0.243, 0.243, 0.251;
-    eps_zz against the analytic strain 4.5e-5 and 4.8e-5 for a truth RMS of 2.0e-4 and 1.9e-4;
+    measured on them (members 0, 3, 4: object 0.120, 0.128, 0.208; probe 0.293, 0.229, 0.251;
+    eps_zz against the analytic strain 4.7e-5 and 4.8e-5 for a truth RMS of 2.0e-4 and 1.9e-4;
     member 4's foil is under two voxels thick away from its surfaces: NaN, said)."""
     for seed in (0, 3, 4):
         p = draw_member(seed)
@@ -128,7 +128,23 @@ def test_family_members_reconstruct_with_the_defaults(tmp_path):
         nan = [k for k, v in m.items() if isinstance(v, float) and math.isnan(v)]
         assert not nan or any("NaN" in w for w in m["warnings"]), (nan, m["warnings"])
         assert m["upsampling"] == p.geometry.upsampling_default()
-        assert m["object_error"] < 0.28 and m["probe_error"] < 0.33, (seed, m)
+        assert m["object_error"] < 0.28 and m["probe_error"] < 0.36, (seed, m)
         if seed != 4:
             assert m["strain_rms_error_analytic"] < 0.5 * m["strain_truth_rms"], (seed, m)
             assert m["strain_floor_rms"] < m["strain_rms_error_analytic"]
+
+
+def test_frames_integrated_over_their_step_are_modelled_so(tmp_path):
+    """A fly scan (each frame the mean over its rocking step, member 1) reconstructs better when
+    the model integrates too (rocking_exposure "step", as its file says) than with point frames:
+    measured object error 0.131 against 0.196."""
+    p = draw_member(1)
+    assert p.rocking_substeps > 1 and p.geometry.rocking_exposure == "step"
+    errs = {}
+    for mode in ("step", "point"):
+        path = tmp_path / f"{mode}.h5"
+        simulate_to_file(path, replace(p, geometry=replace(p.geometry, rocking_exposure=mode)), progress=False)
+        errs[mode] = reconstruct_file(path, tmp_path / mode / "r.h5", ReconstructOptions(
+            iterations=60, ml_iterations=20, progress=False, figures=False,
+            sample_tilt_deg=tuple(p.sample_tilt_deg)))["object_error"]
+    assert errs["step"] < 0.85 * errs["point"] and errs["step"] < 0.18, errs

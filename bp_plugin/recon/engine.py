@@ -2,7 +2,8 @@
 
 Forward model for position ``j`` (box of shape ``(N3, N1, N2)``):
 ``psi_j = P_j * rho[view_j]``, ``Psi_j = F psi_j`` (sheared, unitary), ``h_j = |Psi_j|^2 + b`` on the
-measured planes. The corrected field (Eq. 13) is ``Psi'_j = Psi_j (1 + w (sqrt(I_j / h_j) - 1))``
+measured planes (or, for frames integrated over their rocking step, the mean of ``|Psi_j|^2`` over
+the step's planes plus ``b``: :mod:`bp_plugin.recon.exposure`). The corrected field (Eq. 13) is ``Psi'_j = Psi_j (1 + w (sqrt(I_j / h_j) - 1))``
 with ``w = 1`` on valid pixels of measured frames and 0 elsewhere (virtual up-sampled planes,
 gaps, bad pixels and frames not yet measured are left free: ``Psi' = Psi`` there, where Eq. 13
 as printed would shrink them by ``|Psi| / sqrt(h)``).
@@ -25,6 +26,7 @@ from ..backend import Backend, get_backend
 from ..geometry import ExperimentGeometry
 from ..sheared_fft import ShearedFFT, modulation
 from .config import ReconConfig
+from .exposure import RockingExposure
 from .layout import ScanLayout, slab_support
 from .probe_ops import ProbeOperator, na_focus
 
@@ -82,7 +84,8 @@ class Reconstructor:
         self.amp = xp.asarray(np.sqrt(frames.astype(np.float32)).transpose(1, 0, 2, 3).copy())  # (n_p, n_a, N1, N2)
         self.mask = xp.asarray(np.asarray(mask, bool).astype(np.float32))
         self.measured = np.ones((n_a, n_p), bool) if measured is None else np.asarray(measured, bool).copy()
-        self.planes = xp.asarray(self.layout.planes)
+        self.exposure = RockingExposure(self.layout.planes, geometry.n_planes, geometry.upsampling,
+                                        geometry.rocking_exposure, xp)
         self.background = xp.full((n_a,) + tuple(geometry.crop), self.config.background_init, np.float32)
         self.support = xp.asarray(self._slab(0))
         self._obj = self.support.astype(np.complex64) * self._mod
@@ -125,8 +128,8 @@ class Reconstructor:
         xp = self.backend.xp
         model = data = 0.0
         for j in self.active_positions():
-            _, bm, _, a, w = self._model([j], (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
-            model += float(xp.sum(w * xp.abs(bm) ** 2))
+            _, inten, _, a, w = self._model([j], (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
+            model += float(xp.sum(w * inten))
             data += float(xp.sum(w * a ** 2))
         if model > 0 and data > 0:
             self.probe2d *= np.float32(np.sqrt(data / model))
@@ -144,13 +147,14 @@ class Reconstructor:
     def _model(self, js, psi):
         """Forward model of positions ``js`` (1D) for exit waves ``psi`` ``(B, N3, N1, N2)``.
 
-        Returns ``(Psi, Psi on the measured planes, sqrt(h), measured amplitudes, w)``.
+        Returns ``(Psi, model intensity of the frames (B, n_a, N1, N2) (without background),
+        sqrt(h), measured amplitudes, w)``; the frames' intensity is :attr:`exposure`'s.
         """
         xp = self.backend.xp
         big = self.fft.forward(psi)
-        bm = big[:, self.planes]                                  # (B, n_a, N1, N2)
-        sqrt_h = xp.sqrt(xp.maximum(bm.real ** 2 + bm.imag ** 2 + self.background, 1e-12))
-        return big, bm, sqrt_h, self.amp[js], self._weights(js)
+        inten = self.exposure.intensity(big)                     # (B, n_a, N1, N2)
+        sqrt_h = xp.sqrt(xp.maximum(inten + self.background, 1e-12))
+        return big, inten, sqrt_h, self.amp[js], self._weights(js)
 
     def _section_at(self, j: int):
         """The probe section shifted by position ``j``'s sub-voxel remainder."""
@@ -178,11 +182,10 @@ class Reconstructor:
         xp = self.backend.xp
         single = np.ndim(js) == 0
         js = np.atleast_1d(js)
-        big, bm, sqrt_h, a, w = self._model(js, psi[None] if single else psi)
+        big, _, sqrt_h, a, w = self._model(js, psi[None] if single else psi)
         cost = float(xp.sum(w * (a - sqrt_h) ** 2))
         norm = float(xp.sum(w * a * a))
-        dbig = xp.zeros_like(big)
-        dbig[:, self.planes] = bm * (w * (a / sqrt_h - 1))
+        dbig = self.exposure.correction(big, w * (a / sqrt_h - 1))
         if update_background:
             g = self.config.gamma
             factor = ((1 - g) + g * a / sqrt_h) ** 2
