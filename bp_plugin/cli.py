@@ -62,6 +62,8 @@ def format_geometry(geo: ExperimentGeometry) -> str:
         ("  with up-sampling", f"{um(s['window_w_upsampled_m'])} (x{geo.upsampling})"),
         ("max rocking step, Eq. 12", f"{s['rocking_step_max_deg']:.5f} deg for W = {um(geo.beam_width_m)}"
          f"  (up-sampling needed: x{s['upsampling_needed']})"),
+        ("up-sampling default", f"x{s['upsampling_default']}: what a beam filling the detector's window "
+         f"({um(s['widest_sampled_beam_m'])} along p1, tails included) needs; reconstruct uses it"),
         ("intersection length L", um(s["intersection_length_m"])),
         ("exit wave along r1, W + 2cT", f"{um(s['exit_wave_extent_r1_m'])} (window {um(s['window_m'][0])}: "
          + ("fits)" if s["pixel_sampling_ok"] else "TOO WIDE: frames alias; use smaller pixels or a longer distance)")),

@@ -14,6 +14,8 @@ counting pixel is never noise-free) are masked.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from .dataset import DatasetWriter
@@ -110,8 +112,11 @@ def run_to_dataset(run, path, *, overwrite: bool = False, mask: np.ndarray | Non
         for k in range(n):
             w.write_frame(int(ia[k]), int(ip[k]), frames[k], flush=(k == n - 1))
         if ground_truth and "bp_sim" in start:
-            from sim_devices.experiment import build_experiment
-            gt, attrs = build_experiment(start["bp_sim"]["preset"], seed=int(start["bp_sim"].get("seed", 0))).ground_truth()
-            w.write_ground_truth(gt, attrs)
+            from .truth import truth_from_start
+            gt, attrs, note = truth_from_start(start["bp_sim"])
+            if gt:
+                w.write_ground_truth(gt, attrs)
+            elif note:
+                print(f"warning: {note}", file=sys.stderr)
     return {"uid": start["uid"], "n_frames": n, "n_points": int(scan["n_points"]), "complete": n == int(scan["n_points"]),
             "path": str(path)}

@@ -33,7 +33,7 @@ class ScanIndex(Device):
     pos = Cpt(Signal, value=0, kind="normal")
 
 
-def bragg_ptycho_scan(detectors, rocking, x, y, geometry="small", *, eta_centre: float | None = None,
+def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float | None = None,
                       x_centre: float = 0.0, y_centre: float = 0.0, order: str = "angle-outer",
                       snake: bool = False, count_time: float | None = None, roi_origin=None, md: dict | None = None):
     """Raster ``x`` x ``y`` at each angle of a rocking curve of ``rocking`` (or the other way round).
@@ -42,7 +42,8 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry="small", *, eta_centre:
         detectors: list of detectors; the first one must give 2D frames (the diffraction).
         rocking: the goniometer rocking axis (degrees).
         x, y: raster axes (any length unit: um, mm, nm, m), lab x and y of the sample.
-        geometry: ``ExperimentGeometry``, a dict of its fields, or a preset name; its raster
+        geometry: ``ExperimentGeometry`` or a dict of its fields (no default: it is the
+            experiment's, never a simulated preset's); its raster
             (shape, step), rocking (n_angles, step), crop and intended up-sampling define the scan.
         eta_centre: rocking angle (deg) of the central angle index (``n_angles // 2``); default the
             computed Bragg angle (use :func:`plans.alignment.find_bragg_peak` to measure it).

@@ -37,7 +37,8 @@ def check_angle_motor(motor):
 
 
 def resolve_geometry(geometry) -> ExperimentGeometry:
-    """An :class:`ExperimentGeometry` from itself, a dict (``to_dict`` form) or a preset name."""
+    """An :class:`ExperimentGeometry` from itself or a dict (``to_dict`` form). Preset names are the
+    simulator's and are not taken here (a simulated beamline gives its own: ``bl.geometry``)."""
     if isinstance(geometry, ExperimentGeometry):
         return geometry
     if isinstance(geometry, dict):
@@ -45,13 +46,8 @@ def resolve_geometry(geometry) -> ExperimentGeometry:
             return ExperimentGeometry.from_dict(geometry)
         except (TypeError, ValueError) as exc:
             raise PlanError(f"invalid geometry: {exc}") from None
-    if isinstance(geometry, str):
-        from sim_devices.presets import PRESETS, get_preset
-        if geometry in PRESETS:
-            return get_preset(geometry).geometry
-        raise PlanError(f"geometry {geometry!r} is not a preset ({sorted(PRESETS)}); pass a dict of "
-                        "ExperimentGeometry fields instead")
-    raise PlanError(f"geometry must be an ExperimentGeometry, a dict or a preset name, not {type(geometry).__name__}")
+    raise PlanError(f"geometry must be an ExperimentGeometry or a dict of its fields, not {type(geometry).__name__} "
+                    f"{geometry!r:.40}; a simulated beamline's is bl.geometry (or bl.geometry.to_dict() in a queue item)")
 
 
 def check_sampling(geo: ExperimentGeometry):

@@ -34,13 +34,8 @@ def _geometry(geometry) -> DfxrmGeometry:
             return DfxrmGeometry.from_dict(geometry)
         except (TypeError, ValueError) as exc:
             raise PlanError(f"invalid DF-XRM geometry: {exc}") from None
-    if isinstance(geometry, str):
-        from sim_devices.dfxrm_microscope import DFXRM_PRESETS
-        if geometry in DFXRM_PRESETS:
-            return DFXRM_PRESETS[geometry].geometry()
-        raise PlanError(f"geometry {geometry!r} is not a DF-XRM preset ({sorted(DFXRM_PRESETS)}); pass a "
-                        "DfxrmGeometry or a dict of its fields")
-    raise PlanError(f"geometry must be a DfxrmGeometry, a dict or a preset name, not {type(geometry).__name__}")
+    raise PlanError(f"geometry must be a DfxrmGeometry or a dict of its fields, not {type(geometry).__name__} "
+                    f"{geometry!r:.40}; a simulated microscope's is mic.geometry (mic.geometry.to_dict() in a queue item)")
 
 
 def _check_camera(detectors) -> tuple:
@@ -133,7 +128,7 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
     Args:
         detectors: the camera first.
         phi, chi: the tilt motors (deg).
-        geometry: :class:`DfxrmGeometry`, a dict of its fields or a DF-XRM preset name.
+        geometry: :class:`DfxrmGeometry` or a dict of its fields.
         phi_range_deg, chi_range_deg: (start, stop) offsets from the reference (deg).
         n_phi, n_chi: points per axis.
         snake: reverse chi on every other phi row (saves motion; moments do not care).

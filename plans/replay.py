@@ -11,6 +11,8 @@ origin in the replayed ``bp_scan`` is therefore (0, 0).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import time
 from typing import Iterator
 
@@ -77,8 +79,8 @@ def dataset_documents(path, *, rate: float | None = None) -> Iterator[tuple[str,
     pts = [(ia, ip) for ia in range(n_a) for ip in range(n_p) if ds.measured[ia, ip]]
     scan_md = _scan_md(geo, ds.angles_deg, ds.translations_m[:, :2] * 1e6, len(pts), "angle-outer", False,
                        ds.count_time_s)
-    extra = {"replay_of": str(path), **({"bp_sim": {"preset": ds.metadata["preset"], "seed": ds.metadata.get("seed", 0)}}
-                                        if ds.metadata.get("simulated") else {})}
+    extra = {"replay_of": str(path), **({"bp_sim": {"truth_file": str(Path(path).resolve())}}
+                                        if ds.ground_truth else {})}
 
     def points():
         for ia, ip in pts:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bp_plugin.geometry import ExperimentGeometry
+from bp_plugin.truth import write_truth_file
 
 from .detector import SimAreaDetector
 from .experiment import SimulatedExperiment, build_experiment
@@ -97,8 +98,12 @@ class SimBraggBeamline:
         self.detector = SimAreaDetector(
             name="maxipix", frame_source=self._frame, frame_shape=self.frame_shape, pixel_size_m=geo.pixel_size_m,
             mask=self.mask, write_dir=opt.write_dir, count_time_s=p.detector.count_time_s, realtime=opt.realtime)
-        # recorded in the start document, so an exported run can carry its ground truth
-        self.detector.sim_metadata = {"preset": p.name, "seed": opt.seed, "noise": opt.noise}
+        # the ground truth travels as a file named in the start document: consumers read it, they
+        # never rebuild the simulator (a reconstructor at a beamline has no sim_devices)
+        gt, gt_attrs = self.experiment.ground_truth()
+        truth = write_truth_file(Path(opt.write_dir) / f"truth_{p.name}_seed{opt.seed}.h5", gt, gt_attrs)
+        self.detector.sim_metadata = {"preset": p.name, "seed": opt.seed, "noise": opt.noise,
+                                      "truth_file": str(truth.resolve())}
 
     # --- description --------------------------------------------------------------------------
     @property

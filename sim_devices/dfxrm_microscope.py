@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bp_plugin.dfxrm.geometry import DfxrmGeometry
+from bp_plugin.truth import write_truth_file
 
 from .detector import SimAreaDetector
 from .dfxrm_sample import DfxrmSample, DfxrmSampleConfig, build_sample
@@ -95,6 +96,13 @@ def build_preset_sample(preset: str | DfxrmPreset, seed: int = 0) -> DfxrmSample
     return build_sample(p.sample_config(seed), p.geometry())
 
 
+def write_sample_truth(sample: DfxrmSample, path) -> Path:
+    """The sample's truth maps and dislocations (``(n, 3)``: row, col, b_m) as a truth file
+    (:mod:`bp_plugin.truth`), what ``streaming.dfxrm_live.truth_metrics`` reads."""
+    return write_truth_file(path, {**sample.truth_maps(), "dislocations": np.asarray(sample.dislocations, float).reshape(-1, 3)},
+                            {"dislocations_columns": "row, col, b_m (screw, b along Q, signed, m)"})
+
+
 class SimDfxrmMicroscope:
     """Motors and camera of a simulated DF-XRM experiment (see the module docstring).
 
@@ -120,7 +128,10 @@ class SimDfxrmMicroscope:
             name="dfxrm_cam", frame_source=self._frame, frame_shape=p.shape, pixel_size_m=geo.pixel_size_m,
             mask=np.ones(p.shape, bool), write_dir=Path(write_dir), count_time_s=p.count_time_s, dtype=np.uint16,
             realtime=realtime)
-        self.detector.sim_metadata = {"technique": "dfxrm", "preset": p.name, "seed": self.seed, "noise": self.noise}
+        # the truth travels as a file named in the start document (consumers never rebuild the sample)
+        truth = write_sample_truth(self.sample, Path(write_dir) / f"truth_dfxrm_{p.name}_seed{self.seed}.h5")
+        self.detector.sim_metadata = {"technique": "dfxrm", "preset": p.name, "seed": self.seed, "noise": self.noise,
+                                      "truth_file": str(truth.resolve())}
         # what the instrument scientist would know of the real microscope: the objective's angular
         # resolution and the camera's dark level (the plans record both in the start document)
         self.detector.resolution_deg = dict(self.sample.config.resolution_deg)

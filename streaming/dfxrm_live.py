@@ -280,14 +280,16 @@ def published(maps: dict) -> dict:
 def truth_metrics(run: DfxrmRun, maps: dict) -> dict:
     """Errors against the ground truth when the run came from the simulated microscope."""
     sim = run.start.get("sim") or {}
-    if sim.get("technique") != "dfxrm" or "preset" not in sim or run.kind == "weak_beam":
+    if sim.get("technique") != "dfxrm" or run.kind == "weak_beam":
         return {}
     from bp_plugin.dfxrm.quality import map_errors
-    from sim_devices.dfxrm_microscope import build_preset_sample
+    from bp_plugin.truth import truth_from_start
 
-    sample = build_preset_sample(sim["preset"], int(sim.get("seed", 0)))
-    return map_errors(maps, sample.truth_maps(), pixel_size_m=run.geometry.pixel_size_m,
-                      dislocations=sample.dislocations)
+    truth, _, note = truth_from_start(sim)
+    if truth is None:
+        return {"warnings": [note]} if note else {}
+    dislocations = [tuple(r) for r in np.asarray(truth.pop("dislocations", np.zeros((0, 3))))]
+    return map_errors(maps, truth, pixel_size_m=run.geometry.pixel_size_m, dislocations=dislocations)
 
 
 def run_dfxrm(run: DfxrmRun, *, publisher, stop_event: threading.Event, interval_s: float = 1.0,

@@ -16,6 +16,8 @@ recovers every frame it missed.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import logging
 import threading
 import time
@@ -247,13 +249,15 @@ class BlueskyFrameStreamer:
 
 
 def send_dataset(path, address: str, *, rate: float | None = None, run_uid: str | None = None,
-                 progress: bool = True, sender: FrameSender | None = None) -> dict:
+                 progress: bool = True, sender: FrameSender | None = None, truth_file=None) -> dict:
     """Stream a dataset file's measured frames (angle-outer) as one run.
 
     Args:
         path: dataset file (docs/dataset-format.md).
         address: the reconstructor's address.
         rate: frames per second (None: as fast as the receiver takes them).
+        truth_file: the ground-truth file the start message names (default: the scan file itself
+            when it holds a ground truth, else none).
         run_uid: uid of the streamed run (default: a new uuid; the file's own run uid is sent in
             ``scan.source_run_uid``: streaming a file twice makes two runs, not duplicates).
 
@@ -270,7 +274,9 @@ def send_dataset(path, address: str, *, rate: float | None = None, run_uid: str 
     own = sender is None
     sender = sender or FrameSender(address)
     pts = [(ia, ip) for ia in range(ds.measured.shape[0]) for ip in range(ds.measured.shape[1]) if ds.measured[ia, ip]]
-    sim = {"preset": ds.metadata["preset"], "seed": int(ds.metadata.get("seed", 0))} if ds.metadata.get("simulated") else None
+    # a simulated scan file holds its own ground truth: the service reads it from there
+    truth_file = truth_file or (Path(path).resolve() if ds.ground_truth else None)
+    sim = {"truth_file": str(truth_file)} if truth_file else None
     t0 = time.perf_counter()
     sender.send(protocol.encode_start(uid, sender.next_seq(uid), ds.geometry.to_dict(), ds.translations_m, len(pts),
                                       scan={"source": str(path), "source_run_uid": ds.metadata.get("run_uid")},

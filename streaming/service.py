@@ -341,14 +341,14 @@ class ReconstructorService:
 
     def _finish(self, live: LiveReconstruction, pub) -> dict:
         from bp_plugin.recon.run import summarize, write_outputs
+        from bp_plugin.truth import truth_from_start
 
         asm, rec = live.asm, live.rec
-        gt = gt_attrs = None
-        sim = asm.start.get("sim")
-        if sim:
-            from sim_devices.experiment import build_experiment
-            gt, gt_attrs = build_experiment(sim["preset"], seed=int(sim.get("seed", 0))).ground_truth()
+        gt, gt_attrs, truth_note = truth_from_start(asm.start.get("sim"))
         metrics, maps, grid, arrays, illum = summarize(rec, gt, gt_attrs)
+        metrics["warnings"] = list(rec.warnings) + metrics.get("warnings", []) + ([truth_note] if truth_note else [])
+        if truth_note:
+            log.warning("run %s: %s", asm.uid[:8], truth_note)
         metrics["seconds"] = time.time() - live.started
         t_last = asm.t_last_frame or time.time()          # wall clock of the last frame placed
         metrics["counters"] = asm.status()

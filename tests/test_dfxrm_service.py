@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bp_plugin.dfxrm import MapOptions, MomentAccumulator, compute_maps
-from sim_devices.dfxrm_microscope import build_preset_sample
+from sim_devices.dfxrm_microscope import build_preset_sample, write_sample_truth
 from streaming import protocol
 from streaming.dfxrm_live import DfxrmRun
 
@@ -150,7 +150,8 @@ def test_killed_service_resumes_a_dfxrm_run_from_its_checkpoint(tiled_server, tm
                                           position_index=0, motors={"phi_deg": p, "chi_deg": c}))
 
     sender.send(protocol.encode_dfxrm_start(uid, sender.next_seq(uid), sample.geometry.to_dict(), scan, len(GRID),
-                                            sim={"technique": "dfxrm", "preset": "tiny", "seed": 0}))
+                                            sim={"technique": "dfxrm",
+                                                 "truth_file": str(write_sample_truth(sample, tmp_path / "t.h5"))}))
     for k in range(200):
         send(k)
     client = tiled_server.client()

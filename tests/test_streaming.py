@@ -5,6 +5,7 @@ Quality thresholds of the final streamed result are the engine's (tests/test_eng
 error 0.22, eps_zz RMS 4.6e-5, tilts 4.5e-5 rad on ``tiny`` after 60 joint + 20 ML iterations): the
 streamed run ends with the same schedule, started from the live state, so it must be at least as good.
 """
+import dataclasses
 import json
 import threading
 import time
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bp_plugin.dataset import read_dataset
+from bp_plugin.dataset import read_dataset, write_dataset
 from sim_devices.experiment import simulate_to_file
 from streaming import protocol
 from streaming.processes import start_reconstructor, wait_for_state
@@ -183,7 +184,7 @@ def test_restarted_reconstructor_recovers_and_reaches_the_same_quality(tiled_ser
     sender = FrameSender(rp.address, timeout_s=2.0)
     pts = [(ia, ip) for ia in range(ds.measured.shape[0]) for ip in range(ds.measured.shape[1])]
     sender.send(protocol.encode_start(uid, sender.next_seq(uid), ds.geometry.to_dict(), ds.translations_m, len(pts),
-                                      sim={"preset": "tiny", "seed": 0}))   # ground truth for the metrics
+                                      sim={"truth_file": str(tiny_file)}))   # ground truth for the metrics
     sender.send(protocol.encode_mask(uid, sender.next_seq(uid), ds.mask))
 
     def send(k):
@@ -363,3 +364,31 @@ def test_final_phase_catches_up_with_the_angle_curriculum_after_a_flood(tiny_fil
     late = _flooded_run(ds, tmp_path / "late", short, 6 * n_angles)
     late.run_final()
     assert [h.get("stage") for h in late.rec.history].count("curriculum") == 6 * n_angles
+
+
+def test_the_service_reads_the_truth_a_run_names_and_finishes_without_it(tiny_file, tmp_path):
+    """Ground truth travels as a file named in the start message; the service never re-simulates.
+    A run whose truth file is present gets the quality metrics; one whose file is absent is
+    finished all the same, without them, and says why."""
+    from bp_plugin.truth import read_truth, write_truth_file
+
+    ds = read_dataset(tiny_file)
+    scan = tmp_path / "no_truth.h5"
+    write_dataset(scan, dataclasses.replace(ds, ground_truth={}, ground_truth_attrs={}))
+    truth = write_truth_file(tmp_path / "truth.h5", *read_truth(tiny_file))
+    svc = ReconstructorService(ServiceOptions(
+        listen="tcp://127.0.0.1:0", workdir=tmp_path / "work", max_runs=2, device="cpu",
+        live=LiveOptions(final_iterations=2, ml_iterations=0, figures=False, catch_up_per_angle=0)))
+    th = svc.start()
+    send_dataset(scan, svc.address, run_uid="with-truth", progress=False, truth_file=truth)
+    th_wait = time.time() + 120
+    while "with-truth" not in svc.finished and time.time() < th_wait:
+        time.sleep(0.2)
+    truth.unlink()
+    send_dataset(scan, svc.address, run_uid="truth-gone", progress=False, truth_file=truth)
+    th.join(300)
+    metrics = {uid: json.loads((tmp_path / "work" / uid / "metrics.json").read_text()) for uid in svc.finished}
+    assert set(metrics) == {"with-truth", "truth-gone"} and all(s["state"] == "final" for s in svc.finished.values())
+    assert np.isfinite(metrics["with-truth"]["object_error"])
+    assert "object_error" not in metrics["truth-gone"]
+    assert any("absent" in w and str(truth) in w for w in metrics["truth-gone"]["warnings"])
