@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .strain import crystal_mask, strain_maps
 
 
 def fourier_shift(a: np.ndarray, shift_voxels) -> np.ndarray:
@@ -92,43 +91,6 @@ def fwhm_1d(profile: np.ndarray, step: float) -> float:
     left = lo - 1 + (half - p[lo - 1]) / (p[lo] - p[lo - 1]) if lo > 0 else float(lo)
     right = hi + (p[hi] - half) / (p[hi] - p[hi + 1]) if hi < len(p) - 1 else float(hi)
     return float((right - left) * step)
-
-
-def object_quality(rho_lab: np.ndarray, gt: dict, voxel_m: float, q_bragg_inv_m: float,
-                   *, illumination: np.ndarray | None = None, fov_threshold: float = 0.1,
-                   erode_voxels: int = 2) -> dict:
-    """Object and strain errors of a reconstruction resampled on the ground-truth lab grid.
-
-    Args:
-        rho_lab: reconstructed complex density on the ground truth's grid (z, y, x).
-        gt: ground-truth arrays (``density``, ``amplitude``, ``eps_zz``, ``omega_x``, ``omega_y``).
-        voxel_m: the grid's voxel (m).
-        q_bragg_inv_m: |Q| (1/m).
-        illumination: ``sum_j |P_j|^2`` on the same grid; errors are taken where it exceeds
-            ``fov_threshold`` x its maximum (the scanned field of view), everywhere if None.
-        erode_voxels: strain errors are taken this far inside the crystal (surfaces excluded).
-
-    Returns:
-        ``object_error`` (relative, inside the illuminated crystal), ``strain_rms_error``,
-        ``tilt_rms_error_rad`` (omega_x and omega_y together), ``field_of_view_fraction`` (share
-        of the illuminated crystal where the reconstruction's amplitude exceeds half of its
-        median), ``n_voxels``.
-    """
-    lit = np.ones(gt["amplitude"].shape, bool) if illumination is None else \
-        illumination > fov_threshold * illumination.max()
-    inside = (gt["amplitude"] > 0.5) & lit
-    aligned, amb = remove_ambiguities(rho_lab, gt["density"], inside)
-    obj_err = relative_error(aligned, gt["density"], inside)
-    core = crystal_mask(gt["amplitude"], 0.5, erode_voxels) & lit
-    maps = strain_maps(aligned, voxel_m, q_bragg_inv_m)
-    strain_rms = float(np.sqrt(np.mean((maps["eps_zz"] - gt["eps_zz"])[core] ** 2)))
-    tilt = np.concatenate([(maps["omega_x"] - gt["omega_x"])[core], (maps["omega_y"] - gt["omega_y"])[core]])
-    amp = np.abs(aligned)
-    fov = float(np.mean(amp[inside] > 0.5 * np.median(amp[inside]))) if inside.any() else float("nan")
-    return {"object_error": obj_err, "strain_rms_error": strain_rms,
-            "tilt_rms_error_rad": float(np.sqrt(np.mean(tilt ** 2))), "field_of_view_fraction": fov,
-            "n_voxels": int(inside.sum()), "phase_ramp_rad_per_voxel": amb["ramp_rad_per_voxel"],
-            "maps": maps, "aligned": aligned, "core_mask": core}
 
 
 def probe_quality(probe2d: np.ndarray, p1_m: np.ndarray, r2_m: np.ndarray, gt_probe: np.ndarray,

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-HC_KEV_M = 12.398419843320026e-10      # h c in keV m
+from ..geometry import HC_KEV_ANGSTROM
+
+HC_KEV_M = HC_KEV_ANGSTROM * 1e-10      # h c in keV m (one definition: bp_plugin.geometry)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Parameters of the reconstruction, with the paper's values as defaults (physics.md section 3)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 
 @dataclass
@@ -75,7 +75,6 @@ class ReconConfig:
     probe_subsample: int = 2
     na_factor: float = 1.5
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.probe_norm not in ("line", "paper"):
@@ -126,3 +125,10 @@ class ReconConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReconConfig":
+        """From :meth:`to_dict` output, e.g. a result file's ``config_json``; keys that older
+        versions wrote and this one no longer has (``extra``) are dropped."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})

@@ -173,11 +173,12 @@ class Reconstructor:
         return self.probe_op.extrude(section), (self.probe_op.extrude(i2), i2[self.probe_op.rows_used].max())
 
     # --- one position ------------------------------------------------------------------------
-    def _fourier(self, js, psi, update_background: bool):
+    def _fourier(self, js, psi, update_background: bool, gradient: bool = False):
         """Exit-wave correction of positions ``js`` (int or 1D array) with exit waves ``psi``
         (``(N3, N1, N2)`` or ``(B, N3, N1, N2)``, batched in one FFT call).
 
-        Returns ``(d = psi' - psi, cost, data norm)``, ``d`` shaped like ``psi``.
+        Returns ``(d = psi' - psi, cost, data norm)``, ``d`` shaped like ``psi``; with ``gradient``,
+        ``d`` is such that ``-P* d`` is the cost's gradient (see :meth:`RockingExposure.correction`).
         """
         xp = self.backend.xp
         single = np.ndim(js) == 0
@@ -185,7 +186,7 @@ class Reconstructor:
         big, _, sqrt_h, a, w = self._model(js, psi[None] if single else psi)
         cost = float(xp.sum(w * (a - sqrt_h) ** 2))
         norm = float(xp.sum(w * a * a))
-        dbig = self.exposure.correction(big, w * (a / sqrt_h - 1))
+        dbig = self.exposure.correction(big, w * (a / sqrt_h - 1), gradient=gradient)
         if update_background:
             g = self.config.gamma
             factor = ((1 - g) + g * a / sqrt_h) ** 2

@@ -13,7 +13,8 @@ neighbouring frames)::
 
 The modulus correction scales each plane of a frame by that frame's factor ``sqrt(I_a / h_a)``
 (the projection onto the measured intensity of an incoherent sum); a plane shared by two frames
-takes their mean (coefficients ``W[a, k] / sum over the frames covering the plane``). Planes no
+takes their mean (coefficients ``W[a, k] / sum over the frames covering the plane``). The
+maximum-likelihood gradient weighs the same factors by ``W[a, k]`` itself (the cost's derivative). Planes no
 frame covers (beyond the first and last step) stay free. With ``u = 1`` the integrated frame
 is its one plane: the point model. Arrays are NumPy or CuPy (``xp``).
 """
@@ -72,13 +73,17 @@ class RockingExposure:
             out = term if out is None else out + term
         return out
 
-    def correction(self, big, factor):
+    def correction(self, big, factor, *, gradient: bool = False):
         """``Psi' - Psi`` on the box for per-frame factors ``factor = w (sqrt(I / h) - 1)``
-        ``(B, n_a, N1, N2)``; zero on the planes no frame covers."""
+        ``(B, n_a, N1, N2)``; zero on the planes no frame covers.
+
+        ``gradient``: the weights of the cost's own derivative (``W[a, k]``, for maximum likelihood)
+        instead of the projection's (``W[a, k] / coverage``); both are 1 for point frames.
+        """
         dbig = self.xp.zeros_like(big)
         if not self.integrated:
             dbig[:, self.planes] = big[:, self.planes] * factor
             return dbig
-        for idx, c in zip(self._idx, self._c):
+        for idx, c in zip(self._idx, self._w if gradient else self._c):
             dbig[:, idx] += big[:, idx] * (factor * c)
         return dbig

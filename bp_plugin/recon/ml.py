@@ -17,35 +17,51 @@ import time
 import numpy as np
 
 
-def _cost(rec, rho) -> float:
-    xp = rec.backend.xp
-    total = 0.0
-    for j in rec.active_positions():
-        _, _, sqrt_h, a, w = rec._model([j], (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
-        total += float(xp.sum(w * (a - sqrt_h) ** 2))
-    return total + _penalty(rec, rho)
+class MLObjective:
+    """The ML cost of a reconstructor's object with its probe, background and support held.
 
+    ``mu_out``: the summed support regulariser ``sum_j mu_j`` of the positions that see a voxel,
+    outside the support (float32, object-shaped). Object arrays are in the engine's stored
+    ("modulated") form, ``rec._obj``.
+    """
 
-def _penalty(rec, rho) -> float:
-    xp = rec.backend.xp
-    return float(xp.sum(rec._ml_mu_out * xp.abs(rho) ** 2))
+    def __init__(self, rec):
+        xp = rec.backend.xp
+        self.rec = rec
+        mu_sum = xp.zeros(rec._obj.shape, np.float32)
+        for j in rec.active_positions():
+            mu_sum[rec.layout.view(j)] += rec.config.mu * float(xp.abs(rec.probe3d(j)).max() ** 2)
+        self.mu_out = mu_sum * (~rec.support).astype(np.float32)
 
+    def penalty(self, rho) -> float:
+        xp = self.rec.backend.xp
+        return float(xp.sum(self.mu_out * xp.abs(rho) ** 2))
 
-def _cost_grad(rec, rho):
-    """Data cost, total cost and the gradient with respect to conj(rho) (object-shaped, complex64)."""
-    xp = rec.backend.xp
-    grad = xp.zeros_like(rho)
-    total = 0.0
-    for j in rec.active_positions():
-        if rec.pause_hook is not None:
-            rec.pause_hook()
-        v = rec.layout.view(j)
-        probe = rec.probe3d(j)
-        d, cj, _ = rec._fourier(j, probe * rho[v], False)
-        total += cj
-        grad[v] -= xp.conj(probe) * d
-    grad += rec._ml_mu_out * rho
-    return total, total + _penalty(rec, rho), grad
+    def cost(self, rho) -> float:
+        """Data cost plus the support penalty at ``rho``."""
+        rec, xp = self.rec, self.rec.backend.xp
+        total = 0.0
+        for j in rec.active_positions():
+            _, _, sqrt_h, a, w = rec._model([j], (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
+            total += float(xp.sum(w * (a - sqrt_h) ** 2))
+        return total + self.penalty(rho)
+
+    def cost_grad(self, rho):
+        """``(data cost, total cost, gradient with respect to conj(rho))`` (object-shaped, complex64):
+        ``dL = 2 Re <grad, d rho>``."""
+        rec, xp = self.rec, self.rec.backend.xp
+        grad = xp.zeros_like(rho)
+        total = 0.0
+        for j in rec.active_positions():
+            if rec.pause_hook is not None:
+                rec.pause_hook()
+            v = rec.layout.view(j)
+            probe = rec.probe3d(j)
+            d, cj, _ = rec._fourier(j, probe * rho[v], False, gradient=True)
+            total += cj
+            grad[v] -= xp.conj(probe) * d
+        grad += self.mu_out * rho
+        return total, total + self.penalty(rho), grad
 
 
 def ml_refine(rec, iterations: int, callback=None) -> None:
@@ -58,17 +74,14 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
     active = rec.active_positions()
     norm = sum(float(xp.sum(rec._weights(j) * rec.amp[j] ** 2)) for j in active)
     illum = rec.illumination()
-    mu_sum = xp.zeros(rec._obj.shape, np.float32)
-    for j in active:
-        mu_sum[rec.layout.view(j)] += rec.config.mu * float(xp.abs(rec.probe3d(j)).max() ** 2)
-    rec._ml_mu_out = mu_sum * (~rec.support).astype(np.float32)   # sum of mu_j, outside the support
+    objective = MLObjective(rec)
     precond = 1.0 / (illum + 1e-3 * illum.max())
     rho = rec._obj
     g_prev = s = pg_prev = None
     step = None
     for _ in range(iterations):
         t0 = time.perf_counter()
-        data_cost, cost0, g = _cost_grad(rec, rho)
+        data_cost, cost0, g = objective.cost_grad(rho)
         pg = precond * g
         if s is None:
             s = -pg
@@ -79,11 +92,11 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
         if slope >= 0:                                     # not a descent direction: restart
             s, slope = -pg, -2 * float(xp.real(xp.vdot(g, pg)))
         trial = step if step else 1.0
-        cost_t = _cost(rec, rho + trial * s)
+        cost_t = objective.cost(rho + trial * s)
         curv = (cost_t - cost0 - slope * trial) / trial ** 2
         step = -slope / (2 * curv) if curv > 0 else trial * 2
         new = rho + np.float32(step) * s
-        if _cost(rec, new) > cost0:                       # the parabola lied: take the trial if it helped
+        if objective.cost(new) > cost0:                       # the parabola lied: take the trial if it helped
             step = trial if cost_t < cost0 else 0.5 * trial
             new = rho + np.float32(step) * s if cost_t < cost0 else rho
         rho = new.astype(np.complex64, copy=False)

@@ -5,6 +5,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class ReconstructOptions:
 def make_config(opts: ReconstructOptions, base: dict | None = None) -> ReconConfig:
     """The configuration of a new run, or (``base``, from a result file) of a resumed one."""
     if base:
-        cfg = ReconConfig(**base)
+        cfg = ReconConfig.from_dict(base)
     else:
         cfg = ReconConfig(mode=opts.mode, seed=opts.seed, probe_update=not opts.fixed_probe,
                           upsampling=opts.upsampling, slab_tilt_deg=opts.sample_tilt_deg)
@@ -129,12 +130,23 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     return metrics
 
 
-def summarize(rec: Reconstructor, ground_truth: dict | None = None, gt_attrs: dict | None = None):
+class Summary(NamedTuple):
+    """What :func:`summarize` gives: metrics (JSON-ready), lab maps, the lab grid ``(origin (x, y, z) m,
+    voxel m, shape (z, y, x))``, the aligned arrays for figures (None without ground truth) and the
+    illumination on the object grid (host float32)."""
+
+    metrics: dict
+    maps: dict
+    grid: tuple
+    arrays: dict | None
+    illumination: np.ndarray
+
+
+def summarize(rec: Reconstructor, ground_truth: dict | None = None, gt_attrs: dict | None = None) -> Summary:
     """Metrics, lab maps, lab grid, aligned arrays (None without ground truth) and illumination of a
     reconstruction; quality entries (``object_error``, ...) only when ``ground_truth`` has a density.
 
-    Returns ``(metrics, maps, grid, arrays, illumination)``; ``grid = (origin (x, y, z) m, voxel m,
-    shape (z, y, x))``.
+    Returns a :class:`Summary`.
     """
     a = rec.backend.asnumpy
     illum = a(rec.illumination())
@@ -153,7 +165,7 @@ def summarize(rec: Reconstructor, ground_truth: dict | None = None, gt_attrs: di
         grid = default_lab_grid(rec.layout, illum)
         maps = lab_maps(obj, rec.layout, rec.geometry.q_bragg_inv_m, *grid)
         arrays = None
-    return metrics, maps, grid, arrays, illum
+    return Summary(metrics, maps, grid, arrays, illum)
 
 
 def write_outputs(rec: Reconstructor, out_path, metrics: dict, maps, grid, arrays, illum, *, source: str = "",
