@@ -116,6 +116,7 @@ def test_second_client_sees_frames_while_the_scan_runs(exact_run):
     assert min(n for n, _ in seen) < 300 and all(s >= 0 for _, s in seen)
 
 
+@pytest.mark.slow
 def test_export_reconstructs(tiled_server, tmp_path):
     bl = build_beamline("tiny", write_dir=tiled_server.detector_dir, seed=3)
     uid, _, _ = record(tiled_server, bl, {"snake": True})

@@ -115,6 +115,7 @@ def test_duplicates_out_of_order_gaps_and_garbage_are_counted_never_fatal(tiny_f
     assert np.array_equal(np.load(tmp_path / "work" / uid / "mask.npy"), ds.mask)
 
 
+@pytest.mark.slow
 def test_scan_streams_live_to_reconstructor_and_tiled(tiled_server, tmp_path):
     """The end-to-end path: RunEngine -> simulated beamline -> ZeroMQ -> reconstructor -> Tiled."""
     from bluesky_tiled_plugins import TiledWriter
@@ -173,6 +174,7 @@ def test_scan_streams_live_to_reconstructor_and_tiled(tiled_server, tmp_path):
     assert node["measured"][:].all()
 
 
+@pytest.mark.slow
 def test_restarted_reconstructor_recovers_and_reaches_the_same_quality(tiled_server, tiny_file, tmp_path):
     """Kill -9 in the middle of a run; a new process takes the run over from its spool and checkpoint,
     gets the rest over the wire and the frames lost in between from the file."""
@@ -333,6 +335,7 @@ def _quality(rec, ds):
                     ds.ground_truth, ds.ground_truth_attrs)
 
 
+@pytest.mark.slow
 def test_final_phase_catches_up_with_the_angle_curriculum_after_a_flood(tiny_file, tmp_path):
     """Every frame arrived before the live phase iterated (2 iterations): the final phase restarts the
     object and runs the angle curriculum (6 per angle) before its 60 + 20 schedule. Measured (tiny):
