@@ -3,8 +3,8 @@
 Forward model for position ``j`` (box of shape ``(N3, N1, N2)``):
 ``psi_j = P_j * rho[view_j]``, ``Psi_j = F psi_j`` (sheared, unitary), ``h_j = |Psi_j|^2 + b`` on the
 measured planes (or, for frames integrated over their rocking step, the mean of ``|Psi_j|^2`` over
-the step's planes plus ``b``: :mod:`bp_plugin.recon.exposure`). The corrected field (Eq. 13) is ``Psi'_j = Psi_j (1 + w (sqrt(I_j / h_j) - 1))``
-with ``w = 1`` on valid pixels of measured frames and 0 elsewhere (virtual up-sampled planes,
+the step's planes plus ``b``: :mod:`bp_plugin.recon.exposure`). The corrected field (Eq. 13) is
+``Psi'_j = Psi_j (1 + w (sqrt(I_j / h_j) - 1))`` with ``w = 1`` on valid pixels of measured frames and 0 elsewhere (virtual up-sampled planes,
 gaps, bad pixels and frames not yet measured are left free: ``Psi' = Psi`` there, where Eq. 13
 as printed would shrink them by ``|Psi| / sqrt(h)``).
 
