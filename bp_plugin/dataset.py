@@ -310,6 +310,35 @@ def _dataset(f: h5py.File, path: str, units: str, **kw) -> h5py.Dataset:
     return d
 
 
+def write_truth_group(f: h5py.File, arrays: dict, attrs: dict, *, where: str) -> None:
+    """Add ground-truth ``arrays`` (gzip-compressed, complex stored natively; ``units`` from
+    ``attrs["<name>_units"]``, else ``"arb"``) and group ``attrs`` under ``P_GROUND_TRUTH`` of an
+    open file (a scan file or a truth file, :mod:`bp_plugin.truth`); :class:`DatasetError` naming
+    ``where`` for a bad name, value or an array already there."""
+    problems = _check_extras(arrays, attrs, {})
+    g = f.require_group(P_GROUND_TRUTH)
+    problems += [f"ground_truth[{n!r}] ({P_GROUND_TRUTH}/{n}): already written; fix: use another name"
+                 for n in arrays if isinstance(n, str) and n in g]
+    if problems:
+        raise DatasetError(_report(where, problems))
+    for k, v in attrs.items():
+        g.attrs[k] = _attr_value(v)
+    for name, arr in arrays.items():
+        a = np.asarray(arr)
+        kw = dict(compression="gzip", compression_opts=4, shuffle=True) if a.size > 1 else {}
+        units = attrs.get(f"{name}_units", g.attrs.get(f"{name}_units", "arb"))
+        _dataset(f, f"{P_GROUND_TRUTH}/{name}", str(units), data=a, **kw)
+
+
+def read_truth_group(f: h5py.File) -> tuple[dict, dict]:
+    """``(arrays, attrs)`` under ``P_GROUND_TRUTH`` of an open file (empty dicts if it has none)."""
+    if P_GROUND_TRUTH not in f:
+        return {}, {}
+    g = f[P_GROUND_TRUTH]
+    return ({k: v[()] for k, v in g.items() if isinstance(v, h5py.Dataset)},
+            {k: _from_attr(v) for k, v in g.attrs.items()})
+
+
 class DatasetWriter:
     """Create a scan file and append frames one by one (detector plans, simulator, streaming reconstructor).
 
@@ -430,19 +459,7 @@ class DatasetWriter:
         """Add simulated truth arrays (gzip-compressed, complex stored natively) and group attributes."""
         self._check_open()
         attrs = {} if attrs is None else attrs
-        problems = _check_extras(arrays, attrs, {})
-        g = self._file.require_group(P_GROUND_TRUTH)
-        problems += [f"ground_truth[{n!r}] ({P_GROUND_TRUTH}/{n}): already written; fix: use another name"
-                     for n in arrays if isinstance(n, str) and n in g]
-        if problems:
-            raise DatasetError(_report(f"write_ground_truth({str(self.path)!r})", problems))
-        for k, v in attrs.items():
-            g.attrs[k] = _attr_value(v)
-        for name, arr in arrays.items():
-            a = np.asarray(arr)
-            kw = dict(compression="gzip", compression_opts=4, shuffle=True) if a.size > 1 else {}
-            units = attrs.get(f"{name}_units", g.attrs.get(f"{name}_units", "arb"))
-            _dataset(self._file, f"{P_GROUND_TRUTH}/{name}", str(units), data=a, **kw)
+        write_truth_group(self._file, arrays, attrs, where=f"write_ground_truth({str(self.path)!r})")
         self._file.flush()
 
     def close(self) -> None:
@@ -598,10 +615,7 @@ def read_dataset(path, *, allow_partial: bool = False, load_frames: bool = True,
             if problems:
                 raise DatasetError(_report(f"invalid bp-scan file {path}", problems))
         ground_truth, gt_attrs = {}, {}
-        if P_GROUND_TRUTH in f:
-            g = f[P_GROUND_TRUTH]
-            ground_truth = {k: v[()] for k, v in g.items() if isinstance(v, h5py.Dataset)}
-            gt_attrs = {k: _from_attr(v) for k, v in g.attrs.items()}
+        ground_truth, gt_attrs = read_truth_group(f)
     # normalise to the all-+1 conventions: frame axes re-indexed about q = 0 (pixels that fall
     # outside the stored frame are masked), angles ascending, translations signed
     n1s, n2s, angs, trs = (sign * (-1 if flip else 1) for sign, flip in zip(

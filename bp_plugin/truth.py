@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
-import numpy as np
 
-from .dataset import P_GROUND_TRUTH, _attr_value, _from_attr
+from .dataset import read_truth_group, write_truth_group
 
 TRUTH_FORMAT = "bp-truth"
 
@@ -26,25 +25,14 @@ def write_truth_file(path, arrays: dict, attrs: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         f.attrs["bp_plugin_format"] = TRUTH_FORMAT
-        g = f.require_group(P_GROUND_TRUTH)
-        for k, v in attrs.items():
-            g.attrs[k] = _attr_value(v)
-        for name, arr in arrays.items():
-            a = np.asarray(arr)
-            kw = dict(compression="gzip", compression_opts=4, shuffle=True) if a.size > 1 else {}
-            d = g.create_dataset(name, data=a, **kw)
-            d.attrs["units"] = str(attrs.get(f"{name}_units", "arb"))
+        write_truth_group(f, arrays, attrs, where=f"write_truth_file({str(path)!r})")
     return path
 
 
 def read_truth(path) -> tuple[dict, dict]:
     """``(arrays, attrs)`` of the ground-truth group of a scan or truth file (empty if it has none)."""
     with h5py.File(path, "r") as f:
-        if P_GROUND_TRUTH not in f:
-            return {}, {}
-        g = f[P_GROUND_TRUTH]
-        return ({k: v[()] for k, v in g.items() if isinstance(v, h5py.Dataset)},
-                {k: _from_attr(v) for k, v in g.attrs.items()})
+        return read_truth_group(f)
 
 
 def truth_from_start(sim: dict | None) -> tuple[dict | None, dict | None, str | None]:

@@ -128,7 +128,7 @@ class Reconstructor:
         xp = self.backend.xp
         model = data = 0.0
         for j in self.active_positions():
-            _, inten, _, a, w = self._model([j], (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
+            _, _, inten, _, a, w = self._model([j], (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
             model += float(xp.sum(w * inten))
             data += float(xp.sum(w * a ** 2))
         if model > 0 and data > 0:
@@ -147,14 +147,15 @@ class Reconstructor:
     def _model(self, js, psi):
         """Forward model of positions ``js`` (1D) for exit waves ``psi`` ``(B, N3, N1, N2)``.
 
-        Returns ``(Psi, model intensity of the frames (B, n_a, N1, N2) (without background),
-        sqrt(h), measured amplitudes, w)``; the frames' intensity is :attr:`exposure`'s.
+        Returns ``(Psi, Psi on the measured planes (point frames; None otherwise), model intensity
+        of the frames (B, n_a, N1, N2) (without background), sqrt(h), measured amplitudes, w)``;
+        the frames' intensity is :attr:`exposure`'s.
         """
         xp = self.backend.xp
         big = self.fft.forward(psi)
-        inten = self.exposure.intensity(big)                     # (B, n_a, N1, N2)
+        inten, bm = self.exposure.intensity(big)                 # (B, n_a, N1, N2)
         sqrt_h = xp.sqrt(xp.maximum(inten + self.background, 1e-12))
-        return big, inten, sqrt_h, self.amp[js], self._weights(js)
+        return big, bm, inten, sqrt_h, self.amp[js], self._weights(js)
 
     def _section_at(self, j: int):
         """The probe section shifted by position ``j``'s sub-voxel remainder."""
@@ -183,10 +184,10 @@ class Reconstructor:
         xp = self.backend.xp
         single = np.ndim(js) == 0
         js = np.atleast_1d(js)
-        big, _, sqrt_h, a, w = self._model(js, psi[None] if single else psi)
+        big, bm, _, sqrt_h, a, w = self._model(js, psi[None] if single else psi)
         cost = float(xp.sum(w * (a - sqrt_h) ** 2))
         norm = float(xp.sum(w * a * a))
-        dbig = self.exposure.correction(big, w * (a / sqrt_h - 1), gradient=gradient)
+        dbig = self.exposure.correction(big, w * (a / sqrt_h - 1), planes_field=bm, gradient=gradient)
         if update_background:
             g = self.config.gamma
             factor = ((1 - g) + g * a / sqrt_h) ** 2

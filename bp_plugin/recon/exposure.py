@@ -61,28 +61,30 @@ class RockingExposure:
         self._c = [xp.asarray(coef[:, k].astype(np.float32))[None, :, None, None] for k in range(self.k)]
 
     def intensity(self, big):
-        """Model intensity (no background) of the frames, float32 ``(B, n_a, N1, N2)``, from the far
-        field ``big`` ``(B, N3, N1, N2)``."""
+        """``(model intensity (no background) of the frames, float32 (B, n_a, N1, N2); the measured
+        planes of the far field for point frames, else None)`` from the far field ``big``
+        ``(B, N3, N1, N2)``; the second item spares :meth:`correction` a second gather."""
         if not self.integrated:
             bm = big[:, self.planes]
-            return bm.real ** 2 + bm.imag ** 2
+            return bm.real ** 2 + bm.imag ** 2, bm
         out = None
         for idx, w in zip(self._idx, self._w):
             b = big[:, idx]
             term = (b.real ** 2 + b.imag ** 2) * w
             out = term if out is None else out + term
-        return out
+        return out, None
 
-    def correction(self, big, factor, *, gradient: bool = False):
+    def correction(self, big, factor, *, planes_field=None, gradient: bool = False):
         """``Psi' - Psi`` on the box for per-frame factors ``factor = w (sqrt(I / h) - 1)``
         ``(B, n_a, N1, N2)``; zero on the planes no frame covers.
 
         ``gradient``: the weights of the cost's own derivative (``W[a, k]``, for maximum likelihood)
         instead of the projection's (``W[a, k] / coverage``); both are 1 for point frames.
+        ``planes_field``: :meth:`intensity`'s second item, when the caller has it.
         """
         dbig = self.xp.zeros_like(big)
         if not self.integrated:
-            dbig[:, self.planes] = big[:, self.planes] * factor
+            dbig[:, self.planes] = (big[:, self.planes] if planes_field is None else planes_field) * factor
             return dbig
         for idx, c in zip(self._idx, self._w if gradient else self._c):
             dbig[:, idx] += big[:, idx] * (factor * c)

@@ -42,7 +42,7 @@ class MLObjective:
         rec, xp = self.rec, self.rec.backend.xp
         total = 0.0
         for j in rec.active_positions():
-            _, _, sqrt_h, a, w = rec._model([j], (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
+            _, _, _, sqrt_h, a, w = rec._model([j], (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
             total += float(xp.sum(w * (a - sqrt_h) ** 2))
         return total + self.penalty(rho)
 
