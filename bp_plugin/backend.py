@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Callable
 
 import numpy as np
 
@@ -31,10 +32,16 @@ class Backend:
     fft: ModuleType
     device: str
     workers: int | None = None
+    #: builds a CSR matrix on this backend from a scipy.sparse one (None: scipy's own, on the host)
+    sparse: Callable | None = None
 
     def fft_kwargs(self) -> dict:
         """Extra keyword arguments for FFT calls (threads for scipy.fft, none for CuPy)."""
         return {"workers": self.workers} if self.workers else {}
+
+    def csr(self, m):
+        """A scipy.sparse matrix ``m`` as a CSR matrix of this backend (``@`` with its arrays)."""
+        return m if self.sparse is None else self.sparse(m)
 
     def asnumpy(self, a) -> np.ndarray:
         """Host copy of an array of either backend."""
@@ -57,7 +64,9 @@ def get_backend(device: str = "auto") -> Backend:
         import cupy
         import cupyx.scipy.fft as cufft
 
-        return Backend(xp=cupy, fft=cufft, device="gpu")
+        import cupyx.scipy.sparse as csp
+
+        return Backend(xp=cupy, fft=cufft, device="gpu", sparse=csp.csr_matrix)
     import scipy.fft as sfft
 
     workers = int(os.environ.get("BP_FFT_WORKERS", os.cpu_count() or 1))

@@ -12,3 +12,14 @@ def tiled_server(tmp_path_factory):
     server.detector_dir = det
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """The ``tiny`` preset (seed 0), simulated once for the session: ``(ScanDataset, path)``."""
+    from bp_plugin.dataset import read_dataset
+    from sim_devices.experiment import simulate_to_file
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.h5"
+    simulate_to_file(path, "tiny", seed=0, progress=False)
+    return read_dataset(path), path

@@ -84,6 +84,7 @@ class Reconstructor:
         self.amp = xp.asarray(np.sqrt(frames.astype(np.float32)).transpose(1, 0, 2, 3).copy())  # (n_p, n_a, N1, N2)
         self.mask = xp.asarray(np.asarray(mask, bool).astype(np.float32))
         self.measured = np.ones((n_a, n_p), bool) if measured is None else np.asarray(measured, bool).copy()
+        self._measured_seen = None                    # the host mask behind _measured_dev (see _weights)
         self.exposure = RockingExposure(self.layout.planes, geometry.n_planes, geometry.upsampling,
                                         geometry.rocking_exposure, xp)
         self.background = xp.full((n_a,) + tuple(geometry.crop), self.config.background_init, np.float32)
@@ -125,27 +126,42 @@ class Reconstructor:
 
     def scale_probe_to_data(self) -> None:
         """Scale the probe so the model's total intensity matches the data's (valid, measured pixels)."""
-        xp = self.backend.xp
         model = data = 0.0
         for j in self.active_positions():
-            _, _, inten, _, a, w = self._model([j], (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
-            model += float(xp.sum(w * inten))
-            data += float(xp.sum(w * a ** 2))
+            _, _, inten, _, a, w = self._model(j, (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
+            model = model + self._total(w * inten)
+            data = data + self._total(w * a ** 2)
+        model, data = float(model), float(data)                    # the one wait for the device
         if model > 0 and data > 0:
             self.probe2d *= np.float32(np.sqrt(data / model))
+
+    def _total(self, a):
+        """``sum(a)`` as a float64 device scalar: positions' sums accumulate on the device (the
+        float32 sum of each, added in float64 as Python floats were), read once per pass."""
+        return self.backend.xp.sum(a).astype(np.float64)
 
     def active_positions(self) -> np.ndarray:
         """Indices of the positions with at least one measured frame."""
         return np.nonzero(self.measured.any(0))[0]
 
     def _weights(self, js):
-        """``w`` of the measured planes: ``(n_a, N1, N2)`` for one position, ``(B, n_a, N1, N2)`` for several."""
-        xp = self.backend.xp
-        m = xp.asarray(self.measured[:, js].T.astype(np.float32))
-        return self.mask * m[..., None, None]
+        """``w`` of the measured planes: ``(n_a, N1, N2)`` for position ``js`` (an int), ``(B, n_a, N1, N2)``
+        for several (1D). The measured mask lives on the device and is uploaded again only when
+        the host's :attr:`measured` changed (a streamed frame, the curriculum): no copy per position."""
+        if self._measured_seen is None or not np.array_equal(self._measured_seen, self.measured):
+            self._measured_seen = self.measured.copy()
+            self._measured_dev = self.backend.xp.asarray(self.measured.T.astype(np.float32))   # (n_p, n_a)
+        return self.mask * self._rows(self._measured_dev, js)[..., None, None]
+
+    def _rows(self, a, js):
+        """``a[js]`` without a host index array on the device: a view for one position (an int), a
+        stack for several."""
+        if np.ndim(js) == 0:
+            return a[int(js)]
+        return self.backend.xp.stack([a[int(j)] for j in js])
 
     def _model(self, js, psi):
-        """Forward model of positions ``js`` (1D) for exit waves ``psi`` ``(B, N3, N1, N2)``.
+        """Forward model of positions ``js`` (an int, B = 1, or 1D) for exit waves ``psi`` ``(B, N3, N1, N2)``.
 
         Returns ``(Psi, Psi on the measured planes (point frames; None otherwise), model intensity
         of the frames (B, n_a, N1, N2) (without background), sqrt(h), measured amplitudes, w)``;
@@ -155,7 +171,10 @@ class Reconstructor:
         big = self.fft.forward(psi)
         inten, bm = self.exposure.intensity(big)                 # (B, n_a, N1, N2)
         sqrt_h = xp.sqrt(xp.maximum(inten + self.background, 1e-12))
-        return big, bm, inten, sqrt_h, self.amp[js], self._weights(js)
+        if np.ndim(js) == 0:
+            j = int(js)
+            return big, bm, inten, sqrt_h, self.amp[j:j + 1], self._weights(j)[None]
+        return big, bm, inten, sqrt_h, self._rows(self.amp, js), self._weights(js)
 
     def _section_at(self, j: int):
         """The probe section shifted by position ``j``'s sub-voxel remainder."""
@@ -178,15 +197,15 @@ class Reconstructor:
         """Exit-wave correction of positions ``js`` (int or 1D array) with exit waves ``psi``
         (``(N3, N1, N2)`` or ``(B, N3, N1, N2)``, batched in one FFT call).
 
-        Returns ``(d = psi' - psi, cost, data norm)``, ``d`` shaped like ``psi``; with ``gradient``,
+        Returns ``(d = psi' - psi, cost, data norm)``, ``d`` shaped like ``psi``, the two sums
+        float64 device scalars (read once per iteration, not per position); with ``gradient``,
         ``d`` is such that ``-P* d`` is the cost's gradient (see :meth:`RockingExposure.correction`).
         """
         xp = self.backend.xp
         single = np.ndim(js) == 0
-        js = np.atleast_1d(js)
         big, bm, _, sqrt_h, a, w = self._model(js, psi[None] if single else psi)
-        cost = float(xp.sum(w * (a - sqrt_h) ** 2))
-        norm = float(xp.sum(w * a * a))
+        cost = self._total(w * (a - sqrt_h) ** 2)
+        norm = self._total(w * a * a)
         dbig = self.exposure.correction(big, w * (a / sqrt_h - 1), planes_field=bm, gradient=gradient)
         if update_background:
             g = self.config.gamma
@@ -284,6 +303,7 @@ class Reconstructor:
             cost, norm = self._step_sequential(update_probe)
         else:
             cost, norm = self._step_batched(update_probe)
+        cost, norm = float(cost), float(norm)                 # the iteration's one wait for the device
         err = cost / norm if norm > 0 else float("nan")
         self.history.append({"iteration": self.iteration, "error": err, "seconds": time.perf_counter() - t0,
                              "probe_update": bool(update_probe), **({"stage": "warmup"} if it < 0 else {})})

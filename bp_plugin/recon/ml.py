@@ -29,26 +29,28 @@ class MLObjective:
         xp = rec.backend.xp
         self.rec = rec
         mu_sum = xp.zeros(rec._obj.shape, np.float32)
-        for j in rec.active_positions():
-            mu_sum[rec.layout.view(j)] += rec.config.mu * float(xp.abs(rec.probe3d(j)).max() ** 2)
+        for j in rec.active_positions():        # mu * max|P|^2 in float64, added in float32 (as a host float was)
+            mu_j = (xp.abs(rec.probe3d(j)).max() ** 2).astype(np.float64) * rec.config.mu
+            mu_sum[rec.layout.view(j)] += mu_j.astype(np.float32)
         self.mu_out = mu_sum * (~rec.support).astype(np.float32)
 
-    def penalty(self, rho) -> float:
+    def penalty(self, rho):
+        """The support penalty at ``rho``, a float64 device scalar."""
         xp = self.rec.backend.xp
-        return float(xp.sum(self.mu_out * xp.abs(rho) ** 2))
+        return self.rec._total(self.mu_out * xp.abs(rho) ** 2)
 
     def cost(self, rho) -> float:
-        """Data cost plus the support penalty at ``rho``."""
-        rec, xp = self.rec, self.rec.backend.xp
+        """Data cost plus the support penalty at ``rho`` (summed on the device, read once)."""
+        rec = self.rec
         total = 0.0
         for j in rec.active_positions():
-            _, _, _, sqrt_h, a, w = rec._model([j], (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
-            total += float(xp.sum(w * (a - sqrt_h) ** 2))
-        return total + self.penalty(rho)
+            _, _, _, sqrt_h, a, w = rec._model(j, (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
+            total = total + rec._total(w * (a - sqrt_h) ** 2)
+        return float(total + self.penalty(rho))
 
     def cost_grad(self, rho):
         """``(data cost, total cost, gradient with respect to conj(rho))`` (object-shaped, complex64):
-        ``dL = 2 Re <grad, d rho>``."""
+        ``dL = 2 Re <grad, d rho>``; the costs are host floats (one read per call)."""
         rec, xp = self.rec, self.rec.backend.xp
         grad = xp.zeros_like(rho)
         total = 0.0
@@ -61,7 +63,8 @@ class MLObjective:
             total += cj
             grad[v] -= xp.conj(probe) * d
         grad += self.mu_out * rho
-        return total, total + self.penalty(rho), grad
+        total, penalty = float(total), float(self.penalty(rho))
+        return total, total + penalty, grad
 
 
 def ml_refine(rec, iterations: int, callback=None) -> None:
@@ -72,7 +75,10 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
     """
     xp = rec.backend.xp
     active = rec.active_positions()
-    norm = sum(float(xp.sum(rec._weights(j) * rec.amp[j] ** 2)) for j in active)
+    norm = 0.0
+    for j in active:
+        norm = norm + rec._total(rec._weights(j) * rec.amp[j] ** 2)
+    norm = float(norm)
     illum = rec.illumination()
     objective = MLObjective(rec)
     precond = 1.0 / (illum + 1e-3 * illum.max())

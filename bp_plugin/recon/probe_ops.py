@@ -68,11 +68,7 @@ class ProbeOperator:
         self._f2 = xp.asarray(np.fft.fftfreq(n2, dr2).astype(np.float32))
 
     def _sparse(self, m):
-        if self.backend.device == "gpu":
-            import cupyx.scipy.sparse as csp
-
-            return csp.csr_matrix(m)
-        return m
+        return self.backend.csr(m)
 
     # --- extrusion and projection ---------------------------------------------------------
     def extrude(self, p2):
