@@ -3,6 +3,13 @@
 Array code in the project is written once against ``xp`` (the array module) and
 ``fft`` (an object with scipy.fft-style functions). CuPy is optional: it is used only when
 ``device="gpu"`` is asked for, or ``"auto"`` finds a working GPU.
+
+On the CPU the FFT library is scipy.fft; ``BP_FFT=mkl`` or ``BP_FFT=pyfftw`` takes mkl_fft or
+pyFFTW where installed (neither is a dependency: mkl_fft needs an x86 CPU, pyFFTW binds the GPL
+FFTW). Alone, on contiguous boxes, both beat scipy (benchmarks/bench_engine.py prints each one's
+floor); inside the engine, whose transforms run along strided axes beside numba's threads, scipy
+was the fastest of the three on the 2-core CI machine (3.6 against 5.8 and 15 ms per position at
+``small``), hence the default.
 """
 from __future__ import annotations
 
@@ -45,7 +52,50 @@ class Backend:
 
     def asnumpy(self, a) -> np.ndarray:
         """Host copy of an array of either backend."""
-        return a.get() if hasattr(a, "get") else np.asarray(a)
+        return a.get() if hasattr(a, "get") else np.array(a)      # a copy: the engine updates in place
+
+
+FFT_LIBRARIES = ("scipy", "mkl", "pyfftw")
+
+
+class _FFTFunctions:
+    """scipy.fft's interface with the transforms of another library (shifts and frequencies: scipy's)."""
+
+    def __init__(self, name: str, transforms):
+        import scipy.fft as sfft
+
+        self.name = name
+        for f in ("fft", "ifft", "fft2", "ifft2", "fftn", "ifftn"):
+            setattr(self, f, getattr(transforms, f))
+        for f in ("fftshift", "ifftshift", "fftfreq"):
+            setattr(self, f, getattr(sfft, f))
+
+
+def cpu_fft(name: str | None = None):
+    """The FFT functions of library ``name`` (default: ``BP_FFT``, else "scipy"), its name as ``.name``.
+
+    A library that is not installed raises ``RuntimeError`` with the command that installs it.
+    """
+    import scipy.fft as sfft
+
+    name = name or os.environ.get("BP_FFT", "scipy")
+    if name not in FFT_LIBRARIES:
+        raise ValueError(f"BP_FFT must be one of {FFT_LIBRARIES}, got {name!r}")
+    try:
+        if name == "mkl":
+            import mkl_fft.interfaces.scipy_fft as transforms
+        elif name == "pyfftw":
+            import pyfftw.interfaces.cache
+            import pyfftw.interfaces.scipy_fft as transforms
+
+            pyfftw.interfaces.cache.enable()            # plans kept between calls of one shape
+            pyfftw.interfaces.cache.set_keepalive_time(300)
+        else:
+            transforms = sfft
+    except ImportError:
+        pkg = {"mkl": "mkl_fft mkl-service", "pyfftw": "pyfftw"}[name]
+        raise RuntimeError(f"BP_FFT={name} but it is not installed: pip install {pkg} (or unset BP_FFT)") from None
+    return _FFTFunctions(name, transforms)
 
 
 def get_backend(device: str = "auto") -> Backend:
@@ -67,7 +117,5 @@ def get_backend(device: str = "auto") -> Backend:
         import cupyx.scipy.sparse as csp
 
         return Backend(xp=cupy, fft=cufft, device="gpu", sparse=csp.csr_matrix)
-    import scipy.fft as sfft
-
     workers = int(os.environ.get("BP_FFT_WORKERS", os.cpu_count() or 1))
-    return Backend(xp=np, fft=sfft, device="cpu", workers=workers)
+    return Backend(xp=np, fft=cpu_fft(), device="cpu", workers=workers)

@@ -10,7 +10,8 @@ frames ``/entry_1/data_1/data`` uint32 ``[n_a, n_p, n1, n2]`` (one bitshuffle/LZ
 and count time (s) under ``/entry_1/instrument_1``, geometry JSON, conventions and the pixel of q = 0
 (``q0_pixel``, version 2) as ``/entry_1`` attributes, optional ``/entry_1/ground_truth_1`` for simulated data. The ``P_*`` constants are the paths.
 Every dataset has a ``units`` attribute (``"1"`` = dimensionless). The frame filter needs
-``hdf5plugin`` (imported here, so h5py reads the files once this module is imported).
+``hdf5plugin`` (:mod:`bp_plugin.h5filters`, imported here, registers it; without it frames are
+written uncompressed).
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
-import hdf5plugin  # noqa: F401  registers the bitshuffle/LZ4 HDF5 filter used by the frames
 import numpy as np
 
 from .geometry import ExperimentGeometry
+from .h5filters import MISSING, frame_compression, hdf5plugin
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "Conventions", "DatasetError", "DatasetWriter", "ScanDataset",
            "read_dataset", "write_dataset", "ENTRY", "P_DATA", "P_MEASURED", "P_TRANSLATION", "P_ANGLE",
@@ -398,7 +399,7 @@ class DatasetWriter:
         e.attrs["conventions"] = CONVENTIONS_DOC
         e.attrs["metadata_json"] = json.dumps(metadata, default=_json_default)
         self._data = _dataset(f, P_DATA, "counts", shape=shape, dtype=self.dtype, chunks=(1, 1, *shape[2:]),
-                              fillvalue=0, **hdf5plugin.Bitshuffle(cname="lz4"))
+                              fillvalue=0, **frame_compression())
         self._measured = _dataset(f, P_MEASURED, "1", data=np.zeros(shape[:2], np.uint8))
         _dataset(f, P_TRANSLATION, "m", data=translations)
         _dataset(f, P_ANGLE, "deg", data=angles)
@@ -609,7 +610,13 @@ def read_dataset(path, *, allow_partial: bool = False, load_frames: bool = True,
                                "missing frames as zeros")
         frames = None
         if load_frames:
-            frames = d[()]
+            try:
+                frames = d[()]
+            except OSError as err:                      # h5py's word for "no such filter"
+                if hdf5plugin is None:
+                    raise DatasetError(f"{path} ({P_DATA}): {MISSING}") from None
+                raise DatasetError(f"{path} ({P_DATA}): the frames cannot be read ({err}); the file is damaged "
+                                   "or was truncated while being written") from None
             frames[~measured] = 0
             problems = _check_frame_values(frames, measured)
             if problems:

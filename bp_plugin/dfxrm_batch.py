@@ -62,15 +62,16 @@ def scan_from_run(run) -> DfxrmScan:
 
 def write_scan_file(path, scan: DfxrmScan, *, chunk: int = 64, progress: bool = False) -> Path:
     """Write a recorded scan as a DF-XRM scan file (see the module docstring)."""
-    import hdf5plugin
     from tqdm import tqdm
+
+    from .h5filters import frame_compression
 
     path = Path(path)
     n = len(scan.angles_deg)
     shape = tuple(scan.scan["frame_shape"])
     with h5py.File(path, "w") as f:
         ds = f.create_dataset("entry/data/data", shape=(n, *shape), dtype=np.uint16, chunks=(1, *shape),
-                              **hdf5plugin.Bitshuffle(cname="lz4"))
+                              **frame_compression())
         for i in tqdm(range(0, n, chunk), desc="export", unit="chunk", disable=not progress):
             ds[i:i + chunk] = np.asarray(scan.frames[i:min(n, i + chunk)])
         f["entry/data/angles_deg"] = scan.angles_deg

@@ -26,6 +26,12 @@ Arrays use axis order ``(3, 1, 2)``. Three layouts:
 
 The transform acts on the last three axes, so a leading batch axis (several scan positions at
 once) is transformed in one call.
+
+Pruned to planes: a reconstruction needs the far field only on the planes its frames measure (a
+third of them at x3 up-sampling), and its corrections are zero elsewhere. ``forward(psi, planes)``
+does the r3 transform and the shear on the whole box but the (r1, r2) transform on those planes
+only, and ``adjoint(big, planes)`` takes them back: the same numbers as the full transform on
+those planes, for about 45 % fewer FFT operations at x3.
 """
 from __future__ import annotations
 
@@ -96,21 +102,39 @@ class ShearedFFT:
         if tuple(a.shape[-3:]) != self.shape:
             raise ValueError(f"array of shape {tuple(a.shape)} does not end with the box shape {self.shape}")
 
-    def forward(self, psi):
-        """Real space -> detector space: ``Psi = F[psi]``; shape ``(..., N3, N1, N2)`` complex."""
+    def _pruned(self, planes) -> None:
+        if planes is not None and self.centred:
+            raise ValueError("plane-pruned transforms need the 'fft' or 'modulated' layout")
+
+    def forward(self, psi, planes=None):
+        """Real space -> detector space: ``Psi = F[psi]``; shape ``(..., N3, N1, N2)`` complex, or
+        ``(..., n, N1, N2)`` on ``planes`` only (a slice or an index array of the r3-transform axis;
+        not with the centred layout)."""
         self._check(psi)
+        self._pruned(planes)
         fft, kw = self.backend.fft, self.backend.fft_kwargs()
         if self.centred:
             psi = fft.ifftshift(psi, axes=(-3, -2, -1))
         a = fft.fft(psi, axis=-3, norm="ortho", **kw)
-        a *= self._phase
+        if planes is None:
+            a *= self._phase
+        else:
+            a = a[..., planes, :, :] * self._phase[planes]
         a = fft.fft2(a, axes=(-2, -1), norm="ortho", overwrite_x=True, **kw)
         return fft.fftshift(a, axes=(-3, -2, -1)) if self.centred else a
 
-    def adjoint(self, big_psi):
-        """Detector space -> real space: ``F^H = F^-1`` (the transform is unitary)."""
-        self._check(big_psi)
+    def adjoint(self, big_psi, planes=None):
+        """Detector space -> real space: ``F^H = F^-1`` (the transform is unitary). With ``planes``,
+        ``big_psi`` holds those planes only ``(..., n, N1, N2)`` and the others are zero."""
+        self._pruned(planes)
         fft, kw = self.backend.fft, self.backend.fft_kwargs()
+        if planes is not None:
+            a = fft.ifft2(big_psi, axes=(-2, -1), norm="ortho", **kw)
+            a *= self._phase_conj[planes]
+            full = self.backend.xp.zeros(a.shape[:-3] + self.shape, a.dtype)
+            full[..., planes, :, :] = a
+            return fft.ifft(full, axis=-3, norm="ortho", overwrite_x=True, **kw)
+        self._check(big_psi)
         if self.centred:
             big_psi = fft.ifftshift(big_psi, axes=(-3, -2, -1))
         a = fft.ifft2(big_psi, axes=(-2, -1), norm="ortho", **kw)

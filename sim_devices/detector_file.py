@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 
 import h5py
-import hdf5plugin
 import numpy as np
+
+from bp_plugin.h5filters import frame_compression
 
 DATASET = "/entry/data/data"
 
@@ -53,7 +54,7 @@ class DetectorFile:
             det.create_dataset("pixel_mask", data=(~np.asarray(mask, bool)).astype(np.uint32))
         self._ds = self._f.create_dataset(
             DATASET, shape=(0, *self.frame_shape), maxshape=(None, *self.frame_shape), dtype=self.dtype,
-            chunks=(1, *self.frame_shape), **hdf5plugin.Bitshuffle(cname="lz4"))
+            chunks=(1, *self.frame_shape), **frame_compression())
         self._ds.attrs["units"] = "counts"
         self._f.swmr_mode = True
         self.n_frames = 0

@@ -316,7 +316,7 @@ def test_step_exposure_is_the_mean_intensity_over_each_step_and_its_correction_p
 
     n_a = 5
     planes = (n_a * up) // 2 + (np.arange(n_a) - n_a // 2) * up
-    ex = RockingExposure(planes, n_a * up, up, "step", np)
+    ex = RockingExposure(planes, n_a * up, up, "step", np, prune=False)      # the whole box
     rng = np.random.default_rng(up)
     big = (rng.normal(size=(2, n_a * up, 3, 4)) + 1j * rng.normal(size=(2, n_a * up, 3, 4))).astype(np.complex64)
     brute = np.zeros((2, n_a, 3, 4))
@@ -330,8 +330,18 @@ def test_step_exposure_is_the_mean_intensity_over_each_step_and_its_correction_p
     corrected = big + ex.correction(big, np.sqrt(measured / ex.intensity(big)[0]) - 1)
     if up % 2:
         np.testing.assert_allclose(ex.intensity(corrected)[0], measured, rtol=1e-4)
+    # pruned to the planes some frame sees (the engine's default): the same numbers there, and
+    # the whole box's correction is zero on the others
+    pruned = RockingExposure(planes, n_a * up, up, "step", np)
+    factor = np.sqrt(measured / ex.intensity(big)[0]) - 1
+    np.testing.assert_array_equal(pruned.intensity(big[:, pruned.used])[0], ex.intensity(big)[0])
+    full = ex.correction(big, factor)
+    np.testing.assert_allclose(pruned.correction(big[:, pruned.used], factor), full[:, pruned.used], atol=1e-6)
+    off = np.ones(n_a * up, bool)
+    off[pruned.used] = False
+    assert not full[:, off].any()
     point = RockingExposure(planes, n_a * up, up, "point", np)
-    np.testing.assert_allclose(point.intensity(big)[0], np.abs(big[:, planes]) ** 2, rtol=1e-5)
+    np.testing.assert_allclose(point.intensity(big[:, point.used])[0], np.abs(big[:, planes]) ** 2, rtol=1e-5)
     with pytest.raises(ValueError, match="rocking_exposure"):
         RockingExposure(planes, n_a * up, up, "fly", np)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+KERNELS = ("fast", "reference")
+
 
 @dataclass
 class ReconConfig:
@@ -47,6 +49,10 @@ class ReconConfig:
         probe_subsample: p1 samples of the probe section per ``sin(2 tB) dr3``.
         na_factor: NA constraint rectangle in units of the numerical aperture.
         seed: seed of the position order.
+        kernels: "fast" (default: far fields on the frames' planes only, and on a CPU with numba
+            the fused update kernels of :mod:`bp_plugin.recon.cpu_kernels`) or "reference" (the
+            equations as NumPy / CuPy expressions on whole boxes: the yardstick of tests and
+            benchmarks). Both give the same reconstruction to float32 rounding.
     """
 
     iterations: int = 1000
@@ -75,8 +81,11 @@ class ReconConfig:
     probe_subsample: int = 2
     na_factor: float = 1.5
     seed: int = 0
+    kernels: str = "fast"
 
     def __post_init__(self) -> None:
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {self.kernels!r}")
         if self.probe_norm not in ("line", "paper"):
             raise ValueError(f"probe_norm must be 'line' or 'paper', got {self.probe_norm!r}")
         if self.mode not in ("sequential", "batched"):

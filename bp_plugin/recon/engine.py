@@ -25,6 +25,7 @@ import numpy as np
 from ..backend import Backend, get_backend
 from ..geometry import ExperimentGeometry
 from ..sheared_fft import ShearedFFT, modulation
+from . import cpu_kernels
 from .config import ReconConfig
 from .exposure import RockingExposure
 from .layout import ScanLayout, slab_support
@@ -85,8 +86,9 @@ class Reconstructor:
         self.mask = xp.asarray(np.asarray(mask, bool).astype(np.float32))
         self.measured = np.ones((n_a, n_p), bool) if measured is None else np.asarray(measured, bool).copy()
         self._measured_seen = None                    # the host mask behind _measured_dev (see _weights)
+        fast = self.config.kernels == "fast"
         self.exposure = RockingExposure(self.layout.planes, geometry.n_planes, geometry.upsampling,
-                                        geometry.rocking_exposure, xp)
+                                        geometry.rocking_exposure, xp, prune=fast)
         self.background = xp.full((n_a,) + tuple(geometry.crop), self.config.background_init, np.float32)
         self.support = xp.asarray(self._slab(0))
         self._obj = self.support.astype(np.complex64) * self._mod
@@ -94,6 +96,9 @@ class Reconstructor:
         if self._initial_probe2d.shape != self.probe_op.shape2d:
             raise ValueError(f"probe2d must have the section shape {self.probe_op.shape2d}, "
                              f"got {self._initial_probe2d.shape}")
+        # one pass per step on a CPU where numba is there (bitwise the same object; see cpu_kernels)
+        self._fused = fast and self.backend.device == "cpu" and cpu_kernels.available
+        self._fused_modulus = self._fused and not self.exposure.integrated and self.exposure.frames_are_planes
         self.restart_probe()
         self.iteration = 0
         self.history: list[dict] = []
@@ -148,10 +153,14 @@ class Reconstructor:
         """``w`` of the measured planes: ``(n_a, N1, N2)`` for position ``js`` (an int), ``(B, n_a, N1, N2)``
         for several (1D). The measured mask lives on the device and is uploaded again only when
         the host's :attr:`measured` changed (a streamed frame, the curriculum): no copy per position."""
+        return self.mask * self._rows(self._measured_rows(), js)[..., None, None]
+
+    def _measured_rows(self):
+        """:attr:`measured` on the device as float32 ``(n_p, n_a)``, uploaded again when it changed."""
         if self._measured_seen is None or not np.array_equal(self._measured_seen, self.measured):
             self._measured_seen = self.measured.copy()
-            self._measured_dev = self.backend.xp.asarray(self.measured.T.astype(np.float32))   # (n_p, n_a)
-        return self.mask * self._rows(self._measured_dev, js)[..., None, None]
+            self._measured_dev = self.backend.xp.asarray(self.measured.T.astype(np.float32))
+        return self._measured_dev
 
     def _rows(self, a, js):
         """``a[js]`` without a host index array on the device: a view for one position (an int), a
@@ -163,12 +172,13 @@ class Reconstructor:
     def _model(self, js, psi):
         """Forward model of positions ``js`` (an int, B = 1, or 1D) for exit waves ``psi`` ``(B, N3, N1, N2)``.
 
-        Returns ``(Psi, Psi on the measured planes (point frames; None otherwise), model intensity
+        Returns ``(Psi on the frames' planes (B, n_u, N1, N2) (:attr:`RockingExposure.used`), Psi on
+        each frame's plane (point frames; None otherwise), model intensity
         of the frames (B, n_a, N1, N2) (without background), sqrt(h), measured amplitudes, w)``;
         the frames' intensity is :attr:`exposure`'s.
         """
         xp = self.backend.xp
-        big = self.fft.forward(psi)
+        big = self.fft.forward(psi, self.exposure.used)          # (B, n_u, N1, N2): the frames' planes
         inten, bm = self.exposure.intensity(big)                 # (B, n_a, N1, N2)
         sqrt_h = xp.sqrt(xp.maximum(inten + self.background, 1e-12))
         if np.ndim(js) == 0:
@@ -203,6 +213,11 @@ class Reconstructor:
         """
         xp = self.backend.xp
         single = np.ndim(js) == 0
+        if single and self._fused_modulus:
+            big = self.fft.forward(psi[None], self.exposure.used)
+            cost, norm = cpu_kernels.modulus(big, self.amp[int(js)], self.mask, self._measured_rows()[int(js)],
+                                             self.background, self.config.gamma, update_background)
+            return self.fft.adjoint(big, self.exposure.used)[0], cost, norm
         big, bm, _, sqrt_h, a, w = self._model(js, psi[None] if single else psi)
         cost = self._total(w * (a - sqrt_h) ** 2)
         norm = self._total(w * a * a)
@@ -213,7 +228,7 @@ class Reconstructor:
             hits = w.sum(0)
             mean = xp.where(hits > 0, (w * factor).sum(0) / xp.maximum(hits, 1), 1)
             self.background = self.background * mean
-        d = self.fft.adjoint(dbig)
+        d = self.fft.adjoint(dbig, self.exposure.used)
         return (d[0] if single else d), cost, norm
 
     def _object_step(self, probe, rho_v, support_v, d, intensity=None):
@@ -313,19 +328,29 @@ class Reconstructor:
     def _step_sequential(self, update_probe: bool):
         cost = norm = 0.0
         sup = self.support.astype(np.float32)
+        c = self.config
         for j in self._positions():
             if self.pause_hook is not None:
                 self.pause_hook()
             v = self.layout.view(j)
-            probe, intensity = self.probe3d_with_intensity(j)
+            if self._fused:
+                section = self._section_at(j)
+                probe = self.probe_op.extrude(section)
+                pmax = (section.real ** 2 + section.imag ** 2)[self.probe_op.rows_used].max()
+            else:
+                probe, intensity = self.probe3d_with_intensity(j)
             rho_v = self._obj[v]
-            d, cj, nj = self._fourier(j, probe * rho_v, self.config.background_update)
+            d, cj, nj = self._fourier(j, probe * rho_v, c.background_update)
             cost, norm = cost + cj, norm + nj
-            new_v = self._object_step(probe, rho_v, sup[v], d, intensity)
-            if update_probe:
+            if not self._fused:
+                new_v = self._object_step(probe, rho_v, sup[v], d, intensity)
+            if update_probe:                            # from the object before its update
                 inc = self._probe_increment(j, rho_v, d)
                 self.probe2d = self.probe_op.na_constraint(self.probe2d + inc)
-            self._obj[v] = new_v
+            if self._fused:
+                cpu_kernels.object_update(rho_v, probe, d, sup[v], pmax, c.beta, c.mu)
+            else:
+                self._obj[v] = new_v
         return cost, norm
 
     def _step_batched(self, update_probe: bool):
