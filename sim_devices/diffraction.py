@@ -135,11 +135,18 @@ class BraggSimulator:
             so the box covers the foil wherever it moves (default: +-1 um).
         box: explicit fine-index ranges ``((m3a, m3b), (m1a, m1b), (m2a, m2b))`` (tests only).
         chunk_voxels: voxels evaluated at once (bounds memory).
+        backend: where the exit waves, the sums over r3 and the FFTs run (default: the CPU, with
+            NumPy's FFT as always); frames come back to the host.
     """
 
     def __init__(self, geometry: ExperimentGeometry, sample: CrystalSample, probe: ProbeModel,
                  detector: DetectorModel | None = None, *, oversampling: int = 2,
-                 translation_range_m=((-1e-6, 1e-6), (-1e-6, 1e-6)), box=None, chunk_voxels: int = 4_000_000):
+                 translation_range_m=((-1e-6, 1e-6), (-1e-6, 1e-6)), box=None, chunk_voxels: int = 4_000_000,
+                 backend=None):
+        from bp_plugin.backend import get_backend
+
+        self.backend = backend or get_backend("cpu")
+        self.xp = self.backend.xp
         self.geometry, self.sample, self.probe = geometry, sample, probe
         self.detector = detector or DetectorModel()
         self.f = int(oversampling)
@@ -192,8 +199,8 @@ class BraggSimulator:
         """Fine box shape ``(n3, n1, n2)``."""
         return tuple(b - a for a, b in self.box)
 
-    def _lab(self, r3, r1, r2):
-        e = recon_basis(self.theta_b)
+    def _lab(self, r3, r1, r2, xp=np):
+        e = xp.asarray(recon_basis(self.theta_b))
         return r1[..., None] * e[0] + r2[..., None] * e[1] + r3[..., None] * e[2]
 
     def _probe_on_box(self):
@@ -213,6 +220,7 @@ class BraggSimulator:
         fv, fh = self._probe_box
         fv = fv[i3a:i3b]
         r3c = r3[i3a:i3b]
+        xp = self.xp
         shape = (len(r3c), len(r1), len(r2))
         # rows (r3, r1) that cross the illuminated foil: the foil's normal is nearly
         # perpendicular to r2, so a 2D test with a margin for the r2 extent selects them cheaply
@@ -223,10 +231,12 @@ class BraggSimulator:
         half = self.sample.thickness_m / 2 + 4 * self.sample.edge_m + abs(e[1] @ n) * np.abs(r2).max()
         i3, i1 = np.nonzero((np.abs(zeta) < half) & (np.abs(fv) > 0))
         cols = np.nonzero(np.abs(fh) > 0)[0]
-        out = np.zeros(shape, np.complex64)
+        out = xp.zeros(shape, np.complex64)
         if i3.size and cols.size:
-            xyz = self._lab(r3c[i3][:, None], r1[i1][:, None], r2[cols][None, :]) - t
-            psi = self.sample.density(xyz) * fv[i3, i1][:, None] * fh[cols][None, :]
+            up = xp.asarray
+            xyz = self._lab(up(r3c[i3])[:, None], up(r1[i1])[:, None], up(r2[cols])[None, :], xp) - up(t)
+            psi = self.sample.density(xyz, xp) * up(fv[i3, i1][:, None]) * up(fh[cols][None, :])
+            i3, i1, cols = up(i3), up(i1), up(cols)
             out[i3[:, None], i1[:, None], cols[None, :]] = psi
         return out
 
@@ -257,7 +267,8 @@ class BraggSimulator:
         deltas = np.atleast_1d(np.asarray(deltas_rad, float))
         r3, r1, r2 = self._axes
         c, s = math.cos(self.theta_b), math.sin(self.theta_b)
-        acc = np.zeros((len(deltas), len(r1) * len(r2)), np.complex64)
+        xp = self.xp
+        acc = xp.zeros((len(deltas), len(r1) * len(r2)), np.complex64)
         planes = max(1, self.chunk_voxels // (len(r1) * len(r2)))
         whole = None
         if self.cache_bytes and 8 * len(r3) * len(r1) * len(r2) <= self.cache_bytes:
@@ -266,14 +277,18 @@ class BraggSimulator:
             i3b = min(len(r3), i3a + planes)
             psi = whole if whole is not None else self.exit_wave_chunk(translation_m, i3a, i3b)
             phase3 = np.exp(-1j * self.q * c * np.multiply.outer(deltas, r3[i3a:i3b])).astype(np.complex64)
-            acc += phase3 @ psi.reshape(i3b - i3a, -1)
+            acc += xp.asarray(phase3) @ psi.reshape(i3b - i3a, -1)
         acc = acc.reshape(len(deltas), len(r1), len(r2))
-        acc *= np.exp(-1j * self.q * s * np.multiply.outer(deltas, r1)).astype(np.complex64)[:, :, None]
+        acc *= xp.asarray(np.exp(-1j * self.q * s * np.multiply.outer(deltas, r1)).astype(np.complex64)[:, :, None])
         folded = self._fold(acc)
-        big = np.fft.fftshift(np.fft.fft2(folded), axes=(-2, -1))
+        # the CPU keeps NumPy's FFT (double precision inside), so its frames stay what they were;
+        # a device transforms in single precision (its frames agree to float32 rounding)
+        fft = np.fft if self.backend.device == "cpu" else self.backend.fft
+        big = fft.fftshift(fft.fft2(folded, axes=(-2, -1)), axes=(-2, -1))
         n1, n2 = self.geometry.crop
         c1, c2 = self.period[0] // 2, self.period[1] // 2
-        return big[:, c1 - n1 // 2: c1 - n1 // 2 + n1, c2 - n2 // 2: c2 - n2 // 2 + n2].astype(np.complex64)
+        crop = big[:, c1 - n1 // 2: c1 - n1 // 2 + n1, c2 - n2 // 2: c2 - n2 // 2 + n2].astype(np.complex64)
+        return self.backend.asnumpy(crop)
 
     def _fold(self, a):
         """Sum ``(n, L1, L2)`` over whole detector periods into ``(n, P1, P2)`` in FFT order of the index."""
@@ -282,7 +297,7 @@ class BraggSimulator:
         n = a.shape[0]
         b = a.reshape(n, -1, p1, a.shape[2]).sum(1)
         b = b.reshape(n, p1, -1, p2).sum(2)
-        return np.roll(b, (m1a % p1, m2a % p2), axis=(1, 2))
+        return self.xp.roll(b, (m1a % p1, m2a % p2), axis=(1, 2))
 
     # --- counts ------------------------------------------------------------------------------
     @property

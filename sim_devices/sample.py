@@ -87,44 +87,44 @@ class CrystalSample:
         a = math.radians(self.grain_boundary_tilt_deg)
         return np.array([math.sin(a), math.cos(a), 0.0])
 
-    def slab_coordinate(self, xyz: np.ndarray) -> np.ndarray:
+    def slab_coordinate(self, xyz: np.ndarray, xp=np) -> np.ndarray:
         """Signed distance ``zeta`` (m) from the foil's mid-plane, shape ``xyz.shape[:-1]``."""
-        return xyz @ self.normal
+        return xyz @ xp.asarray(self.normal)
 
     # --- amplitude ------------------------------------------------------------------------
-    def amplitude(self, xyz: np.ndarray) -> np.ndarray:
-        """Density amplitude in [0, 1] at sample points ``xyz`` (..., 3) in metres."""
+    def amplitude(self, xyz: np.ndarray, xp=np) -> np.ndarray:
+        """Density amplitude in [0, 1] at sample points ``xyz`` (..., 3) in metres (``xp``: NumPy or CuPy)."""
         w = self.edge_m
-        zeta = self.slab_coordinate(xyz)
-        a = _step(self.thickness_m / 2 - np.abs(zeta), w)
+        zeta = self.slab_coordinate(xyz, xp)
+        a = _step(self.thickness_m / 2 - xp.abs(zeta), w)
         if self.grain_boundary_y_m is not None:
-            a = a * _step(self.grain_boundary_y_m - xyz @ self._gb_normal, w)
+            a = a * _step(self.grain_boundary_y_m - xyz @ xp.asarray(self._gb_normal), w)
         for v in self.voids:
-            d = np.linalg.norm(xyz - np.asarray(v.centre_m), axis=-1)
+            d = xp.sqrt(xp.sum((xyz - xp.asarray(v.centre_m)) ** 2, axis=-1))
             a = a * _step(d - v.radius_m, w)
         for disl in self.dislocations:
-            rho_a, rho_b = _line_coords(xyz, disl)
-            a = a * _step(np.hypot(rho_a, rho_b) - disl.core_radius_m, w)
+            rho_a, rho_b = _line_coords(xyz, disl, xp=xp)
+            a = a * _step(xp.hypot(rho_a, rho_b) - disl.core_radius_m, w)
         return a
 
     # --- displacement and its gradient ---------------------------------------------------
-    def displacement(self, xyz: np.ndarray, *, gradient: bool = False):
+    def displacement(self, xyz: np.ndarray, *, gradient: bool = False, xp=np):
         """``u_z`` (m) at points ``xyz`` (..., 3); with ``gradient`` also ``grad u_z`` (..., 3).
 
         Dislocation terms are multivalued (``u_z`` jumps by ``b_z`` across a cut); the phase
         ``|Q| u_z`` is continuous modulo 2 pi because the windings are multiples of 2 pi.
         """
         x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-        u = np.zeros(xyz.shape[:-1])
-        g = np.zeros(xyz.shape) if gradient else None
+        u = xp.zeros(xyz.shape[:-1])
+        g = xp.zeros(xyz.shape) if gradient else None
         if self.implanted_strain:
-            eps, deps = self._implanted_strain(x, y, gradient)
+            eps, deps = self._implanted_strain(x, y, gradient, xp)
             u = u + eps * z
             if gradient:
                 g[..., 0] += deps[0] * z
                 g[..., 1] += deps[1] * z
                 g[..., 2] += eps
-        zeta = self.slab_coordinate(xyz)
+        zeta = self.slab_coordinate(xyz, xp)
         n = self.normal
         for strain, depth, sign in ((self.fib_top_strain, self.fib_top_m, 1.0),
                                     (self.fib_bottom_strain, self.fib_bottom_m, -1.0)):
@@ -133,22 +133,22 @@ class CrystalSample:
                 s = sign * zeta - (self.thickness_m / 2 - depth)
                 u = u + sign * strain * _ramp(s, self.edge_m)
                 if gradient:
-                    g += (strain * _step(s, self.edge_m))[..., None] * n
+                    g += (strain * _step(s, self.edge_m))[..., None] * xp.asarray(n)
         for disl in self.dislocations:
-            rho_a, rho_b, (ea, eb) = _line_coords(xyz, disl, basis=True)
+            rho_a, rho_b, (ea, eb) = _line_coords(xyz, disl, basis=True, xp=xp)
             bz = disl.winding_rad / self.q_bragg_inv_m
-            u = u + bz / (2 * math.pi) * np.arctan2(rho_b, rho_a)
+            u = u + bz / (2 * math.pi) * xp.arctan2(rho_b, rho_a)
             if gradient:
-                r2 = np.maximum(rho_a ** 2 + rho_b ** 2, (0.1 * self.edge_m) ** 2)
+                r2 = xp.maximum(rho_a ** 2 + rho_b ** 2, (0.1 * self.edge_m) ** 2)
                 coef = bz / (2 * math.pi) / r2
-                g += (coef * rho_a)[..., None] * eb - (coef * rho_b)[..., None] * ea
+                g += (coef * rho_a)[..., None] * xp.asarray(eb) - (coef * rho_b)[..., None] * xp.asarray(ea)
         return (u, g) if gradient else u
 
-    def _implanted_strain(self, x, y, gradient):
+    def _implanted_strain(self, x, y, gradient, xp=np):
         w = self.implanted_edge_width_m
         inside = _step(self.implanted_edge_x_m - x, w)
         dinside_dx = -_dstep(self.implanted_edge_x_m - x, w)
-        factor, dfactor_dy = np.ones_like(y), np.zeros_like(y)
+        factor, dfactor_dy = xp.ones_like(y), xp.zeros_like(y)
         if self.grain_boundary_y_m is not None and self.denuded_width_m > 0:
             ratio = self.denuded_strain / self.implanted_strain
             s = y - (self.grain_boundary_y_m - self.denuded_width_m)
@@ -160,9 +160,9 @@ class CrystalSample:
         return eps, (self.implanted_strain * dinside_dx * factor, self.implanted_strain * inside * dfactor_dy)
 
     # --- what the simulator and the ground truth use ------------------------------------------
-    def density(self, xyz: np.ndarray) -> np.ndarray:
-        """Complex density ``a exp(i |Q| u_z)`` at points ``xyz`` (..., 3), complex128."""
-        return self.amplitude(xyz) * np.exp(1j * self.q_bragg_inv_m * self.displacement(xyz))
+    def density(self, xyz: np.ndarray, xp=np) -> np.ndarray:
+        """Complex density ``a exp(i |Q| u_z)`` at points ``xyz`` (..., 3), complex128, on ``xp``'s device."""
+        return self.amplitude(xyz, xp) * xp.exp(1j * self.q_bragg_inv_m * self.displacement(xyz, xp=xp))
 
     def ground_truth(self, origin_m, voxel_m: float, shape) -> dict[str, np.ndarray]:
         """Ground truth on an orthogonal lab grid with equal voxels.
@@ -194,13 +194,23 @@ class CrystalSample:
         }
 
 
+def _erf(x):
+    # scipy's erf is a NumPy ufunc (host arrays, and device arrays that take NumPy ufuncs); CuPy
+    # keeps its own in cupyx
+    if type(x).__module__.startswith("cupy"):
+        from cupyx.scipy.special import erf as cupy_erf
+
+        return cupy_erf(x)
+    return erf(x)
+
+
 def _step(s, w):
     """Smoothed Heaviside of the signed distance ``s`` (m) over width ``w`` (m)."""
-    return 0.5 * (1.0 + erf(s / w))
+    return 0.5 * (1.0 + _erf(s / w))
 
 
 def _dstep(s, w):
-    return np.exp(-(s / w) ** 2) / (w * math.sqrt(math.pi))
+    return np.exp(-(s / w) ** 2) / (w * math.sqrt(math.pi))        # a ufunc: NumPy or CuPy alike
 
 
 def _ramp(s, w):
@@ -208,7 +218,7 @@ def _ramp(s, w):
     return s * _step(s, w) + w * np.exp(-(s / w) ** 2) / (2 * math.sqrt(math.pi))
 
 
-def _line_coords(xyz, disl: Dislocation, basis: bool = False):
+def _line_coords(xyz, disl: Dislocation, basis: bool = False, xp=np):
     """Coordinates of points in the plane perpendicular to a dislocation line."""
     t = np.asarray(disl.direction, float)
     t = t / np.linalg.norm(t)
@@ -216,6 +226,6 @@ def _line_coords(xyz, disl: Dislocation, basis: bool = False):
     ea = np.cross(t, helper)
     ea /= np.linalg.norm(ea)
     eb = np.cross(t, ea)
-    d = xyz - np.asarray(disl.point_m)
-    ra, rb = d @ ea, d @ eb
+    d = xyz - xp.asarray(disl.point_m)
+    ra, rb = d @ xp.asarray(ea), d @ xp.asarray(eb)
     return (ra, rb, (ea, eb)) if basis else (ra, rb)

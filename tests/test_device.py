@@ -113,3 +113,22 @@ def test_iterations_agree_with_the_cpu(tiny_dataset, device, mode):
     assert rel(a(dev.object), cpu.object) < (1e-6 if device == "emulated" else 1e-3)
     assert rel(a(dev.probe2d), cpu.probe2d) < (1e-6 if device == "emulated" else 1e-3)
     assert rel(a(dev.background), cpu.background) < (1e-6 if device == "emulated" else 1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_simulator_on_a_device_agrees_with_the_cpu(device):
+    from sim_devices.diffraction import BraggSimulator
+    from sim_devices.experiment import build_experiment
+
+    exp = build_experiment("tiny", seed=0)
+    cpu = exp.simulator
+    backend = device_backend(device)
+    dev = BraggSimulator(cpu.geometry, cpu.sample, cpu.probe, cpu.detector, oversampling=cpu.f, box=cpu.box,
+                         backend=backend)
+    emu.reset_counts()
+    for t in exp.translations_m[[0, 12]]:
+        a_cpu, a_dev = cpu.amplitudes(t, exp.deltas_rad), dev.amplitudes(t, exp.deltas_rad)
+        assert isinstance(a_dev, np.ndarray)                   # frames come back to the host
+        assert np.abs(a_dev - a_cpu).max() <= 2e-6 * np.abs(a_cpu).max()
+    if device == "emulated":
+        assert emu.COUNTS["sync"] == 2                         # one read per position, at the end
