@@ -255,13 +255,13 @@ def cmd_reconstructor(a: argparse.Namespace) -> int:
     return run_reconstructor(a.listen, a.workdir, tiled_url=a.tiled_url, api_key=a.api_key, device=a.device,
                              max_runs=a.max_runs, final_iterations=a.iterations, ml_iterations=a.ml_iterations,
                              publish_interval_s=a.publish_interval, checkpoint_interval_s=a.checkpoint_interval,
-                             catch_up_per_angle=a.catch_up_per_angle, quiet=a.quiet)
+                             catch_up_per_angle=a.catch_up_per_angle, quiet=a.quiet, idle_timeout_s=a.idle_timeout)
 
 
 def cmd_stream(a: argparse.Namespace) -> int:
     from streaming.commands import stream_dataset
 
-    return stream_dataset(a.scan, a.to, rate=a.rate, progress=not a.no_progress)
+    return stream_dataset(a.scan, a.to, rate=a.rate, progress=not a.no_progress, confirm_timeout_s=a.confirm_timeout)
 
 
 def _add_tiled_args(p: argparse.ArgumentParser) -> None:
@@ -394,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--checkpoint-interval", type=float, default=10.0,
                     help="seconds between checkpoints of a run (what a restarted service continues from)")
     pc.add_argument("--max-runs", type=int, default=None, help="exit after this many runs (default: serve on)")
+    pc.add_argument("--idle-timeout", type=float, default=600.0, metavar="S",
+                    help="a run without its stop message and without a frame for S seconds is finished with "
+                         "the frames it has, once a newer run waits or when no sender is left (adopted at start-up)")
     pc.add_argument("--quiet", action="store_true", help="no status lines")
     pc.set_defaults(func=cmd_reconstructor)
 
@@ -402,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--to", default="tcp://127.0.0.1:5577", help="the reconstructor's address")
     pt.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as taken)")
     pt.add_argument("--no-progress", action="store_true")
+    pt.add_argument("--confirm-timeout", type=float, default=30.0, metavar="S",
+                    help="seconds to wait for the reconstructor's receipt of the whole run (exit 1 without it)")
     pt.set_defaults(func=cmd_stream)
 
     from .dfxrm_cli import add_dfxrm_parser

@@ -24,7 +24,7 @@ def status_line(st: dict) -> str:
 
 def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, device="auto", max_runs=None,
                       final_iterations=60, ml_iterations=20, publish_interval_s=1.0, checkpoint_interval_s=10.0,
-                      catch_up_per_angle=6, quiet=False) -> int:
+                      catch_up_per_angle=6, quiet=False, idle_timeout_s=600.0) -> int:
     """``bp-plugin reconstructor``: serve until Ctrl-C / SIGTERM (or ``max_runs`` runs)."""
     from .live import LiveOptions
     from .service import ReconstructorService, ServiceOptions
@@ -40,7 +40,7 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
             last[0] = time.monotonic()
 
     opts = ServiceOptions(listen=listen, workdir=Path(workdir), tiled_url=tiled_url, api_key=api_key, device=device,
-                          max_runs=max_runs, live=LiveOptions(final_iterations=final_iterations,
+                          max_runs=max_runs, idle_timeout_s=idle_timeout_s, live=LiveOptions(final_iterations=final_iterations,
                                                               ml_iterations=ml_iterations,
                                                               publish_interval_s=publish_interval_s,
                                                               checkpoint_interval_s=checkpoint_interval_s,
@@ -63,13 +63,21 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
     return 0
 
 
-def stream_dataset(path, to: str, *, rate=None, progress=True) -> int:
-    """``bp-plugin stream scan.h5 --to tcp://...``."""
+def stream_dataset(path, to: str, *, rate=None, progress=True, confirm_timeout_s: float = 30.0) -> int:
+    """``bp-plugin stream scan.h5 --to tcp://...``: 0 once the reconstructor confirmed the whole run,
+    1 (one line on stderr saying why) when it did not."""
     from .sender import send_dataset
 
-    r = send_dataset(path, to, rate=rate, progress=progress)
+    r = send_dataset(path, to, rate=rate, progress=progress, confirm_timeout_s=confirm_timeout_s)
+    receipt = r["receipt"]
+    if not receipt["confirmed"]:
+        print(f"bp-plugin stream: error: {receipt['reason']}; the frames are safe in {path}: stream it again, "
+              f"or reconstruct it offline (bp-plugin reconstruct {path})", file=sys.stderr)
+        return 1
     note = f" ({r['unsent']} not taken: the reconstructor reads them from the file)" if r["unsent"] else ""
-    print(f"streamed {r['frames']} frames of run {r['run_uid']} to {to} in {r['seconds']:.1f} s{note}")
+    again = f", {receipt['resent']} messages sent again" if receipt["resent"] else ""
+    print(f"streamed {r['frames']} frames of run {r['run_uid']} to {to} in {r['seconds']:.1f} s{note}; "
+          f"the reconstructor confirmed the run ({receipt['state']}{again})")
     return 0
 
 

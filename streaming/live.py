@@ -196,6 +196,40 @@ class LiveReconstruction:
         self.stage = "final"
 
     # --- checkpoints ------------------------------------------------------------------------------
+    def finish(self, pub=None) -> dict:
+        """The final result of a run whose schedule has run: metrics (quality against the truth the
+        start message names, when it is there), ``result.h5``, figures, ``metrics.json``, the final
+        publication through ``pub``; returns the status with ``metrics`` and ``result``."""
+        import json
+
+        from bp_plugin.recon.run import summarize, write_outputs
+        from bp_plugin.truth import truth_from_start
+
+        asm, rec = self.asm, self.rec
+        gt, gt_attrs, truth_note = truth_from_start(asm.start.get("sim"))
+        metrics, maps, grid, arrays, illum = summarize(rec, gt, gt_attrs)
+        metrics["warnings"] = list(rec.warnings) + metrics.get("warnings", []) + ([truth_note] if truth_note else [])
+        if truth_note:
+            log.warning("run %s: %s", asm.uid[:8], truth_note)
+        metrics["seconds"] = time.time() - self.started
+        t_last = asm.t_last_frame or time.time()          # wall clock of the last frame placed
+        metrics["counters"] = asm.status()
+        out = asm.folder / "result.h5"
+        write_outputs(rec, out, metrics, maps, grid, arrays, illum, source=f"stream:{asm.uid}",
+                      figures=self.opts.figures)
+        if grid != self.grid:                           # keep the published shapes: maps on the live grid
+            maps = None
+        metrics["latency_last_frame_to_result_s"] = time.time() - t_last
+        status = self.status("final")
+        if pub:
+            t0 = time.monotonic()
+            pub.close(self.metadata("final", metrics), self.arrays(maps))
+            metrics["publish_final_s"] = time.monotonic() - t0
+        metrics["latency_last_frame_to_published_s"] = time.time() - t_last
+        (asm.folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        log.info("run %s: final, %s", asm.uid[:8], {k: metrics.get(k) for k in ("object_error", "strain_rms_error")})
+        return {**status, "metrics": metrics, "result": str(out)}
+
     def checkpoint(self) -> None:
         """Engine state and the spool flushed to disk (atomic rename: a kill never leaves half a file)."""
         st, h = self.rec.state(), self.history()

@@ -23,10 +23,20 @@ from .publish import ROOT
 
 
 def free_tcp_address(host: str = "127.0.0.1") -> str:
-    """``tcp://host:port`` with a port free right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return f"tcp://{host}:{s.getsockname()[1]}"
+    """``tcp://host:port`` with the port and the next one (the receipts') free right now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+            if port >= 65534:
+                continue
+            with socket.socket() as s2:
+                try:
+                    s2.bind((host, port + 1))
+                except OSError:
+                    continue
+            return f"tcp://{host}:{port}"
+    raise RuntimeError(f"no two neighbouring free TCP ports found on {host}")
 
 
 @dataclass

@@ -18,10 +18,14 @@ any language can produce it; docs/streaming-protocol.md is the reference. Messag
 
 All messages carry ``protocol = "bp-stream"``, ``version``, ``kind``, ``run_uid`` and ``seq``
 (0 for ``start``, +1 per message of the run): a receiver sees gaps and duplicates in ``seq``.
+A ``run_uid`` names a folder on the receiver: 1-128 characters of letters, digits, ``.``, ``_`` and
+``-``, starting with a letter or digit (a UUID is one). Receipts (what the receiver holds of a
+run) go over a second socket: :mod:`streaming.receipts`.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +42,17 @@ class ProtocolError(ValueError):
     """A message that does not follow the protocol; the text says what is wrong."""
 
 
+_RUN_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_uid(uid) -> str:
+    """``uid`` if it is a safe run uid (it becomes a folder name); else :class:`ProtocolError`."""
+    if not isinstance(uid, str) or not _RUN_UID.fullmatch(uid):
+        raise ProtocolError(f"run_uid {uid!r} is not 1-128 letters, digits, '.', '_' or '-' starting with a "
+                            "letter or digit (a UUID is one)")
+    return uid
+
+
 @dataclass
 class Message:
     """A decoded message: its header (dict) and, for ``frame`` / ``mask``, the array (read-only view)."""
@@ -50,7 +65,8 @@ class Message:
 
 
 def _header(kind: str, run_uid: str, seq: int, **fields) -> dict:
-    return {"protocol": PROTOCOL, "version": VERSION, "kind": kind, "run_uid": str(run_uid), "seq": int(seq), **fields}
+    return {"protocol": PROTOCOL, "version": VERSION, "kind": kind, "run_uid": check_run_uid(str(run_uid)),
+            "seq": int(seq), **fields}
 
 
 def _dump(h: dict) -> bytes:
@@ -205,7 +221,7 @@ def decode(parts) -> Message:
     kind = h.get("kind")
     if kind not in KINDS:
         raise ProtocolError(f"unknown message kind {kind!r} (expected one of {KINDS})")
-    run_uid = _need(h, "run_uid", str, kind)
+    run_uid = check_run_uid(_need(h, "run_uid", str, kind))
     seq = _need(h, "seq", int, kind)
     array = None
     if kind in ("frame", "mask"):

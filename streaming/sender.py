@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
 import logging
 import threading
 import time
@@ -43,10 +44,15 @@ class FrameSender:
             with one real try every ``retry_s``, until a send succeeds again.
     """
 
+    #: runs whose start / mask / stop messages are kept for :meth:`resend`
+    KEEP_RUNS = 8
+
     def __init__(self, address: str, *, hwm: int = 1000, timeout_s: float = 30.0, retry_s: float = 5.0,
                  context=None):
-        self.address = address
-        self._ctx = context or zmq.Context.instance()
+        from .receipts import check_address
+
+        self.address = check_address(address)
+        self._ctx = self.context = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, int(hwm))
         self._sock.setsockopt(zmq.LINGER, 5000)
@@ -58,14 +64,44 @@ class FrameSender:
         self.sent = 0
         self.unsent = 0
         self._seq: dict[str, int] = {}
+        self._kept: OrderedDict = OrderedDict()          # run uid -> {kind: parts}
 
     def next_seq(self, run_uid: str) -> int:
         s = self._seq.get(run_uid, 0)
         self._seq[run_uid] = s + 1
         return s
 
+    def _keep(self, parts: list) -> None:
+        head = bytes(parts[0][:80])            # the header starts {"protocol":...,"version":1,"kind":"..."
+        if b'"kind":"frame"' in head:
+            return
+        h = json.loads(bytes(parts[0]))
+        if h.get("kind") in ("start", "mask", "stop"):
+            kept = self._kept.setdefault(h["run_uid"], {})
+            kept[h["kind"]] = [bytes(p) if not isinstance(p, np.ndarray) else p.copy() for p in parts]
+            self._kept.move_to_end(h["run_uid"])
+            while len(self._kept) > self.KEEP_RUNS:
+                self._kept.popitem(last=False)
+
+    def resend(self, run_uid: str, kinds) -> int:
+        """Send the kept messages ``kinds`` (of start, mask, stop) of a run again; returns how many went."""
+        n = 0
+        for kind in kinds:
+            parts = self._kept.get(run_uid, {}).get(kind)
+            if parts is not None and self.send(parts):
+                n += 1
+        return n
+
+    def confirm(self, run_uid: str, timeout_s: float = 30.0) -> dict:
+        """Wait for the reconstructor's receipt of run ``run_uid`` (:func:`streaming.receipts.confirm`)."""
+        from .receipts import confirm
+
+        return confirm(self, run_uid, timeout_s=timeout_s)
+
     def send(self, parts: list) -> bool:
-        """Send one multipart message (arrays without a copy); False if it could not be sent."""
+        """Send one multipart message (arrays without a copy); False if it could not be sent.
+        Start, mask and stop messages are kept for :meth:`resend`."""
+        self._keep(parts)
         if self._stalled and time.monotonic() - self._t_stalled < self.retry_s:
             try:                       # stalled: never wait, or a scan's end would wait per frame
                 self._sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
@@ -245,11 +281,28 @@ class BlueskyFrameStreamer:
         self.sender.send(protocol.encode_stop(self.uid, self.sender.next_seq(self.uid),
                                               exit_status=doc.get("exit_status", "unknown"),
                                               n_frames=self._n_frames, sources=sources))
+        self._confirm()
         self.uid = None
+
+    #: seconds the streamer waits for the reconstructor's receipt after a run (None: no receipt)
+    confirm_timeout_s: float | None = 20.0
+
+    def _confirm(self) -> None:
+        if self.confirm_timeout_s is None:
+            return
+        r = self.sender.confirm(self.uid, self.confirm_timeout_s)
+        self.last_receipt = r
+        if r["confirmed"]:
+            log.info("run %s: the reconstructor confirmed it (%s%s)", self.uid[:8], r.get("state"),
+                     f", {r['resent']} messages sent again" if r["resent"] else "")
+        else:
+            log.warning("run %s: %s; its frames are safe in the detector files (export the run and reconstruct "
+                        "it, or stream it again)", self.uid[:8], r["reason"])
 
 
 def send_dataset(path, address: str, *, rate: float | None = None, run_uid: str | None = None,
-                 progress: bool = True, sender: FrameSender | None = None, truth_file=None) -> dict:
+                 progress: bool = True, sender: FrameSender | None = None, truth_file=None,
+                 confirm_timeout_s: float | None = 30.0) -> dict:
     """Stream a dataset file's measured frames (angle-outer) as one run.
 
     Args:
@@ -260,8 +313,11 @@ def send_dataset(path, address: str, *, rate: float | None = None, run_uid: str 
             when it holds a ground truth, else none).
         run_uid: uid of the streamed run (default: a new uuid; the file's own run uid is sent in
             ``scan.source_run_uid``: streaming a file twice makes two runs, not duplicates).
+        confirm_timeout_s: wait this long for the reconstructor's receipt of the run
+            (:mod:`streaming.receipts`; None: do not ask).
 
-    Returns: ``{"run_uid", "frames", "seconds", "unsent"}``.
+    Returns: ``{"run_uid", "frames", "seconds", "unsent", "receipt"}`` (``receipt["confirmed"]``: the
+    reconstructor holds the whole run; None when not asked).
     """
     import uuid
 
@@ -293,9 +349,11 @@ def send_dataset(path, address: str, *, rate: float | None = None, run_uid: str 
                                           position_index=ip, motors={"eta_deg": ds.angles_deg[ia], "x_m": t[0], "y_m": t[1]}))
     sender.send(protocol.encode_stop(uid, sender.next_seq(uid), exit_status="success", n_frames=len(pts),
                                      sources=[{"format": "bp-dataset", "file": str(path), "frames": [list(p) for p in pts]}]))
-    out = {"run_uid": uid, "frames": len(pts), "seconds": time.perf_counter() - t0, "unsent": sender.unsent}
+    receipt = sender.confirm(uid, confirm_timeout_s) if confirm_timeout_s is not None else None
+    out = {"run_uid": uid, "frames": len(pts), "seconds": time.perf_counter() - t0, "unsent": sender.unsent,
+           "receipt": receipt}
     if own:
-        sender.close()
+        sender.close(linger_s=5.0 if receipt is None or receipt["confirmed"] else 0.0)
     return out
 
 
@@ -350,4 +408,5 @@ class DfxrmFrameStreamer(BlueskyFrameStreamer):
         self.sender.send(protocol.encode_stop(self.uid, self.sender.next_seq(self.uid),
                                               exit_status=doc.get("exit_status", "unknown"),
                                               n_frames=self._n_frames, sources=sources))
+        self._confirm()
         self.uid = None

@@ -8,6 +8,9 @@ background while frames arrive (:mod:`streaming.live`), publishes to Tiled about
 (:mod:`streaming.publish`, its own thread), checkpoints, and at the stop message recovers missed
 frames from the detector files, runs the full schedule and publishes the final result.
 
+Beside the PULL socket a REP socket one port higher answers receipt queries (what the service
+holds of a run; :mod:`streaming.receipts`), so senders know their run arrived whole.
+
 Malformed messages are counted, logged and skipped; nothing a sender does can stop the service.
 A frame of a run this process never saw start is taken over from the run's spool folder when an
 earlier process left one (restart in the middle of a run), else counted as an orphan.
@@ -31,6 +34,7 @@ from .assembly import RunAssembly
 from .dfxrm_live import DfxrmRun, run_dfxrm
 from .live import LiveOptions, LiveReconstruction
 from .protocol import ProtocolError, decode
+from .receipts import bind_pair, decode_query
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +89,7 @@ class ReconstructorService:
             self.client = connect(opts.tiled_url, opts.api_key)   # fails now, clearly, on a bad URL or key
         self.backend = get_backend(opts.device)
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.PULL)
-        self._sock.setsockopt(zmq.RCVHWM, int(opts.rcvhwm))
-        self._sock.setsockopt(zmq.LINGER, 0)
-        addr = opts.listen.replace(":0", ":*") if opts.listen.endswith(":0") else opts.listen
-        self._sock.bind(addr)
-        self.address = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._sock, self._receipts, self.address = bind_pair(self._ctx, opts.listen, opts.rcvhwm)
         self.runs: dict[str, RunAssembly] = {}
         self.finished: dict[str, dict] = {}
         self.counters = {"messages": 0, "malformed": 0, "orphans": 0, "late": 0}
@@ -102,27 +101,41 @@ class ReconstructorService:
         # waits between positions, so ingest keeps the pace of the wire (frames before iterations)
         self._backlog = threading.Event()
         self._rx = threading.Thread(target=self._receive, daemon=True, name="bp-receiver")
-        for folder in sorted(self.workdir.iterdir()):
-            # runs whose stop came but whose final result was not made (the process was stopped)
-            if not (folder / "stop.json").exists():
+        for folder in sorted(p for p in self.workdir.iterdir() if p.is_dir()):
+            # runs an earlier process left unfinished: ended (stop.json) but without a result, or
+            # orphaned (no stop: that process was killed, and maybe its sender too); a run that
+            # failed is not tried again at every start (failed.json says why)
+            if self._done_on_disk(folder.name):
                 continue
             asm = None
-            if (folder / "start.json").exists() and not (folder / "result.h5").exists():
+            if (folder / "start.json").exists():
                 asm = RunAssembly.resume(folder)
-            elif (folder / "dfxrm_start.json").exists() and not (folder / "maps.h5").exists():
+            elif (folder / "dfxrm_start.json").exists():
                 asm = self._resume_dfxrm(folder)
-            if asm is not None:
-                self.runs[asm.uid] = asm
-                self._todo.put(asm.uid)
+            if asm is None:
+                continue
+            self.runs[asm.uid] = asm
+            self._todo.put(asm.uid)
+            if asm.stop is not None:
                 log.info("run %s: ended while no reconstructor ran; finishing it", asm.uid[:8])
+            else:
+                asm.adopted = True
+                log.info("run %s: left without its stop message by an earlier process; adopted (it ends "
+                         "with the frames it gets, %.0f s after the last one)", asm.uid[:8], opts.idle_timeout_s)
 
     # --- receiver -----------------------------------------------------------------------------------
     def _receive(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._receipts, zmq.POLLIN)
         while not self._stop.is_set():
-            if not poller.poll(100):
+            events = dict(poller.poll(100))
+            if not events:
                 self._backlog.clear()
+                continue
+            if self._receipts in events:
+                self._answer_receipt()
+            if self._sock not in events:
                 continue
             for n in range(256):            # drain what is queued: one poll per burst, not per message
                 try:
@@ -132,16 +145,51 @@ class ReconstructorService:
                     break
                 if n == BACKLOG_MESSAGES:   # this many were waiting: the engine holds ingest back
                     self._backlog.set()
-                self.counters["messages"] += 1
-                try:
-                    self._dispatch(decode(parts))
-                except ProtocolError as exc:
-                    self.counters["malformed"] += 1
-                    log.warning("malformed message skipped: %s", exc)
-                except Exception as exc:  # never fatal: count, log, go on
-                    self.counters["malformed"] += 1
-                    log.exception("message could not be handled: %s", exc)
+                self._handle(parts)
         self._sock.close(0)          # by the thread that used it: ZeroMQ sockets are not thread-safe
+        self._receipts.close(0)
+
+    def _drain(self, limit: int = 100_000) -> None:
+        """Take every data message already queued (before a receipt, which must count them)."""
+        for _ in range(limit):
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(parts)
+
+    def _handle(self, parts) -> None:
+        self.counters["messages"] += 1
+        try:
+            self._dispatch(decode(parts))
+        except ProtocolError as exc:
+            self.counters["malformed"] += 1
+            log.warning("malformed message skipped: %s", exc)
+        except Exception as exc:  # never fatal: count, log, go on
+            self.counters["malformed"] += 1
+            log.exception("message could not be handled: %s", exc)
+
+    def _answer_receipt(self) -> None:
+        """Answer one receipt query (REP: every request gets exactly one reply)."""
+        raw = self._receipts.recv()
+        try:
+            uid = decode_query(raw)
+        except ProtocolError as exc:
+            self.counters["malformed"] += 1
+            self._receipts.send(json.dumps({"error": str(exc)}).encode())
+            return
+        self._drain()
+        reply = {"run_uid": uid, "known": False, "stop": False, "state": "unknown", "frames_placed": 0}
+        done = self.finished.get(uid, {}).get("state") or self._done_on_disk(uid)
+        if done:
+            reply.update(known=True, stop=True, state=done)
+        else:
+            asm = self._assembly(uid)                  # a run an earlier process spooled is taken over here
+            if asm is not None:
+                status = asm.status() if isinstance(asm, RunAssembly) else asm.status("receiving")
+                reply.update(known=True, stop=asm.stop is not None, state="receiving",
+                             frames_placed=int(status.get("placed", status.get("frames_measured", 0))))
+        self._receipts.send(json.dumps(reply).encode())
 
     def _resume_dfxrm(self, folder) -> DfxrmRun | None:
         try:
@@ -150,9 +198,18 @@ class ReconstructorService:
             log.warning("DF-XRM run in %s cannot be resumed: %s", folder, exc)
             return None
 
+    def _done_on_disk(self, uid: str) -> str | None:
+        """"final" or "failed" when an earlier process finished run ``uid`` in the work folder."""
+        folder = self.workdir / uid
+        if (folder / "failed.json").exists():
+            return "failed"
+        if (folder / "result.h5").exists() or (folder / "maps.h5").exists():
+            return "final"
+        return None
+
     def _assembly(self, uid: str) -> RunAssembly | DfxrmRun | None:
         asm = self.runs.get(uid)
-        if asm is None and uid not in self.finished:
+        if asm is None and uid not in self.finished and not self._done_on_disk(uid):
             # a run an earlier process had started
             asm = RunAssembly.resume(self.workdir / uid) or self._resume_dfxrm(self.workdir / uid)
             if asm is not None:
@@ -164,8 +221,13 @@ class ReconstructorService:
     def _dispatch(self, msg) -> None:
         uid = msg.run_uid
         if msg.kind == "start":
-            if uid in self.runs or uid in self.finished:
+            if uid in self.runs:
+                return                                  # the start again (a sender's resend): nothing new
+            done = self.finished.get(uid, {}).get("state") or self._done_on_disk(uid)
+            if done:
                 self.counters["late"] += 1
+                log.warning("run %s: a start message for a run already %s; ignored (a new scan needs a new uid)",
+                            uid[:8], done)
                 return
             folder = self.workdir / uid
             if msg.header.get("technique") == "dfxrm":
@@ -177,8 +239,11 @@ class ReconstructorService:
             self.runs[uid] = asm
             self._todo.put(uid)
             return
-        if uid in self.finished:
+        if uid in self.finished or self._done_on_disk(uid):
             self.counters["late"] += 1
+            if self.counters["late"] in (1, 10, 100, 1000) or self.counters["late"] % 10000 == 0:
+                log.warning("a %s message of run %s, already finished, ignored (%d such so far)", msg.kind, uid[:8],
+                            self.counters["late"])
             return
         asm = self._assembly(uid)
         if asm is None:
@@ -211,6 +276,8 @@ class ReconstructorService:
                 except Exception as exc:   # one bad run (out of memory, ...) must not stop the service
                     log.exception("run %s could not be reconstructed", uid[:8])
                     self.finished[uid] = {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}
+                if self.finished[uid].get("state") == "failed":
+                    self._mark_failed(uid, self.finished[uid])
                 self.runs.pop(uid, None)
                 done += 1
         finally:
@@ -218,6 +285,14 @@ class ReconstructorService:
             if self._rx.is_alive() and threading.current_thread() is not self._rx:
                 self._rx.join()
             self._ctx.term()
+
+    def _mark_failed(self, uid: str, status: dict) -> None:
+        """``failed.json`` in the run's folder: a restarted service does not try the run again."""
+        try:
+            (self.workdir / uid / "failed.json").write_text(json.dumps(
+                {"state": "failed", "message": status.get("message", ""), "time": time.time()}))
+        except OSError as exc:
+            log.warning("run %s: could not mark it failed: %s", uid[:8], exc)
 
     def start(self) -> threading.Thread:
         """Serve in a background thread (tests, the demo); returns the thread."""
@@ -244,9 +319,10 @@ class ReconstructorService:
         return TiledPublisher(self.client, uid, min_interval_s=self.opts.live.publish_interval_s)
 
     def _abandoned(self, asm: RunAssembly) -> bool:
-        """No stop message, no frame for ``idle_timeout_s`` and a newer run waiting: end this one."""
+        """No stop message, no frame for ``idle_timeout_s``, and a newer run waiting or nobody left
+        to send the stop (a run adopted at start-up): end this one."""
         last = asm.t_last_frame or asm.t_created
-        return (asm.stop is None and not self._todo.empty()
+        return (asm.stop is None and (not self._todo.empty() or getattr(asm, "adopted", False))
                 and time.time() - last > self.opts.idle_timeout_s)
 
     def _run(self, asm: RunAssembly) -> dict:
@@ -295,7 +371,7 @@ class ReconstructorService:
             if pub:
                 pub.submit(live.metadata("live"))
             live.run_final(lambda r: self._final_tick(live, pub))
-            return self._finish(live, pub)
+            return live.finish(pub)
         except _Stopped:
             if live.rec.measured.any():      # a checkpoint of an engine that has seen no frame is useless
                 live.checkpoint()
@@ -338,35 +414,6 @@ class ReconstructorService:
             pub.submit(live.metadata("live"), live.arrays())
             self._t_tick = time.monotonic()
         self._report(live)
-
-    def _finish(self, live: LiveReconstruction, pub) -> dict:
-        from bp_plugin.recon.run import summarize, write_outputs
-        from bp_plugin.truth import truth_from_start
-
-        asm, rec = live.asm, live.rec
-        gt, gt_attrs, truth_note = truth_from_start(asm.start.get("sim"))
-        metrics, maps, grid, arrays, illum = summarize(rec, gt, gt_attrs)
-        metrics["warnings"] = list(rec.warnings) + metrics.get("warnings", []) + ([truth_note] if truth_note else [])
-        if truth_note:
-            log.warning("run %s: %s", asm.uid[:8], truth_note)
-        metrics["seconds"] = time.time() - live.started
-        t_last = asm.t_last_frame or time.time()          # wall clock of the last frame placed
-        metrics["counters"] = asm.status()
-        out = asm.folder / "result.h5"
-        write_outputs(rec, out, metrics, maps, grid, arrays, illum, source=f"stream:{asm.uid}",
-                      figures=self.opts.live.figures)
-        if grid != live.grid:                           # keep the published shapes: maps on the live grid
-            maps = None
-        metrics["latency_last_frame_to_result_s"] = time.time() - t_last
-        status = live.status("final")
-        if pub:
-            t0 = time.monotonic()
-            pub.close(live.metadata("final", metrics), live.arrays(maps))
-            metrics["publish_final_s"] = time.monotonic() - t0
-        metrics["latency_last_frame_to_published_s"] = time.time() - t_last
-        (asm.folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        log.info("run %s: final, %s", asm.uid[:8], {k: metrics.get(k) for k in ("object_error", "strain_rms_error")})
-        return {**status, "metrics": metrics, "result": str(out)}
 
     def _report(self, live) -> None:
         if self.progress is not None:
