@@ -514,6 +514,22 @@ def _from_attr(v):
     return v
 
 
+def open_hdf5(path):
+    """``h5py.File(path, "r")``, with a :class:`DatasetError` that says what is wrong with a file
+    that is not HDF5 or was cut short (h5py's own message names neither the file nor the fix)."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        why = str(exc)
+        if "signature not found" in why:
+            raise DatasetError(f"{path} is not an HDF5 file (no HDF5 signature): give a bp-scan file "
+                               f"(docs/dataset-format.md), e.g. one written by {_WRITER}") from None
+        if "truncated" in why:
+            raise DatasetError(f"{path} is truncated ({why.split('(', 1)[-1].rstrip(')')}): it was cut short "
+                               "while being written or copied; copy it again from the source") from None
+        raise DatasetError(f"{path} cannot be opened as HDF5: {why}") from None
+
+
 def read_dataset(path, *, allow_partial: bool = False, load_frames: bool = True, flip_n1: bool = False,
                  flip_n2: bool = False, flip_angle: bool = False, flip_translation: bool = False,
                  conventions: Conventions | None = None) -> ScanDataset:
@@ -537,9 +553,11 @@ def read_dataset(path, *, allow_partial: bool = False, load_frames: bool = True,
         DatasetError: listing every problem (path, expected, actual, fix). FileNotFoundError.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not a scan file: name the .h5 file in it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such scan file")
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         fmt, ver = _from_attr(f.attrs.get("bp_plugin_format")), _from_attr(f.attrs.get("bp_plugin_format_version"))
         if fmt != FORMAT_NAME:
             raise DatasetError(f"{path}: root attribute bp_plugin_format: expected {FORMAT_NAME!r}, got {fmt!r}; "

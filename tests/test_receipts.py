@@ -128,3 +128,26 @@ def test_no_run_is_lost_when_the_reconstructor_is_killed(tiny_file, tmp_path, ca
         assert out["resent"] >= 1
     if case == "kill -9 mid-run, sender gone":
         assert "(adopted)" in out["observed"]
+
+
+def test_bad_inputs_get_one_line_naming_problem_and_fix(tiny_file, tmp_path):
+    import socket
+
+    (tmp_path / "notes.h5").write_text("not hdf5")
+    (tmp_path / "cut.h5").write_bytes(tiny_file.read_bytes()[:3000])
+    (tmp_path / "folder").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [(["reconstruct", str(tmp_path / "notes.h5"), "--out", str(tmp_path / "o")], "not an HDF5 file"),
+                 (["stream", str(tmp_path / "cut.h5"), "--confirm-timeout", "1"], "truncated"),
+                 (["reconstruct", str(tmp_path / "folder"), "--out", str(tmp_path / "o")], "is a folder"),
+                 (["reconstructor", "--listen", f"tcp://127.0.0.1:{port}", "--workdir", str(tmp_path / "w")],
+                  "Address already in use"),
+                 (["reconstructor", "--listen", "5577", "--workdir", str(tmp_path / "w")], "tcp://HOST:PORT")]
+        for args, words in cases:
+            p = subprocess.run([sys.executable, "-m", "bp_plugin.cli", *args], capture_output=True, text=True,
+                               timeout=120)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode != 0 and len(lines) == 1 and words in lines[0], (args, p.stderr)
