@@ -223,7 +223,9 @@ class LiveReconstruction:
         status = self.status("final")
         if pub:
             t0 = time.monotonic()
-            pub.close(self.metadata("final", metrics), self.arrays(maps))
+            if not pub.close(self.metadata("final", metrics), self.arrays(maps)):
+                log.warning("run %s: the final result is not in Tiled yet (%s); the publisher keeps trying and "
+                            "it waits in the run's folder for the next start", asm.uid[:8], pub.last_error)
             metrics["publish_final_s"] = time.monotonic() - t0
         metrics["latency_last_frame_to_published_s"] = time.time() - t_last
         (asm.folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))

@@ -22,12 +22,18 @@ uint8 ``(n_angles, n_positions)``.
 
 Publishing runs in its own thread: :meth:`TiledPublisher.submit` only swaps a "latest snapshot"
 slot, so a slow server never slows the reconstruction (older snapshots are simply superseded).
+A failed live snapshot is superseded by the next one; the *last* snapshot (the final result) is
+tried again, with a growing pause, until it is published (``final_retry_s``, an hour by default),
+and it waits on disk beside the run (:func:`keep_final`) until then, so a reconstructor started
+after a longer outage publishes it (:func:`publish_pending`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -78,10 +84,14 @@ class TiledPublisher:
         min_interval_s: shortest time between two publications (s).
         root: top-level container (``reconstructions``; DF-XRM maps go to ``dfxrm``).
         units, dims: per-array units and dimension names (default: the reconstruction's).
+        final_retry_s: how long the final snapshot is tried again when the server is away.
+        pending_folder: where the final snapshot waits on disk until it is published (the run's
+            folder; None: not kept).
     """
 
     def __init__(self, client, raw_uid: str, *, min_interval_s: float = 1.0, root: str = ROOT,
-                 units: dict | None = None, dims: dict | None = None, description: str | None = None):
+                 units: dict | None = None, dims: dict | None = None, description: str | None = None,
+                 final_retry_s: float = 3600.0, pending_folder=None):
         self.client = client
         self.raw_uid = raw_uid
         self.min_interval_s = float(min_interval_s)
@@ -91,6 +101,9 @@ class TiledPublisher:
         self.description = description or ("online Bragg ptychography reconstructions, one container per raw run uid"
                                            if root == ROOT else f"{root}: one container per raw run uid")
         self.published = 0
+        self.final_published = False
+        self.final_retry_s = float(final_retry_s)
+        self.pending_folder = pending_folder
         self.last_error: str | None = None
         self._node = None
         self._children: dict = {}
@@ -110,18 +123,25 @@ class TiledPublisher:
             self._slot = (metadata, arrays)
             self._cv.notify()
 
-    def close(self, metadata: dict | None = None, arrays: dict | None = None, timeout: float = 120.0) -> None:
-        """Publish a last snapshot (the final result) synchronously and stop the thread."""
+    def close(self, metadata: dict | None = None, arrays: dict | None = None, timeout: float = 30.0) -> bool:
+        """Publish a last snapshot (the final result) and stop the thread; waits up to ``timeout`` s
+        and returns whether it is published (if not, the thread goes on trying for ``final_retry_s``,
+        and the snapshot waits in ``pending_folder`` for a later process)."""
         if metadata is not None:
+            state = (metadata.get("status") or {}).get("state")
+            if self.pending_folder is not None and state in ("final", "failed"):   # not "interrupted": it resumes
+                keep_final(self.pending_folder, json_safe(metadata), arrays, self.root)
             self.submit(metadata, arrays)
         with self._cv:
             self._closing = True
             self._cv.notify()
         self._thread.join(timeout)
+        return self.final_published
 
     # --- the thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
         last = 0.0
+        t_final, pause = None, 1.0
         while True:
             with self._cv:
                 while self._slot is None and not self._closing:
@@ -138,9 +158,29 @@ class TiledPublisher:
                 self._publish(*snap)
                 self.published += 1
                 self.last_error = None
+                if closing:
+                    with self._cv:
+                        self.final_published = self._slot is None
+                    if self.final_published and self.pending_folder is not None:
+                        published_final(self.pending_folder)
             except Exception as exc:  # a server hiccup must not stop the reconstruction
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("publication to Tiled failed (will retry with the next snapshot): %s", self.last_error)
+                if not closing:
+                    log.warning("publication to Tiled failed (will retry with the next snapshot): %s", self.last_error)
+                    continue
+                # the last snapshot: nothing supersedes it, so try it again until the server is back
+                t_final = t_final or time.monotonic()
+                if time.monotonic() - t_final > self.final_retry_s:
+                    log.error("run %s: the final result could not be published in %.0f s (%s); it waits on disk "
+                              "for the next reconstructor start", self.raw_uid[:8], self.final_retry_s, self.last_error)
+                    return
+                log.warning("run %s: publishing the final result failed (%s); trying again in %.0f s",
+                            self.raw_uid[:8], self.last_error, pause)
+                with self._cv:
+                    if self._slot is None:
+                        self._slot = snap
+                time.sleep(pause)
+                pause = min(2 * pause, 30.0)
 
     def _container(self, metadata: dict):
         if self._node is not None:
@@ -176,3 +216,47 @@ class TiledPublisher:
                 self._children[name] = node.write_array(data, key=name, dims=self.dims.get(name),
                                                         metadata={"units": self.units.get(name, "")})
         node.update_metadata(metadata=metadata, drop_revision=True)
+
+
+# --- the final snapshot on disk until it is published ------------------------------------------------
+PENDING = "unpublished_final"
+
+
+def keep_final(folder, metadata: dict, arrays: dict | None, root: str = ROOT) -> None:
+    """Write the final snapshot beside the run (``unpublished_final.json`` / ``.npz``) before publishing it."""
+    folder = Path(folder)
+    np.savez(folder / f"{PENDING}.npz", **{k: np.asarray(v) for k, v in (arrays or {}).items()})
+    (folder / f"{PENDING}.json").write_text(json.dumps({"root": root, "metadata": json_safe(metadata)}))
+
+
+def published_final(folder) -> None:
+    """The final snapshot reached Tiled: drop its copy on disk."""
+    for ext in ("json", "npz"):
+        (Path(folder) / f"{PENDING}.{ext}").unlink(missing_ok=True)
+
+
+def publish_pending(client, workdir, **kw) -> list[str]:
+    """Publish the final snapshots that earlier processes could not (a long Tiled outage), each in
+    the background; returns the run uids started."""
+    started = []
+    for meta_path in sorted(Path(workdir).glob(f"*/{PENDING}.json")):
+        folder = meta_path.parent
+        try:
+            kept = json.loads(meta_path.read_text())
+            with np.load(folder / f"{PENDING}.npz") as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            log.warning("run %s: its unpublished final result cannot be read (%s)", folder.name[:8], exc)
+            continue
+        kwargs = dict(kw, root=kept["root"])
+        if kept["root"] != ROOT:
+            from .dfxrm_live import DIMS as DFXRM_DIMS, UNITS as DFXRM_UNITS
+            kwargs.update(units=DFXRM_UNITS, dims=DFXRM_DIMS)
+        pub = TiledPublisher(client, folder.name, pending_folder=folder, **kwargs)
+
+        def finish(pub=pub, folder=folder, md=kept["metadata"], arrays=arrays):
+            if pub.close(md, arrays or None, timeout=pub.final_retry_s + 60):
+                log.info("run %s: final result published (it had waited on disk)", folder.name[:8])
+        threading.Thread(target=finish, daemon=True, name=f"republish-{folder.name[:8]}").start()
+        started.append(folder.name)
+    return started

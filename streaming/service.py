@@ -101,6 +101,10 @@ class ReconstructorService:
         # waits between positions, so ingest keeps the pace of the wire (frames before iterations)
         self._backlog = threading.Event()
         self._rx = threading.Thread(target=self._receive, daemon=True, name="bp-receiver")
+        if self.client is not None:                    # finals an outage kept from Tiled, left on disk
+            from .publish import publish_pending
+            for uid in publish_pending(self.client, self.workdir, min_interval_s=opts.live.publish_interval_s):
+                log.info("run %s: publishing its final result, which an earlier process could not", uid[:8])
         for folder in sorted(p for p in self.workdir.iterdir() if p.is_dir()):
             # runs an earlier process left unfinished: ended (stop.json) but without a result, or
             # orphaned (no stop: that process was killed, and maybe its sender too); a run that
@@ -316,7 +320,8 @@ class ReconstructorService:
         if self.client is None:
             return None
         from .publish import TiledPublisher
-        return TiledPublisher(self.client, uid, min_interval_s=self.opts.live.publish_interval_s)
+        return TiledPublisher(self.client, uid, min_interval_s=self.opts.live.publish_interval_s,
+                              pending_folder=self.workdir / uid)
 
     def _abandoned(self, asm: RunAssembly) -> bool:
         """No stop message, no frame for ``idle_timeout_s``, and a newer run waiting or nobody left
@@ -394,7 +399,8 @@ class ReconstructorService:
         pub = None
         if self.client is not None:
             pub = TiledPublisher(self.client, run.uid, min_interval_s=self.opts.live.publish_interval_s, root=ROOT,
-                                 units=UNITS, dims=DIMS, description="DF-XRM maps, one container per raw run uid")
+                                 units=UNITS, dims=DIMS, description="DF-XRM maps, one container per raw run uid",
+                                 pending_folder=self.workdir / run.uid)
         try:
             return run_dfxrm(run, publisher=pub, stop_event=self._stop, interval_s=self.opts.live.publish_interval_s,
                              abandoned=self._abandoned, figures=self.opts.live.figures,

@@ -1,11 +1,14 @@
 """No run lost, nothing silent: receipts between sender and reconstructor, safe run uids, clear
-address errors, a killed reconstructor's run finished by its successor, failed runs tried once.
-Real ZeroMQ sockets, the reconstructor in a child process where it is killed."""
+address errors, a killed reconstructor's run finished by its successor, failed runs tried once,
+final results kept through a Tiled outage. Real ZeroMQ sockets, real Tiled servers, the
+reconstructor in a child process where it is killed."""
 import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
@@ -16,7 +19,7 @@ from streaming.sender import FrameSender, send_dataset
 from streaming.service import ReconstructorService, ServiceOptions
 from streaming.live import LiveOptions
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fault_injection  # noqa: E402  the fault cases, shared with the benchmark that repeats them
 
 FAST = LiveOptions(final_iterations=4, ml_iterations=1, figures=False, publish_interval_s=0.5)
@@ -151,3 +154,57 @@ def test_bad_inputs_get_one_line_naming_problem_and_fix(tiny_file, tmp_path):
                                timeout=120)
             lines = p.stderr.strip().splitlines()
             assert p.returncode != 0 and len(lines) == 1 and words in lines[0], (args, p.stderr)
+
+
+@pytest.mark.slow
+def test_a_final_result_kept_from_tiled_by_an_outage_is_published_when_it_is_back(tiny_file, tmp_path):
+    """Tiled goes away between the stop message and the final publication: the final waits on
+    disk and is tried again until the server is back (same port, same catalog)."""
+    from bp_plugin.tiled_server import start_tiled_server
+    from streaming.processes import wait_for_state
+
+    home = tmp_path / "tiled"
+    server = start_tiled_server(home)
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    live = LiveOptions(final_iterations=40, ml_iterations=10, figures=False, publish_interval_s=0.5)
+    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", live=live,
+                                              max_runs=1, tiled_url=server.url, api_key=server.api_key))
+    t = svc.start()
+    try:
+        r = send_dataset(tiny_file, svc.address, progress=False, confirm_timeout_s=60)
+        server.stop()                                    # the outage, before the final schedule ends
+        t.join(300)
+        uid = r["run_uid"]
+        assert svc.finished[uid]["state"] == "final"
+        assert (tmp_path / "w" / uid / "unpublished_final.json").exists()
+        server = start_tiled_server(home, port=port, api_key=server.api_key)
+        md = wait_for_state(server.client(), uid, states=("final",), timeout=120)
+        assert md["status"]["state"] == "final" and md["metrics"]["object_error"] < 0.3
+        deadline = time.monotonic() + 30
+        while (tmp_path / "w" / uid / "unpublished_final.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not (tmp_path / "w" / uid / "unpublished_final.json").exists()
+    finally:
+        server.stop()
+
+
+def test_a_reconstructor_start_publishes_the_finals_an_earlier_one_could_not(tiled_server, tmp_path):
+    from streaming.processes import wait_for_state
+    from streaming.publish import keep_final
+
+    folder = tmp_path / "w" / "kept-run"
+    folder.mkdir(parents=True)
+    keep_final(folder, {"kind": "bp-reconstruction", "version": 1, "raw_uid": "kept-run",
+                        "status": {"state": "final", "updated": time.time()}}, {"measured": np.ones((2, 3), np.uint8)})
+    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", live=FAST,
+                                              tiled_url=tiled_server.url, api_key=tiled_server.api_key))
+    try:
+        md = wait_for_state(tiled_server.client(), "kept-run", states=("final",), timeout=60)
+        assert md["status"]["state"] == "final"
+        assert tiled_server.client()["reconstructions"]["kept-run"]["measured"].read().shape == (2, 3)
+        deadline = time.monotonic() + 30
+        while (folder / "unpublished_final.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not (folder / "unpublished_final.json").exists()
+    finally:
+        svc._ctx.destroy(0)
