@@ -267,3 +267,29 @@ class RunAssembly:
                 if not 0 <= int(k) < d.shape[0]:
                     raise IndexError(f"frame {k} is not in the file ({d.shape[0]} frames)")
                 yield crop_roi(d[int(k)], origin, self.shape[2:])
+
+
+def check_resources(h: dict, workdir) -> None:
+    """Refuse (:class:`~streaming.protocol.ProtocolError`) a run, from its start header ``h``, whose
+    spool the disk of ``workdir`` or whose engine the free memory cannot hold, before allocating."""
+    import os
+    import shutil
+
+    from bp_plugin.geometry import ExperimentGeometry
+
+    from .protocol import ProtocolError
+
+    g = ExperimentGeometry.from_dict(h["geometry"])
+    spool = g.n_angles * len(h["translations_m"]) * g.crop[0] * g.crop[1] * 4
+    free = shutil.disk_usage(workdir).free
+    if spool > 0.9 * free:
+        raise ProtocolError(f"start message: the run's spool needs {spool / 2**30:.1f} GiB, the work folder "
+                            f"{workdir} has {free / 2**30:.1f} GiB free: free space or bin the frames")
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return
+    need = 3 * spool                      # amplitudes, their transposed copy, the host frames
+    if need > avail:
+        raise ProtocolError(f"start message: the reconstruction needs about {need / 2**30:.1f} GiB of memory, "
+                            f"{avail / 2**30:.1f} GiB are free: bin the frames or reconstruct fewer positions")

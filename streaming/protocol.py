@@ -156,6 +156,45 @@ def check_dfxrm_start(h: dict) -> None:
         raise ProtocolError(f"DF-XRM start message: geometry is not usable: {exc}") from None
 
 
+MAX_POSITIONS = 100_000
+
+
+def _all_finite(v) -> bool:
+    if isinstance(v, dict):
+        return all(_all_finite(x) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return all(_all_finite(x) for x in v)
+    return not isinstance(v, float) or np.isfinite(v)
+
+
+def check_bragg_start(h: dict) -> None:
+    """Raise :class:`ProtocolError` unless a Bragg ptychography ``start`` header is one a receiver
+    can act on: a valid ``ExperimentGeometry`` with finite numbers and a crop of at most 16384 pixels
+    a side, ``translations_m`` ``(n_positions, 3)`` finite numbers with 1 <= n_positions <= 10^5,
+    ``n_frames`` in 1 .. n_angles x n_positions. (What the machine can hold is the receiver's check.)"""
+    from bp_plugin.geometry import ExperimentGeometry
+
+    geo = h["geometry"]
+    if not _all_finite(geo):
+        raise ProtocolError("start message: the geometry holds NaN or infinite numbers (e.g. distance_m): "
+                            "send finite values")
+    try:
+        g = ExperimentGeometry.from_dict(geo)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"start message: geometry is not usable: {exc}") from None
+    if max(g.crop) > MAX_FRAME_SIDE:
+        raise ProtocolError(f"start message: crop {tuple(g.crop)} exceeds {MAX_FRAME_SIDE} pixels a side")
+    t = h["translations_m"]
+    if not (0 < len(t) <= MAX_POSITIONS and all(isinstance(r, list) and len(r) == 3 for r in t)):
+        raise ProtocolError(f"start message: translations_m must be 1..{MAX_POSITIONS} rows of 3 numbers (m), "
+                            f"got {len(t)} rows")
+    if not all(_finite(v) for r in t for v in r):
+        raise ProtocolError("start message: translations_m holds NaN, infinite or non-numeric values")
+    if not 0 < h["n_frames"] <= g.n_angles * len(t):
+        raise ProtocolError(f"start message: n_frames {h['n_frames']} must be in 1..{g.n_angles * len(t)} "
+                            f"(angles x positions)")
+
+
 def encode_mask(run_uid: str, seq: int, mask: np.ndarray) -> list:
     """``mask`` message: ``(N1, N2)`` bool or 0/1 array, True / 1 = valid pixel."""
     m = np.ascontiguousarray(np.asarray(mask).astype(np.uint8))
@@ -249,6 +288,8 @@ def decode(parts) -> Message:
             raise ProtocolError(f"start message: technique {h.get('technique')!r} is not one of {TECHNIQUES}")
         if h.get("technique") == "dfxrm":
             check_dfxrm_start(h)
+        else:
+            check_bragg_start(h)
         roi = h.get("roi_origin")
         if roi is not None and not (isinstance(roi, list) and len(roi) == 2
                                     and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in roi)):

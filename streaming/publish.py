@@ -87,11 +87,12 @@ class TiledPublisher:
         final_retry_s: how long the final snapshot is tried again when the server is away.
         pending_folder: where the final snapshot waits on disk until it is published (the run's
             folder; None: not kept).
+        extra: a callable whose dict joins every snapshot's metadata (the service's counters).
     """
 
     def __init__(self, client, raw_uid: str, *, min_interval_s: float = 1.0, root: str = ROOT,
                  units: dict | None = None, dims: dict | None = None, description: str | None = None,
-                 final_retry_s: float = 3600.0, pending_folder=None):
+                 final_retry_s: float = 3600.0, pending_folder=None, extra=None):
         self.client = client
         self.raw_uid = raw_uid
         self.min_interval_s = float(min_interval_s)
@@ -104,6 +105,7 @@ class TiledPublisher:
         self.final_published = False
         self.final_retry_s = float(final_retry_s)
         self.pending_folder = pending_folder
+        self.extra = extra
         self.last_error: str | None = None
         self._node = None
         self._children: dict = {}
@@ -116,7 +118,7 @@ class TiledPublisher:
     # --- the reconstruction's side ----------------------------------------------------------------
     def submit(self, metadata: dict, arrays: dict | None = None) -> None:
         """Offer a snapshot (never blocks); ``arrays=None`` updates the metadata only."""
-        metadata = json_safe(metadata)
+        metadata = json_safe({**metadata, **(self.extra() if self.extra else {})})
         with self._cv:
             if self._slot is not None and arrays is None:
                 arrays = self._slot[1]          # keep pending arrays when only metadata is newer

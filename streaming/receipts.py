@@ -109,10 +109,11 @@ def confirm(sender, run_uid: str, *, timeout_s: float = 30.0, poll_s: float = 0.
             "confirmed": False, "resent": resent, "reason": reason}
 
 
-def bind_pair(ctx, listen: str, rcvhwm: int = 10000):
+def bind_pair(ctx, listen: str, rcvhwm: int = 10000, max_message_bytes: int = 256 << 20):
     """``(PULL socket bound at listen, the receipts' REP socket one port higher, the address)`` (a
     free pair when the port is 0); a clear ``RuntimeError`` when the address is taken, a
-    ``ValueError`` when it is not one."""
+    ``ValueError`` when it is not one. A peer sending a message part over ``max_message_bytes``
+    is disconnected by ZeroMQ before the part is held in memory."""
     random_port = listen.endswith(":0") or listen.endswith(":*")
     if not random_port:
         check_address(listen)
@@ -121,6 +122,7 @@ def bind_pair(ctx, listen: str, rcvhwm: int = 10000):
         for sock in (pull, rep):
             sock.setsockopt(zmq.LINGER, 0)
         pull.setsockopt(zmq.RCVHWM, int(rcvhwm))
+        pull.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
         try:
             pull.bind(listen.rsplit(":", 1)[0] + ":*" if random_port else listen)
             address = pull.getsockopt(zmq.LAST_ENDPOINT).decode()

@@ -30,10 +30,10 @@ import zmq
 
 from bp_plugin.backend import get_backend
 
-from .assembly import RunAssembly
+from .assembly import RunAssembly, check_resources
 from .dfxrm_live import DfxrmRun, run_dfxrm
 from .live import LiveOptions, LiveReconstruction
-from .protocol import ProtocolError, decode
+from .protocol import ProtocolError, check_run_uid, decode
 from .receipts import bind_pair, decode_query
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class ServiceOptions:
         idle_timeout_s: a run without its stop message and without a frame for this long is
             finished with the frames it has once a newer run waits (a sender that died).
         rcvhwm: messages the PULL socket queues before senders block.
+        max_message_bytes: largest message part taken (256 MiB: an 8192 x 8192 float32 frame); a
+            sender of a larger one is disconnected before it is held in memory.
         live: :class:`LiveOptions`.
     """
 
@@ -62,6 +64,7 @@ class ServiceOptions:
     device: str = "auto"
     max_runs: int | None = None
     rcvhwm: int = 10000
+    max_message_bytes: int = 256 << 20
     idle_timeout_s: float = 600.0
     live: LiveOptions = field(default_factory=LiveOptions)
 
@@ -89,10 +92,11 @@ class ReconstructorService:
             self.client = connect(opts.tiled_url, opts.api_key)   # fails now, clearly, on a bad URL or key
         self.backend = get_backend(opts.device)
         self._ctx = zmq.Context()
-        self._sock, self._receipts, self.address = bind_pair(self._ctx, opts.listen, opts.rcvhwm)
+        self._sock, self._receipts, self.address = bind_pair(self._ctx, opts.listen, opts.rcvhwm,
+                                                             opts.max_message_bytes)
         self.runs: dict[str, RunAssembly] = {}
         self.finished: dict[str, dict] = {}
-        self.counters = {"messages": 0, "malformed": 0, "orphans": 0, "late": 0}
+        self.counters = {"messages": 0, "malformed": 0, "orphans": 0, "late": 0, "rejected_starts": 0}
         self._todo: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self.progress = progress
@@ -169,6 +173,7 @@ class ReconstructorService:
         except ProtocolError as exc:
             self.counters["malformed"] += 1
             log.warning("malformed message skipped: %s", exc)
+            self._refused(parts, str(exc))
         except Exception as exc:  # never fatal: count, log, go on
             self.counters["malformed"] += 1
             log.exception("message could not be handled: %s", exc)
@@ -201,6 +206,22 @@ class ReconstructorService:
         except (OSError, ValueError, KeyError) as exc:
             log.warning("DF-XRM run in %s cannot be resumed: %s", folder, exc)
             return None
+
+    def _refused(self, parts, reason: str) -> None:
+        """A refused start message of a run with a usable uid: its refusal is published (status
+        "failed" and why), so whoever watches Tiled sees it, not only the log."""
+        try:
+            h = json.loads(bytes(parts[0].buffer if hasattr(parts[0], "buffer") else parts[0])[:1 << 20])
+            uid = check_run_uid(h.get("run_uid")) if h.get("kind") == "start" else None
+        except (ValueError, TypeError, AttributeError):
+            return
+        if uid is None or self.client is None or uid in self.runs:
+            return
+        self.counters["rejected_starts"] = self.counters.get("rejected_starts", 0) + 1
+        md = {"kind": "bp-reconstruction", "version": 1, "raw_uid": uid,
+              "status": {"state": "failed", "message": f"start message refused: {reason}", "updated": time.time()}}
+        pub = self._publisher(uid, keep=False)
+        threading.Thread(target=pub.close, args=(md,), daemon=True, name=f"refuse-{uid[:8]}").start()
 
     def _done_on_disk(self, uid: str) -> str | None:
         """"final" or "failed" when an earlier process finished run ``uid`` in the work folder."""
@@ -237,6 +258,7 @@ class ReconstructorService:
             if msg.header.get("technique") == "dfxrm":
                 asm = self._resume_dfxrm(folder) or DfxrmRun(msg.header, folder, xp=self.backend.xp)
             elif not (folder / "start.json").exists():
+                check_resources(msg.header, self.workdir)
                 asm = RunAssembly(msg.header, folder)
             else:
                 asm = RunAssembly.resume(folder)
@@ -316,12 +338,13 @@ class ReconstructorService:
         while self._backlog.is_set() and not self._stop.is_set() and time.monotonic() - t0 < MAX_PAUSE_S:
             time.sleep(0.001)
 
-    def _publisher(self, uid: str):
+    def _publisher(self, uid: str, keep: bool = True):
         if self.client is None:
             return None
         from .publish import TiledPublisher
         return TiledPublisher(self.client, uid, min_interval_s=self.opts.live.publish_interval_s,
-                              pending_folder=self.workdir / uid)
+                              pending_folder=self.workdir / uid if keep else None,
+                              extra=lambda: {"service": dict(self.counters)})
 
     def _abandoned(self, asm: RunAssembly) -> bool:
         """No stop message, no frame for ``idle_timeout_s``, and a newer run waiting or nobody left

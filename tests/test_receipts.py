@@ -208,3 +208,56 @@ def test_a_reconstructor_start_publishes_the_finals_an_earlier_one_could_not(til
         assert not (folder / "unpublished_final.json").exists()
     finally:
         svc._ctx.destroy(0)
+
+
+def test_start_messages_beyond_reason_are_refused_and_the_refusal_published(tiny_dataset, tiled_server, tmp_path):
+    from streaming.processes import wait_for_state
+
+    ds, _ = tiny_dataset
+    geo = ds.geometry.to_dict()
+    t = ds.translations_m
+    bad = {"huge-crop": ({**geo, "crop": [20000, 20000]}, t, "exceeds 16384"),
+           "nan-positions": (geo, np.where(np.arange(t.size).reshape(t.shape) == 4, np.nan, t), "NaN"),
+           "far-detector": ({**geo, "distance_m": float("inf")}, t, "NaN or infinite"),
+           "too-many": (geo, np.zeros((100_001, 3), int), "1..100000 rows"),     # under the 1 MiB header cap
+           "no-room": ({**geo, "crop": [16384, 16384]}, t, "GiB")}
+    work = tmp_path / "w"
+    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=work, live=FAST,
+                                              tiled_url=tiled_server.url, api_key=tiled_server.api_key))
+    th = svc.start()
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(svc.address)
+    try:
+        for uid, (g, tr, _) in bad.items():
+            h = json.loads(protocol.encode_start(uid, 0, geo, t, 1)[0])
+            h.update(geometry=g, translations_m=tr.tolist())
+            push.send(json.dumps(h, separators=(",", ":")).encode())    # NaN and Infinity written as such
+        client = tiled_server.client()
+        for uid, (_, _, words) in bad.items():
+            md = wait_for_state(client, uid, states=("failed",), timeout=60)
+            assert "start message refused" in md["status"]["message"] and words in md["status"]["message"], md
+            assert not (work / uid / "frames.npy").exists()
+        assert svc.counters["rejected_starts"] == len(bad)
+        r = send_dataset(tiny_dataset[1], svc.address, progress=False, confirm_timeout_s=60)   # and it goes on
+        md = wait_for_state(client, r["run_uid"], states=("final",), timeout=300)
+        assert md["service"]["rejected_starts"] == len(bad)           # the counters are published
+    finally:
+        push.close(0)
+        svc.shutdown()
+        th.join(30)
+
+
+def test_an_oversized_message_is_not_taken(tmp_path):
+    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", live=FAST,
+                                              max_message_bytes=1 << 20))
+    th = svc.start()
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(svc.address)
+    try:
+        push.send_multipart([b"{}", np.zeros(4 << 20, np.uint8)])          # 4 MiB against a 1 MiB cap
+        time.sleep(1.0)
+        assert svc.counters["messages"] == 0                               # never reached the service
+    finally:
+        push.close(0)
+        svc.shutdown()
+        th.join(30)
