@@ -201,7 +201,6 @@ def paper_schedule(backend, quick: bool, iterations, budget_s: float) -> dict:
 def quality(backend, quick: bool) -> dict:
     from bp_plugin.dataset import read_dataset
     from bp_plugin.recon.curriculum import angle_curriculum
-    from bp_plugin.recon.results import evaluate
     from sim_devices.experiment import simulate_to_file
 
     preset = "tiny" if quick else "small"
@@ -214,14 +213,21 @@ def quality(backend, quick: bool) -> dict:
     t0 = time.perf_counter()
     rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg, backend=backend)
     angle_curriculum(rec, 5 if quick else 10)
+    seconds, q = _run_and_evaluate(rec, ds, t0)
+    return {"preset": preset, "simulate_s": sim["seconds"], "reconstruct_s": seconds, "iterations": rec.iteration, **q}
+
+
+def _run_and_evaluate(rec, ds, t0: float):
+    """``(seconds since t0 once rec's schedule has run, its quality against the scan's truth)``."""
+    from bp_plugin.recon.results import evaluate
+
     rec.run()
-    sync(backend)
+    sync(rec.backend)
     seconds = time.perf_counter() - t0
-    a = backend.asnumpy
+    a = rec.backend.asnumpy
     q = evaluate(a(rec.object), a(rec.probe2d), a(rec.illumination()), rec.layout,
                  (rec.probe_op.p1_m, rec.probe_op.r2_m), ds.ground_truth, ds.ground_truth_attrs)
-    return {"preset": preset, "simulate_s": sim["seconds"], "reconstruct_s": seconds, "iterations": rec.iteration,
-            **{k: q[k] for k in QUALITY if k in q}}
+    return seconds, {k: q[k] for k in QUALITY if k in q}
 
 
 QUALITY = ("object_error", "probe_error", "strain_rms_error", "strain_rms_error_analytic", "tilt_rms_error_rad")
@@ -231,7 +237,6 @@ def paper_quality(backend, quick: bool, budget_s: float) -> dict:
     """The paper preset simulated on the device and reconstructed within ``budget_s`` (the CPU
     rehearsal uses ``tiny``: the paper preset takes the CPU simulator about 3 s per position)."""
     from bp_plugin.dataset import read_dataset
-    from bp_plugin.recon.results import evaluate
     from sim_devices.experiment import simulate_to_file
 
     preset = "tiny" if quick else "paper"
@@ -249,15 +254,9 @@ def paper_quality(backend, quick: bool, budget_s: float) -> dict:
     cfg = ReconConfig().scaled(joint)                    # ML scaled alike: half the joint count
     t0 = time.perf_counter()
     rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg, backend=backend)
-    rec.run()
-    sync(backend)
-    seconds = time.perf_counter() - t0
-    a = backend.asnumpy
-    q = evaluate(a(rec.object), a(rec.probe2d), a(rec.illumination()), rec.layout,
-                 (rec.probe_op.p1_m, rec.probe_op.r2_m), ds.ground_truth, ds.ground_truth_attrs)
+    seconds, q = _run_and_evaluate(rec, ds, t0)
     return {"preset": preset, "simulate_s": sim["seconds"], "simulate_device": sim["device"],
-            "joint": cfg.iterations, "ml": cfg.ml_iterations, "reconstruct_s": seconds,
-            "first_iteration_s": t_iter, **{k: q[k] for k in QUALITY if k in q}}
+            "joint": cfg.iterations, "ml": cfg.ml_iterations, "reconstruct_s": seconds, "first_iteration_s": t_iter, **q}
 
 
 def dfxrm(backend, quick: bool, repeats: int) -> dict:
@@ -289,6 +288,20 @@ def dfxrm(backend, quick: bool, repeats: int) -> dict:
             "max_rel_diff_vs_cpu": worst}
 
 
+SUMMARY = {   # one line per section of the table, from its JSON
+    "schedule": lambda p: (f"paper schedule ({p['positions']} positions, box {tuple(p['box'])}): {p['joint_done']} joint "
+                           f"x {p['s_per_joint_iteration']:.3f} s + {p['ml_done']} ML x {p['s_per_ml_iteration']:.3f} s; "
+                           f"1000 + 500 extrapolated: {p['full_schedule_s_extrapolated'] / 60:.1f} min"),
+    "quality": lambda q: (f"quality ({q['preset']}, {q['iterations']} iterations, {q['reconstruct_s']:.1f} s): object "
+                          f"{q['object_error']:.3f}, probe {q['probe_error']:.3f}, eps_zz rms {q['strain_rms_error']:.2e}"),
+    "paper_quality": lambda q: (f"{q['preset']} preset: simulated in {q['simulate_s']:.0f} s on the {q['simulate_device']}; "
+                                f"{q['joint']} + {q['ml']} iterations in {q['reconstruct_s']:.0f} s: object "
+                                f"{q['object_error']:.3f}, probe {q['probe_error']:.3f}, eps_zz rms {q['strain_rms_error']:.2e}"),
+    "dfxrm": lambda d: (f"DF-XRM accumulator {d['frame'][0]} x {d['frame'][1]}: {d['ms_per_frame']:.3f} ms/frame "
+                        f"({d['frames_per_s']:.0f} frames/s), max rel diff vs CPU {d['max_rel_diff_vs_cpu']:.1e}"),
+}
+
+
 def table(res: dict) -> str:
     s, lines = res["sections"], []
     env = res.get("environment", {})
@@ -306,32 +319,9 @@ def table(res: dict) -> str:
                      f"{r['ratio']:>7.1f}")
     if s.get("engine", {}).get("status") == "failed":
         lines.append(f"engine: FAILED {s['engine']['error']}")
-    p = s.get("schedule", {})
-    if p.get("status") == "ok":
-        lines.append(f"paper schedule ({p['positions']} positions, box {tuple(p['box'])}): {p['joint_done']} joint "
-                     f"x {p['s_per_joint_iteration']:.3f} s + {p['ml_done']} ML x {p['s_per_ml_iteration']:.3f} s; "
-                     f"1000 + 500 extrapolated: {p['full_schedule_s_extrapolated'] / 60:.1f} min")
-    else:
-        lines.append(f"paper schedule: {p.get('status')} {p.get('error', '')}")
-    q = s.get("quality", {})
-    if q.get("status") == "ok":
-        lines.append(f"quality ({q['preset']}, {q['iterations']} iterations, {q['reconstruct_s']:.1f} s): object "
-                     f"{q['object_error']:.3f}, probe {q['probe_error']:.3f}, eps_zz rms {q['strain_rms_error']:.2e}")
-    else:
-        lines.append(f"quality: {q.get('status')} {q.get('error', '')}")
-    q = s.get("paper_quality", {})
-    if q.get("status") == "ok":
-        lines.append(f"{q['preset']} preset: simulated in {q['simulate_s']:.0f} s on the {q['simulate_device']}; "
-                     f"{q['joint']} + {q['ml']} iterations in {q['reconstruct_s']:.0f} s: object {q['object_error']:.3f}, "
-                     f"probe {q['probe_error']:.3f}, eps_zz rms {q['strain_rms_error']:.2e}")
-    else:
-        lines.append(f"paper quality: {q.get('status')} {q.get('error', '')}")
-    d = s.get("dfxrm", {})
-    if d.get("status") == "ok":
-        lines.append(f"DF-XRM accumulator {d['frame'][0]} x {d['frame'][1]}: {d['ms_per_frame']:.3f} ms/frame "
-                     f"({d['frames_per_s']:.0f} frames/s), max rel diff vs CPU {d['max_rel_diff_vs_cpu']:.1e}")
-    else:
-        lines.append(f"DF-XRM: {d.get('status')} {d.get('error', '')}")
+    for name, line in SUMMARY.items():
+        sec = s.get(name, {})
+        lines.append(line(sec) if sec.get("status") == "ok" else f"{name}: {sec.get('status')} {sec.get('error', '')}")
     lines.append(f"device memory pool peak: {res.get('memory_pool_peak_bytes', 0) / 2 ** 30:.2f} GiB; "
                  f"total {res.get('seconds', 0):.0f} s")
     return "\n".join(lines)
