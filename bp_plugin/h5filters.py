@@ -20,8 +20,3 @@ MISSING = ("its frames are bitshuffle/LZ4-compressed and hdf5plugin is not insta
 def frame_compression() -> dict:
     """``h5py.create_dataset`` keyword arguments for frame data: bitshuffle/LZ4, or none."""
     return dict(hdf5plugin.Bitshuffle(cname="lz4")) if hdf5plugin is not None else {}
-
-
-def plugin_path() -> str | None:
-    """The folder of the HDF5 filter plugins (for a separate process such as the Tiled server)."""
-    return hdf5plugin.PLUGIN_PATH if hdf5plugin is not None else None

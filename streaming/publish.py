@@ -132,7 +132,7 @@ class TiledPublisher:
         if metadata is not None:
             state = (metadata.get("status") or {}).get("state")
             if self.pending_folder is not None and state in ("final", "failed"):   # not "interrupted": it resumes
-                keep_final(self.pending_folder, json_safe(metadata), arrays, self.root)
+                keep_final(self.pending_folder, metadata, arrays, self.root)
             self.submit(metadata, arrays)
         with self._cv:
             self._closing = True
@@ -254,10 +254,11 @@ def publish_pending(client, workdir, **kw) -> list[str]:
         if kept["root"] != ROOT:
             from .dfxrm_live import DIMS as DFXRM_DIMS, UNITS as DFXRM_UNITS
             kwargs.update(units=DFXRM_UNITS, dims=DFXRM_DIMS)
-        pub = TiledPublisher(client, folder.name, pending_folder=folder, **kwargs)
+        pub = TiledPublisher(client, folder.name, **kwargs)     # the copy on disk is there already
 
         def finish(pub=pub, folder=folder, md=kept["metadata"], arrays=arrays):
             if pub.close(md, arrays or None, timeout=pub.final_retry_s + 60):
+                published_final(folder)
                 log.info("run %s: final result published (it had waited on disk)", folder.name[:8])
         threading.Thread(target=finish, daemon=True, name=f"republish-{folder.name[:8]}").start()
         started.append(folder.name)

@@ -189,7 +189,7 @@ class ReconstructorService:
             return
         self._drain()
         reply = {"run_uid": uid, "known": False, "stop": False, "state": "unknown", "frames_placed": 0}
-        done = self.finished.get(uid, {}).get("state") or self._done_on_disk(uid)
+        done = self._finished_state(uid)
         if done:
             reply.update(known=True, stop=True, state=done)
         else:
@@ -215,13 +215,19 @@ class ReconstructorService:
             uid = check_run_uid(h.get("run_uid")) if h.get("kind") == "start" else None
         except (ValueError, TypeError, AttributeError):
             return
-        if uid is None or self.client is None or uid in self.runs:
+        if uid is None or uid in self.runs:
             return
-        self.counters["rejected_starts"] = self.counters.get("rejected_starts", 0) + 1
+        self.counters["rejected_starts"] += 1
+        if self.client is None:
+            return
         md = {"kind": "bp-reconstruction", "version": 1, "raw_uid": uid,
               "status": {"state": "failed", "message": f"start message refused: {reason}", "updated": time.time()}}
         pub = self._publisher(uid, keep=False)
         threading.Thread(target=pub.close, args=(md,), daemon=True, name=f"refuse-{uid[:8]}").start()
+
+    def _finished_state(self, uid: str) -> str | None:
+        """The end state of run ``uid`` when this process or an earlier one finished it, else None."""
+        return self.finished.get(uid, {}).get("state") or self._done_on_disk(uid)
 
     def _done_on_disk(self, uid: str) -> str | None:
         """"final" or "failed" when an earlier process finished run ``uid`` in the work folder."""
@@ -248,7 +254,7 @@ class ReconstructorService:
         if msg.kind == "start":
             if uid in self.runs:
                 return                                  # the start again (a sender's resend): nothing new
-            done = self.finished.get(uid, {}).get("state") or self._done_on_disk(uid)
+            done = self._finished_state(uid)
             if done:
                 self.counters["late"] += 1
                 log.warning("run %s: a start message for a run already %s; ignored (a new scan needs a new uid)",
@@ -265,7 +271,8 @@ class ReconstructorService:
             self.runs[uid] = asm
             self._todo.put(uid)
             return
-        if uid in self.finished or self._done_on_disk(uid):
+        # the folder is looked at only for a run this process does not hold (not per frame)
+        if uid not in self.runs and self._finished_state(uid):
             self.counters["late"] += 1
             if self.counters["late"] in (1, 10, 100, 1000) or self.counters["late"] % 10000 == 0:
                 log.warning("a %s message of run %s, already finished, ignored (%d such so far)", msg.kind, uid[:8],

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 
-from bp_plugin.dataset import read_dataset
 from bp_plugin.geometry import ExperimentGeometry, lab_to_recon
 from bp_plugin.recon.config import ReconConfig
 from bp_plugin.recon.engine import Reconstructor
@@ -22,14 +21,11 @@ from bp_plugin.recon.probe_ops import ProbeOperator, na_focus
 from bp_plugin.recon.results import evaluate
 from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
 from bp_plugin.strain import find_vortices, strain_maps
-from sim_devices.experiment import simulate_to_file
 
 
 @pytest.fixture(scope="module")
-def tiny_scan(tmp_path_factory):
-    path = tmp_path_factory.mktemp("scan") / "tiny.h5"
-    simulate_to_file(path, "tiny", seed=0, progress=False)
-    return read_dataset(path), path
+def tiny_scan(tiny_dataset):
+    return tiny_dataset                      # the session's tiny scan (tests/conftest.py)
 
 
 def make_rec(ds, **kw):

@@ -15,7 +15,6 @@ import pytest
 import zmq
 
 from bp_plugin.dataset import read_dataset, write_dataset
-from sim_devices.experiment import simulate_to_file
 from streaming import protocol
 from streaming.processes import start_reconstructor, wait_for_state
 from streaming.sender import FrameSender, send_dataset
@@ -26,10 +25,8 @@ OBJ, STRAIN, TILT = 0.22, 4.6e-5, 4.5e-5
 
 
 @pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("stream") / "tiny.h5"
-    simulate_to_file(path, "tiny", seed=0, progress=False)
-    return path
+def tiny_file(tiny_dataset):
+    return tiny_dataset[1]                   # the session's tiny scan (tests/conftest.py)
 
 
 def test_protocol_round_trip_and_clear_refusals():

@@ -96,7 +96,7 @@ class Reconstructor:
         if self._initial_probe2d.shape != self.probe_op.shape2d:
             raise ValueError(f"probe2d must have the section shape {self.probe_op.shape2d}, "
                              f"got {self._initial_probe2d.shape}")
-        # one pass per step on a CPU where numba is there (bitwise the same object; see cpu_kernels)
+        # one pass per step on a CPU where numba is there (the same to float32 rounding; see cpu_kernels)
         self._fused = fast and self.backend.device == "cpu" and cpu_kernels.available
         self._fused_modulus = self._fused and not self.exposure.integrated and self.exposure.frames_are_planes
         self.restart_probe()
@@ -195,12 +195,14 @@ class Reconstructor:
         """The probe of position ``j`` on its box, sub-voxel shift included, complex64 ``(N3, N1, N2)``."""
         return self.probe_op.extrude(self._section_at(j))
 
-    def probe3d_with_intensity(self, j: int):
-        """``probe3d(j)`` and ``(|P|^2 on the box (float32), its max)``, the intensity taken on the
-        section before extrusion (one real gather in place of a complex pass over the box)."""
+    def probe3d_with_intensity(self, j: int, box_intensity: bool = True):
+        """``probe3d(j)`` and ``(|P|^2 on the box (float32; None without box_intensity), its max)``,
+        the intensity taken on the section before extrusion (one real gather in place of a complex
+        pass over the box)."""
         section = self._section_at(j)
         i2 = section.real ** 2 + section.imag ** 2
-        return self.probe_op.extrude(section), (self.probe_op.extrude(i2), i2[self.probe_op.rows_used].max())
+        return (self.probe_op.extrude(section),
+                (self.probe_op.extrude(i2) if box_intensity else None, i2[self.probe_op.rows_used].max()))
 
     # --- one position ------------------------------------------------------------------------
     def _fourier(self, js, psi, update_background: bool, gradient: bool = False):
@@ -333,24 +335,18 @@ class Reconstructor:
             if self.pause_hook is not None:
                 self.pause_hook()
             v = self.layout.view(j)
-            if self._fused:
-                section = self._section_at(j)
-                probe = self.probe_op.extrude(section)
-                pmax = (section.real ** 2 + section.imag ** 2)[self.probe_op.rows_used].max()
-            else:
-                probe, intensity = self.probe3d_with_intensity(j)
+            # the fused kernel squares the probe itself: no |P|^2 box for it
+            probe, intensity = self.probe3d_with_intensity(j, box_intensity=not self._fused)
             rho_v = self._obj[v]
             d, cj, nj = self._fourier(j, probe * rho_v, c.background_update)
             cost, norm = cost + cj, norm + nj
-            if not self._fused:
-                new_v = self._object_step(probe, rho_v, sup[v], d, intensity)
             if update_probe:                            # from the object before its update
                 inc = self._probe_increment(j, rho_v, d)
                 self.probe2d = self.probe_op.na_constraint(self.probe2d + inc)
             if self._fused:
-                cpu_kernels.object_update(rho_v, probe, d, sup[v], pmax, c.beta, c.mu)
+                cpu_kernels.object_update(rho_v, probe, d, sup[v], intensity[1], c.beta, c.mu)
             else:
-                self._obj[v] = new_v
+                self._obj[v] = self._object_step(probe, rho_v, sup[v], d, intensity)
         return cost, norm
 
     def _step_batched(self, update_probe: bool):
