@@ -139,7 +139,7 @@ def converge(ds, backend, kernels: str) -> dict:
     out = {"kernels": kernels, "converged_s": time.perf_counter() - t0, "iterations": n_curr + rec.iteration}
     a = backend.asnumpy
     q = evaluate(a(rec.object), a(rec.probe2d), a(rec.illumination()), rec.layout,
-                 (rec.probe_op.p1_m, rec.probe_op.r2_m), ds.ground_truth, ds.ground_truth_attrs)
+                 rec.probe_op, ds.ground_truth, ds.ground_truth_attrs)
     out.update({k: q[k] for k in ("object_error", "probe_error", "strain_rms_error")})
     return out
 

@@ -28,7 +28,7 @@ from sim_devices.experiment import simulate_to_file
 from sim_devices.family import draw_member, member_truth
 from sim_devices.presets import get_preset
 
-COLUMNS = ("object_error", "probe_error", "strain_rms_error_analytic", "strain_floor_rms", "strain_truth_rms",
+COLUMNS = ("object_error", "probe_error", "probe_error_section", "probe_lit_fraction", "strain_rms_error_analytic", "strain_floor_rms", "strain_truth_rms",
            "tilt_rms_error_rad", "field_of_view_fraction")
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         for p in presets:
             print(f"{p.name}: {p.description}", file=sys.stderr, flush=True)
             rows.append(run_member(p, Path(tmp), a.iterations, a.ml_iterations, a.state_tilt))
-    head = (f"{'member':<10} {'obj err':>8} {'probe err':>9} {'eps err*':>8} {'eps floor':>9} {'eps truth':>9} "
+    head = (f"{'member':<10} {'obj err':>8} {'probe err':>9} {'section':>7} {'lit':>4} {'eps err*':>8} {'eps floor':>9} {'eps truth':>9} "
             f"{'tilt err':>8} {'fov':>5} {'up x':>4} {'need':>4} {'tilt used (true)':>24} {'s':>5}")
     print(head)
     print("-" * len(head))
@@ -74,6 +74,7 @@ def main(argv=None) -> int:
         true = r["sample_tilt_deg"]
         tilts = f"({used[0]:.1f}, {used[1]:.1f}) ({true[0]:.1f}, {true[1]:.1f})"
         print(f"{r['name']:<10} {fmt(r['object_error'], '8.3f')} {fmt(r['probe_error'], '9.3f')} "
+              f"{fmt(r['probe_error_section'], '7.3f')} {fmt(r['probe_lit_fraction'], '4.2f')} "
               f"{fmt(r['strain_rms_error_analytic'], '8.2e')} {fmt(r['strain_floor_rms'], '9.2e')} "
               f"{fmt(r['strain_truth_rms'], '9.2e')} {fmt(r['tilt_rms_error_rad'], '8.2e')} "
               f"{fmt(r['field_of_view_fraction'], '5.2f')} {str(r['upsampling_used']):>4} "
@@ -83,13 +84,16 @@ def main(argv=None) -> int:
     fam = rows[1:]
     if fam:
         print("-" * len(head))
-        for key in ("object_error", "probe_error", "strain_rms_error_analytic"):
+        for key in ("object_error", "probe_error", "probe_error_section", "strain_rms_error_analytic"):
             vals = [r[key] for r in fam if not math.isnan(r[key])]
             if vals:
                 print(f"{key:<18} median {statistics.median(vals):.3g}  min {min(vals):.3g}  max {max(vals):.3g}  "
                       f"(tiny {rows[0][key]:.3g}; {len(fam) - len(vals)} NaN)")
         half = sum(1 for r in fam if r["strain_rms_error_analytic"] <= 0.5 * r["strain_truth_rms"])
         print(f"members with eps_zz error <= half the truth's RMS: {half} of {len(fam)}")
+    print("probe err: where the beam meets the crystal (weighted by the true object's coverage of each beam line); "
+          "section: the whole section, parts the data never see included; lit: share of the probe's energy on lines "
+          "that meet the crystal")
     print("* eps_zz against the analytic strain, one reconstruction voxel away from surfaces and cores; floor: "
           "the truth averaged over the reconstruction's voxels, same mask; truth: the analytic strain's RMS")
     a.json.parent.mkdir(parents=True, exist_ok=True)

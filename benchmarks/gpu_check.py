@@ -226,7 +226,7 @@ def _run_and_evaluate(rec, ds, t0: float):
     seconds = time.perf_counter() - t0
     a = rec.backend.asnumpy
     q = evaluate(a(rec.object), a(rec.probe2d), a(rec.illumination()), rec.layout,
-                 (rec.probe_op.p1_m, rec.probe_op.r2_m), ds.ground_truth, ds.ground_truth_attrs)
+                 rec.probe_op, ds.ground_truth, ds.ground_truth_attrs)
     return seconds, {k: q[k] for k in QUALITY if k in q}
 
 

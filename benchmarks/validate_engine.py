@@ -72,7 +72,7 @@ def reconstruct(ds, *, iterations=100, ml=30, probe2d=None, start="slab", **kw):
         rec.scale_probe_to_data()
     t0 = time.perf_counter()
     rec.run()
-    q = evaluate(rec.object, rec.probe2d, rec.illumination(), rec.layout, (rec.probe_op.p1_m, rec.probe_op.r2_m),
+    q = evaluate(rec.object, rec.probe2d, rec.illumination(), rec.layout, rec.probe_op,
                  ds.ground_truth, ds.ground_truth_attrs)
     q["seconds"] = time.perf_counter() - t0
     q["window_w_um"] = window_w_m(rec.geometry.wavelength_m, rec.geometry.theta_bragg_rad,
@@ -274,7 +274,10 @@ same voxel dr3); "6 of 24" keeps every 4th angle of it (4x less beam time).
 
 Errors are against the ground truth averaged over the reconstruction's voxels, in the scanned field
 of view, after removing the ambiguities (global complex factor, linear phase ramp, and the object's
-translation along k_i). "W held" is the beam width the effective rocking step can hold (Eq. 2).
+translation along k_i). The probe error weighs each beam line by how much it lit the true crystal
+over the scan (the error of the field the probe puts on the crystal): a part of the beam that never
+meets diffracting crystal leaves no trace in the data. "W held" is the beam width the effective
+rocking step can hold (Eq. 2).
 
 {head}{body(rows)}
 Resolution (half period) of the joint x2 reconstruction, Fourier shell correlation (threshold 1/7)

@@ -94,9 +94,19 @@ def fwhm_1d(profile: np.ndarray, step: float) -> float:
 
 
 def probe_quality(probe2d: np.ndarray, p1_m: np.ndarray, r2_m: np.ndarray, gt_probe: np.ndarray,
-                  gt_p1_m: np.ndarray, gt_p2_m: np.ndarray) -> dict:
-    """Probe error (relative, after ambiguities, where the true amplitude exceeds 1 % of its peak)
-    and central-lobe FWHM along p1 and p2 of the reconstruction and of the truth."""
+                  gt_p1_m: np.ndarray, gt_p2_m: np.ndarray, coverage: np.ndarray | None = None) -> dict:
+    """Probe error and central-lobe FWHM along p1 and p2 of the reconstruction and of the truth.
+
+    Both errors are relative, after ambiguities, where the true amplitude exceeds 1 % of its peak:
+
+    * ``probe_error``: weighted by ``coverage`` (:func:`bp_plugin.recon.probe_ops.crystal_coverage`
+      of the true object, ``(np1, N2)``), i.e. the error of the field the probe puts on the crystal
+      over the scan. A part of the beam that never meets diffracting crystal (beyond a grain
+      boundary, past the foil's edge, outside every position's box) leaves no trace in the data:
+      no reconstruction can know it, so it weighs nothing. Without ``coverage``, the same as:
+    * ``probe_error_section``: the whole section, unweighted (the beam as a knife-edge scan
+      would see it, including what the data cannot constrain).
+    """
     from scipy.interpolate import RegularGridInterpolator
 
     # the section's second axis is r2 = -p2: flip the truth onto (p1, r2)
@@ -106,6 +116,14 @@ def probe_quality(probe2d: np.ndarray, p1_m: np.ndarray, r2_m: np.ndarray, gt_pr
     truth = (re(pts) + 1j * im(pts)).astype(np.complex64)
     region = np.abs(truth) > 0.01 * np.abs(truth).max()
     aligned, _ = remove_ambiguities(probe2d, truth, region, shift_search=True)
+    section = relative_error(aligned, truth, region)
+    error = section
+    if coverage is not None:
+        w = np.where(region, np.asarray(coverage, np.float64), 0.0)
+        lit = w > 0.01 * w.max() if w.max() > 0 else region
+        aligned_w, _ = remove_ambiguities(probe2d, truth, lit, shift_search=True)
+        den = np.sum(w * np.abs(truth) ** 2)
+        error = float(np.sqrt(np.sum(w * np.abs(aligned_w - truth) ** 2) / den)) if den > 0 else float("nan")
     dp1, dr2 = p1_m[1] - p1_m[0], r2_m[1] - r2_m[0]
 
     def widths(p):
@@ -114,7 +132,7 @@ def probe_quality(probe2d: np.ndarray, p1_m: np.ndarray, r2_m: np.ndarray, gt_pr
         return fwhm_1d(i[:, k2], dp1), fwhm_1d(i[k1, :], dr2)
 
     (w1, w2), (t1, t2) = widths(aligned), widths(truth)
-    return {"probe_error": relative_error(aligned, truth, region), "fwhm_m": [w1, w2], "fwhm_true_m": [t1, t2],
+    return {"probe_error": error, "probe_error_section": section, "fwhm_m": [w1, w2], "fwhm_true_m": [t1, t2],
             "fwhm_rel_error": [abs(w1 - t1) / t1, abs(w2 - t2) / t2], "aligned": aligned, "truth": truth}
 
 

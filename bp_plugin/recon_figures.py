@@ -76,14 +76,23 @@ def default_slices(mask: np.ndarray) -> tuple[int, int]:
     return int(np.argmax(mask.sum(axis=(1, 2)))), (int(np.median(cols)) if cols.size else mask.shape[2] // 2)
 
 
-def probe_and_convergence_figure(probe2d, p1_m, r2_m, history: list[dict], out_path, *, truth=None) -> None:
-    """Probe section (hue = phase), its profiles, and the error curve of every iteration."""
+def probe_and_convergence_figure(probe2d, p1_m, r2_m, history: list[dict], out_path, *, truth=None,
+                                 coverage=None) -> None:
+    """Probe section (hue = phase), its profiles, and the error curve of every iteration.
+
+    ``coverage`` (``(np1, N2)``, peak 1): how much each section pixel lit the crystal; its 1 %
+    contour is drawn, since outside it the data did not constrain the probe."""
     fig, axes = plt.subplots(1, 3 if truth is None else 4, figsize=(17 if truth is None else 22, 5))
     ext = [r2_m[0] * 1e6, r2_m[-1] * 1e6, p1_m[0] * 1e6, p1_m[-1] * 1e6]
     axes[0].imshow(complex_to_rgb(probe2d), origin="lower", extent=ext, aspect="auto")
     axes[0].set_xlabel("r2 = -p2, horizontal (um)")
     axes[0].set_ylabel("p1, vertical (um)")
     axes[0].set_title("reconstructed probe (hue = phase)")
+    if coverage is not None and np.ptp(coverage) > 0:
+        # unused section rows (no voxel extrudes from them) read 0: smooth over them for the contour
+        cov = np.maximum(coverage, np.maximum(np.roll(coverage, 1, 0), np.roll(coverage, -1, 0)))
+        axes[0].contour(r2_m * 1e6, p1_m * 1e6, cov, levels=[0.01], colors="w", linewidths=1, linestyles="--")
+        axes[0].set_title("reconstructed probe (hue = phase); dashed: where it met the crystal")
     i = np.abs(probe2d) ** 2
     k1, k2 = np.unravel_index(np.argmax(i), i.shape)
     axes[1].semilogy(p1_m * 1e6, i[:, k2] / i.max(), label="vertical (p1)")

@@ -41,13 +41,20 @@ class SimulatedExperiment:
         """Ground truth arrays on the lab grid plus the probe section, and their attributes.
 
         Grid: equal voxels of ``preset.gt_voxel_m``, axis order ``(z, y, x)``, covering the
-        scanned area plus ``preset.gt_margin_m`` and the whole foil thickness.
+        scanned area plus the beam's footprint on the foil (at least ``preset.gt_margin_m``) and the
+        whole foil thickness: every voxel the beam lights is in it, or the probe's coverage and the
+        object error would be judged on a truncated crystal (at low Bragg angles the footprint along
+        y, ``extent / sin tB``, is several times the beam).
         """
         p, geo = self.preset, self.geometry
         crystal = self.simulator.sample
         v = p.gt_voxel_m
-        hx = np.abs(self.translations_m[:, 0]).max() + p.gt_margin_m
-        hy = np.abs(self.translations_m[:, 1]).max() + p.gt_margin_m
+        tb = geo.theta_bragg_rad
+        ext_v, ext_h = self.simulator.probe.extent_m
+        foot_x = ext_h / 2
+        foot_y = ext_v / (2 * math.sin(tb)) + crystal.thickness_m / (2 * math.tan(tb))
+        hx = np.abs(self.translations_m[:, 0]).max() + max(p.gt_margin_m, foot_x)
+        hy = np.abs(self.translations_m[:, 1]).max() + max(p.gt_margin_m, foot_y)
         n = crystal.normal
         hz = crystal.thickness_m / 2 / abs(n[2]) + (abs(n[0]) * hx + abs(n[1]) * hy) / abs(n[2]) + 2 * v
         shape = tuple(int(math.ceil(2 * h / v)) + 1 for h in (hz, hy, hx))

@@ -40,7 +40,7 @@ def make_rec(ds, **kw):
 
 
 def quality(rec, ds):
-    return evaluate(rec.object, rec.probe2d, rec.illumination(), rec.layout, (rec.probe_op.p1_m, rec.probe_op.r2_m),
+    return evaluate(rec.object, rec.probe2d, rec.illumination(), rec.layout, rec.probe_op,
                     ds.ground_truth, ds.ground_truth_attrs)
 
 

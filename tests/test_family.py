@@ -150,3 +150,34 @@ def test_frames_integrated_over_their_step_are_modelled_so(tmp_path):
             iterations=60, ml_iterations=20, progress=False, figures=False,
             sample_tilt_deg=tuple(p.sample_tilt_deg)))["object_error"]
     assert errs["step"] < 0.85 * errs["point"] and errs["step"] < 0.18, errs
+
+
+def test_the_probe_error_weighs_the_beam_where_it_meets_the_crystal(tiny_dataset):
+    """Beyond tiny's grain boundary the crystal does not diffract: beam lines that only cross it
+    leave no trace in the frames. The probe error weighs each line by how much it lit the true
+    crystal (crystal_coverage), so a probe exact where it is seen and wrong elsewhere scores ~0
+    (while the whole-section error does not), and one wrong where it is seen scores high."""
+    from bp_plugin.quality import ground_truth_at_resolution, probe_quality
+    from bp_plugin.recon.probe_ops import crystal_coverage
+
+    ds, _ = tiny_dataset
+    gt, at = ds.ground_truth, ds.ground_truth_attrs
+    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=ReconConfig().scaled(10))
+    op = rec.probe_op
+    glow = ground_truth_at_resolution(gt["density"], at["grid_origin_m"], float(at["grid_voxel_m"]), rec.layout)
+    cov = crystal_coverage(op, glow)
+    assert cov.shape == op.shape2d and cov.max() == pytest.approx(1.0)
+    q = probe_quality(np.asarray(rec.probe2d), op.p1_m, op.r2_m, gt["probe"], gt["probe_p1_m"], gt["probe_p2_m"],
+                      coverage=cov)
+    truth = q["truth"]
+    region = np.abs(truth) > 0.01 * np.abs(truth).max()
+    unseen = region & (cov == 0)
+    assert np.sum(np.abs(truth[unseen]) ** 2) > 0.05 * np.sum(np.abs(truth[region]) ** 2)   # the case exists
+    rng = np.random.default_rng(0)
+    noise = (rng.normal(size=truth.shape) + 1j * rng.normal(size=truth.shape)).astype(np.complex64)
+    wrong_unseen = np.where(cov > 0, truth, 0.5 * np.abs(truth).max() * noise)
+    a = probe_quality(wrong_unseen, op.p1_m, op.r2_m, gt["probe"], gt["probe_p1_m"], gt["probe_p2_m"], coverage=cov)
+    assert a["probe_error"] < 0.02 and a["probe_error_section"] > 0.3, (a["probe_error"], a["probe_error_section"])
+    wrong_seen = np.where(cov > 0.05, truth * (1 + 0.3 * noise), truth)
+    b = probe_quality(wrong_seen, op.p1_m, op.r2_m, gt["probe"], gt["probe_p1_m"], gt["probe_p2_m"], coverage=cov)
+    assert b["probe_error"] > 0.2, b["probe_error"]

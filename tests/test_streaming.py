@@ -328,7 +328,7 @@ def _flooded_run(ds, folder, opts, live_iterations, per_angle=None):
 def _quality(rec, ds):
     from bp_plugin.recon.results import evaluate
 
-    return evaluate(rec.object, rec.probe2d, rec.illumination(), rec.layout, (rec.probe_op.p1_m, rec.probe_op.r2_m),
+    return evaluate(rec.object, rec.probe2d, rec.illumination(), rec.layout, rec.probe_op,
                     ds.ground_truth, ds.ground_truth_attrs)
 
 

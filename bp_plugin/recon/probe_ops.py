@@ -105,6 +105,26 @@ class ProbeOperator:
         return (math.sin(2 * tb) * e3 * dr3 - math.cos(2 * tb) * e1 * dr1, e2 * dr2)
 
 
+def crystal_coverage(op: ProbeOperator, obj, positions=None) -> np.ndarray:
+    """How much each section pixel lights the crystal over the scan: ``sum_j R[|rho_j|^2]``, peak 1.
+
+    ``obj``: object array (object grid, axis order 3, 1, 2; host or device), ``positions``: the
+    positions to sum (default: all). Float32 ``(np1, N2)`` on the host. The data constrain the
+    probe only where this is not 0: a beam line that never crosses diffracting crystal inside a
+    position's box leaves no trace in any frame (the sub-voxel shifts, at most half a voxel, are
+    left out: this is a weight, not a model).
+    """
+    layout, xp = op.layout, op.backend.xp
+    obj = xp.asarray(obj)
+    js = range(layout.n_positions) if positions is None else positions
+    total = 0
+    for j in js:
+        v = obj[layout.view(int(j))]
+        total = total + op.project_real((v.real ** 2 + v.imag ** 2).astype(np.float32))
+    cov = op.backend.asnumpy(xp.asarray(total)).astype(np.float32).reshape(op.shape2d)
+    return cov / cov.max() if cov.max() > 0 else cov
+
+
 def na_focus(op: ProbeOperator, defocus_m: float = 0.0) -> np.ndarray:
     """Aberration-free focus of the geometry's NA rectangle on the operator's section grid, complex64.
 

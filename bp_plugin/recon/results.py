@@ -7,6 +7,7 @@ Result file (HDF5, one per reconstruction; ``bp_plugin_format = "bp-result"``, v
 | ``/object`` | complex64 ``(N3o, N1o, N2o)``, object on the reconstruction grid (axis order 3, 1, 2) |
 | ``/support``, ``/illumination`` | uint8 / float32, same shape |
 | ``/probe2d`` | complex64 ``(np1, N2)``, probe section; axes ``/probe_p1_m`` and ``/probe_r2_m`` (r2 = -p2) |
+| ``/probe_coverage`` | float32 ``(np1, N2)``, how much each section pixel lit the reconstructed crystal over the scan (peak 1; :func:`crystal_coverage`): the data say nothing of the probe where it is 0 |
 | ``/background`` | float32 ``(n_angles, N1, N2)``, incoherent background (counts) on the measured planes |
 | ``/lab/density``, ``amplitude``, ``phase``, ``eps_zz``, ``omega_x``, ``omega_y`` | lab grid (z, y, x), equal voxels; attributes ``origin_m`` (x, y, z), ``voxel_m`` |
 | ``/history/iteration``, ``error``, ``seconds``, ``stage`` | one entry per iteration |
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..quality import ground_truth_at_resolution, probe_quality, relative_error, remove_ambiguities
 from ..strain import crystal_mask, object_to_lab, strain_maps
+from .probe_ops import crystal_coverage
 
 RESULT_FORMAT = "bp-result"
 RESULT_VERSION = 1
@@ -47,7 +49,7 @@ def lab_maps(obj: np.ndarray, layout, q_bragg_inv_m: float, origin_m, voxel_m: f
     return maps
 
 
-def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, layout, probe_axes, gt: dict,
+def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, layout, probe_op, gt: dict,
              gt_attrs: dict, *, fov_threshold: float = 0.1, erode_voxels: int = 1) -> dict:
     """Quality of a reconstruction against simulated ground truth, ambiguities removed.
 
@@ -55,12 +57,15 @@ def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, lay
     (what a perfect reconstruction at this resolution holds) where the illumination exceeds
     ``fov_threshold`` of its maximum and the true amplitude exceeds 0.5. Strain and tilts are
     compared on the ground truth's lab grid, both sides derived from their densities by the
-    same operator, inside the crystal eroded by ``erode_voxels`` lab voxels.
+    same operator, inside the crystal eroded by ``erode_voxels`` lab voxels. The probe (on
+    ``probe_op``'s section grid, a :class:`ProbeOperator`) is compared where it lights the true
+    crystal (:func:`probe_quality` with the true object's :func:`crystal_coverage`).
 
     Returns a JSON-ready dict (``object_error``, ``probe_error``, ``strain_rms_error`` (against
     the truth at the reconstruction's resolution), ``strain_rms_error_analytic`` with
     ``strain_floor_rms`` and ``strain_truth_rms`` (:func:`strain_against_analytic`),
-    ``tilt_rms_error_rad``, ``field_of_view_fraction``, probe FWHMs, the fitted ambiguities) and,
+    ``tilt_rms_error_rad``, ``field_of_view_fraction``, ``probe_error`` and ``probe_error_section``,
+    ``probe_lit_fraction`` (the share of the true probe's energy on lines that meet the crystal), probe FWHMs, the fitted ambiguities) and,
     under ``"arrays"``, the aligned maps for figures.
     """
     q = float(gt_attrs["q_bragg_inv_m"])
@@ -89,9 +94,14 @@ def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, lay
     }
     out["warnings"] = nan_reasons(out, int(lit.sum()))
     if "probe" in gt:
-        pq = probe_quality(probe2d, probe_axes[0], probe_axes[1], gt["probe"], gt["probe_p1_m"], gt["probe_p2_m"])
-        out.update(probe_error=pq["probe_error"], probe_fwhm_m=pq["fwhm_m"], probe_fwhm_true_m=pq["fwhm_true_m"],
-                   probe_fwhm_rel_error=pq["fwhm_rel_error"])
+        cov = crystal_coverage(probe_op, glow)
+        pq = probe_quality(probe2d, probe_op.p1_m, probe_op.r2_m, gt["probe"], gt["probe_p1_m"], gt["probe_p2_m"],
+                           coverage=cov)
+        t2 = np.abs(pq["truth"][probe_op.backend.asnumpy(probe_op.rows_used)]) ** 2     # rows the model uses
+        cov = cov[probe_op.backend.asnumpy(probe_op.rows_used)]
+        out.update(probe_error=pq["probe_error"], probe_error_section=pq["probe_error_section"],
+                   probe_lit_fraction=float(t2[cov > 0.01].sum() / t2.sum()) if t2.sum() > 0 else float("nan"),
+                   probe_fwhm_m=pq["fwhm_m"], probe_fwhm_true_m=pq["fwhm_true_m"], probe_fwhm_rel_error=pq["fwhm_rel_error"])
     out["arrays"] = {"rec": rec_maps, "ref": ref_maps, "core": core}
     if "probe" in gt:
         out["arrays"]["probe_truth"] = pq["truth"]
@@ -158,6 +168,7 @@ def save_result(path, rec, maps: dict, lab_grid, illumination: np.ndarray, *, me
         f["probe2d"] = st["probe2d"]
         f["probe_p1_m"] = rec.probe_op.p1_m
         f["probe_r2_m"] = rec.probe_op.r2_m
+        f["probe_coverage"] = crystal_coverage(rec.probe_op, st["object"], rec.active_positions())
         f["background"] = st["background"]
         g = f.create_group("lab")
         g.attrs.update(origin_m=list(origin), voxel_m=voxel, axes="z, y, x")

@@ -157,7 +157,7 @@ def summarize(rec: Reconstructor, ground_truth: dict | None = None, gt_attrs: di
     if ground_truth and "density" in ground_truth:
         at = gt_attrs
         grid = (tuple(at["grid_origin_m"]), float(at["grid_voxel_m"]), ground_truth["density"].shape)
-        q = evaluate(obj, probe, illum, rec.layout, (rec.probe_op.p1_m, rec.probe_op.r2_m), ground_truth, at)
+        q = evaluate(obj, probe, illum, rec.layout, rec.probe_op, ground_truth, at)
         arrays = q.pop("arrays")
         metrics.update(q)
         maps = arrays["rec"]
@@ -181,6 +181,7 @@ def write_outputs(rec: Reconstructor, out_path, metrics: dict, maps, grid, array
 def _figures(rec, maps, grid, arrays, folder: Path, stem: str, illum) -> None:
     from ..recon_figures import default_slices, maps_figure, probe_and_convergence_figure
     from ..strain import object_to_lab
+    from .probe_ops import crystal_coverage
 
     a = rec.backend.asnumpy
     origin, voxel, shape = grid
@@ -203,5 +204,6 @@ def _figures(rec, maps, grid, arrays, folder: Path, stem: str, illum) -> None:
     if truth is not None:
         scale = np.vdot(truth, a(rec.probe2d))
         truth = truth * (scale / abs(scale)) if abs(scale) > 0 else truth
+    coverage = crystal_coverage(rec.probe_op, rec.object, rec.active_positions())
     probe_and_convergence_figure(a(rec.probe2d), rec.probe_op.p1_m, rec.probe_op.r2_m, rec.history,
-                                 folder / f"{stem}_probe.png", truth=truth)
+                                 folder / f"{stem}_probe.png", truth=truth, coverage=coverage)
