@@ -23,12 +23,18 @@ def fourier_shift(a: np.ndarray, shift_voxels) -> np.ndarray:
     return np.fft.ifftn(np.fft.fftn(a) * np.exp(-2j * np.pi * ph)).astype(a.dtype)
 
 
-def remove_ambiguities(rec: np.ndarray, ref: np.ndarray, mask: np.ndarray, shift_search: bool = False):
+def remove_ambiguities(rec: np.ndarray, ref: np.ndarray, mask: np.ndarray, shift_search: bool = False,
+                       free_direction=None):
     """``rec`` aligned to ``ref`` inside ``mask``.
 
     With ``shift_search``, first translated by the (sub-voxel) shift that best matches ``ref``:
-    the integer peak of the amplitude cross-correlation (or no shift, whichever fits better) is
-    refined by Nelder-Mead on the final error. Then the linear phase ramp is removed (the mean,
+    the integer peak of the amplitude cross-correlation (or no shift, or, with ``free_direction``,
+    the best whole-voxel step along that direction) is refined by Nelder-Mead on the final error.
+    ``free_direction`` (one component per axis, in voxels) is a direction along which the
+    reconstruction can slide at no cost (the object along ``k_i``, where the probe is invariant):
+    the amplitude of a flat foil hardly changes along it, so the cross-correlation does not find
+    that shift, and a local search from 0 stops at the first minimum.
+    Then the linear phase ramp is removed (the mean,
     over the mask, of the unwrapping-free phase gradient of ``rec * conj(ref)`` along each axis)
     and the least-squares complex factor ``c`` of ``c rec = ref`` applied. 2D or 3D arrays.
     Returns ``(aligned, {"ramp_rad_per_voxel", "factor", "shift_voxels"})``.
@@ -44,6 +50,13 @@ def remove_ambiguities(rec: np.ndarray, ref: np.ndarray, mask: np.ndarray, shift
         peak = np.array(np.unravel_index(np.argmax(cc), cc.shape), float)
         peak = np.where(peak > np.array(cc.shape) / 2, peak - np.array(cc.shape), peak)
         starts = [np.zeros(rec.ndim), -peak]
+        if free_direction is not None:
+            u = np.asarray(free_direction, float)
+            u = u / np.abs(u).max()                          # one voxel along its longest axis
+            reach = int(min(24, np.min([n / 4 / max(abs(c), 1e-9) for n, c in zip(rec.shape, u)])))
+            steps = [m * u for m in range(-reach, reach + 1) if m]
+            if steps:
+                starts.append(min(steps, key=err))
         best = None
         for x0 in starts:
             simplex = np.vstack([x0] + [x0 + 0.5 * np.eye(rec.ndim)[k] for k in range(rec.ndim)])

@@ -117,8 +117,9 @@ def test_family_members_are_drawn_from_the_documented_ranges():
 def test_family_members_reconstruct_with_the_defaults(tmp_path):
     """Three members with only what a user knows (the tilt stated, as by an experimenter who cut the
     foil): every NaN metric comes with a warning that says why, and the errors stay within bounds
-    measured on them (members 0, 3, 4: object 0.121, 0.133, 0.208; probe 0.293, 0.229, 0.251;
-    eps_zz against the analytic strain 4.8e-5 and 4.7e-5 for a truth RMS of 2.0e-4 and 1.9e-4;
+    measured on them (members 0, 3, 4: object 0.122, 0.133, 0.216; probe, where it meets the
+    crystal, 0.126, 0.070, 0.230, and over its whole section 0.293, 0.229, 0.251; eps_zz against
+    the analytic strain 4.8e-5 and 4.7e-5 for a truth RMS of 2.0e-4 and 1.9e-4;
     member 4's foil is under two voxels thick away from its surfaces: NaN, said)."""
     for seed in (0, 3, 4):
         p = draw_member(seed)
@@ -129,7 +130,7 @@ def test_family_members_reconstruct_with_the_defaults(tmp_path):
         nan = [k for k, v in m.items() if isinstance(v, float) and math.isnan(v)]
         assert not nan or any("NaN" in w for w in m["warnings"]), (nan, m["warnings"])
         assert m["upsampling"] == p.geometry.upsampling_default()
-        assert m["object_error"] < 0.28 and m["probe_error"] < 0.36, (seed, m)
+        assert m["object_error"] < 0.28 and m["probe_error"] < 0.30 and m["probe_error_section"] < 0.36, (seed, m)
         if seed != 4:
             assert m["strain_rms_error_analytic"] < 0.5 * m["strain_truth_rms"], (seed, m)
             assert m["strain_floor_rms"] < m["strain_rms_error_analytic"]
@@ -181,3 +182,25 @@ def test_the_probe_error_weighs_the_beam_where_it_meets_the_crystal(tiny_dataset
     wrong_seen = np.where(cov > 0.05, truth * (1 + 0.3 * noise), truth)
     b = probe_quality(wrong_seen, op.p1_m, op.r2_m, gt["probe"], gt["probe_p1_m"], gt["probe_p2_m"], coverage=cov)
     assert b["probe_error"] > 0.2, b["probe_error"]
+
+
+def test_an_object_slid_along_k_i_is_aligned_back(tiny_dataset):
+    """The probe is invariant along k_i, so a reconstruction may slide along it at no cost. The
+    metric searches whole-voxel steps along k_i before its local refinement: a slide of 5 voxels
+    and a phase factor come back exactly. (Family member 2's reconstruction, slid by about 3
+    voxels, was scored 0.77 by the local search alone, 0.26 with this one: bench_family.py.)"""
+    from bp_plugin.quality import fourier_shift, ground_truth_at_resolution, relative_error, remove_ambiguities
+
+    ds, _ = tiny_dataset
+    gt, at = ds.ground_truth, ds.ground_truth_attrs
+    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=ReconConfig().scaled(10))
+    lay = rec.layout
+    glow = ground_truth_at_resolution(gt["density"], at["grid_origin_m"], float(at["grid_voxel_m"]), lay)
+    tb = lay.geometry.theta_bragg_rad
+    along = np.array([math.cos(2 * tb) / lay.voxel_m[0], math.sin(2 * tb) / lay.voxel_m[1], 0.0])
+    step = 5 * along / np.abs(along).max()                       # 5 voxels along its longest axis
+    slid = fourier_shift(glow, step) * np.exp(0.2j)
+    region = np.abs(glow) > 0.5
+    aligned, info = remove_ambiguities(slid, glow, region, shift_search=True, free_direction=along)
+    assert relative_error(aligned, glow, region) < 0.05, info
+    np.testing.assert_allclose(info["shift_voxels"], -step, atol=0.3)

@@ -74,7 +74,10 @@ def evaluate(obj: np.ndarray, probe2d: np.ndarray, illumination: np.ndarray, lay
     glow = ground_truth_at_resolution(gt["density"], origin, voxel, layout)
     lit = illumination > fov_threshold * illumination.max()
     region = lit & (np.abs(glow) > 0.5)
-    aligned, amb = remove_ambiguities(obj, glow, region, shift_search=True)
+    # k_i = sin(2 tB) e1 + cos(2 tB) e3: the object slides along it at no cost (the probe is invariant)
+    tb = layout.geometry.theta_bragg_rad
+    along_ki = (math.cos(2 * tb) / layout.voxel_m[0], math.sin(2 * tb) / layout.voxel_m[1], 0.0)
+    aligned, amb = remove_ambiguities(obj, glow, region, shift_search=True, free_direction=along_ki)
     rec_maps = lab_maps(aligned, layout, q, origin, voxel, shape)
     ref_maps = lab_maps(glow, layout, q, origin, voxel, shape)
     lit_lab = object_to_lab(lit.astype(np.complex64), layout, origin, voxel, shape).real > 0.5
