@@ -7,6 +7,7 @@ import sys
 import time
 
 from .geometry import ExperimentGeometry
+from .keys import ENV, add_key_args, resolve_key
 
 
 def _add_geometry_args(p: argparse.ArgumentParser) -> None:
@@ -177,9 +178,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from .tiled_server import start_tiled_server
 
-    server = start_tiled_server(a.dir, readable=a.read, port=a.port, api_key=a.api_key)
-    print(f"Tiled server at {server.url} (API key {server.api_key}), catalog in {server.directory}; Ctrl-C stops it",
-          flush=True)
+    server = start_tiled_server(a.dir, readable=a.read, port=a.port, api_key=resolve_key(a.api_key_file))
+    print(f"Tiled server at {server.url}, catalog in {server.directory}; API key in {server.key_file} "
+          f"(export {ENV}=$(cat {server.key_file})); Ctrl-C stops it", flush=True)
     try:
         while server.process.poll() is None:
             time.sleep(0.5)
@@ -195,12 +196,14 @@ def cmd_acquire(a: argparse.Namespace) -> int:
 
     from plans.acquire import AcquireOptions, acquire
 
-    opts = AcquireOptions(preset=a.preset, out=Path(a.out), tiled_url=a.tiled_url, api_key=a.api_key, seed=a.seed,
+    opts = AcquireOptions(preset=a.preset, out=Path(a.out), tiled_url=a.tiled_url, api_key=resolve_key(a.api_key_file),
+                          seed=a.seed,
                           order=a.order, snake=a.snake, realtime=a.realtime, progress=not a.no_progress)
     r = acquire(opts)
     print(f"run {r['uid']} ({r['exit_status']}): {r['n_events']} frames in {r['seconds']:.1f} s "
           f"({r['frames_per_s']:.1f} frames/s)")
-    print(f"  Tiled: {r['tiled_url']}/api/v1/metadata/{r['uid']}  (API key {r['api_key']})")
+    print(f"  Tiled: {r['tiled_url']}/api/v1/metadata/{r['uid']}" +
+          (f"  (API key in {r['key_file']})" if r.get("key_file") else ""))
     if r["server_dir"]:
         print(f"  the embedded server has stopped; browse the run again with: bp-plugin serve --dir {r['server_dir']} "
               f"--read {Path(a.out) / 'detector'}")
@@ -212,7 +215,7 @@ def cmd_acquire(a: argparse.Namespace) -> int:
 def _open_run(a):
     from .tiled_server import connect
 
-    client = connect(a.tiled_url, a.api_key)
+    client = connect(a.tiled_url, resolve_key(a.api_key_file))
     if a.run not in client:
         raise ValueError(f"no run {a.run!r} in the Tiled server at {a.tiled_url}; list the runs with a Tiled client")
     return client[a.run]
@@ -252,7 +255,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
 def cmd_reconstructor(a: argparse.Namespace) -> int:
     from streaming.commands import run_reconstructor
 
-    return run_reconstructor(a.listen, a.workdir, tiled_url=a.tiled_url, api_key=a.api_key, device=a.device,
+    return run_reconstructor(a.listen, a.workdir, tiled_url=a.tiled_url, api_key=resolve_key(a.api_key_file),
+                             device=a.device,
                              max_runs=a.max_runs, final_iterations=a.iterations, ml_iterations=a.ml_iterations,
                              publish_interval_s=a.publish_interval, checkpoint_interval_s=a.checkpoint_interval,
                              catch_up_per_angle=a.catch_up_per_angle, quiet=a.quiet, idle_timeout_s=a.idle_timeout)
@@ -269,7 +273,7 @@ def _add_tiled_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--tiled-url", default=os.environ.get("BP_TILED_URL", "http://127.0.0.1:8000"),
                    help="Tiled server (default $BP_TILED_URL or http://127.0.0.1:8000)")
-    p.add_argument("--api-key", default=os.environ.get("BP_TILED_API_KEY"), help="API key (default $BP_TILED_API_KEY)")
+    add_key_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,14 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--dir", default="out/tiled", help="server home (catalog, data, log)")
     pv.add_argument("--read", action="append", default=[], help="extra readable folder (detector files); repeatable")
     pv.add_argument("--port", type=int, default=8000)
-    pv.add_argument("--api-key", default=None, help="key clients must give (default $BP_TILED_API_KEY or random)")
+    add_key_args(pv, "the key clients must give (default: $BP_TILED_API_KEY, else the home's api_key file, "
+                     "else a new random key, written there)")
     pv.set_defaults(func=cmd_serve)
 
     pa = sub.add_parser("acquire", help="run a Bragg ptychography scan on the simulated beamline, recorded in Tiled")
     pa.add_argument("--preset", default="small", help="tiny | small | paper")
     pa.add_argument("--out", default="out/acquire", help="folder for detector files, the Tiled catalog and PNGs")
     pa.add_argument("--tiled-url", default=None, help="use this Tiled server instead of starting the embedded one")
-    pa.add_argument("--api-key", default=None)
+    add_key_args(pa, "the key of the --tiled-url server")
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--order", default="angle-outer", choices=["angle-outer", "position-outer"])
     pa.add_argument("--snake", action="store_true")
@@ -382,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--workdir", default="out/reconstructor", help="spool, checkpoints and results, per run")
     pc.add_argument("--tiled-url", default=os.environ.get("BP_TILED_URL"),
                     help="publish results there (default $BP_TILED_URL; none: not published)")
-    pc.add_argument("--api-key", default=os.environ.get("BP_TILED_API_KEY"), help="default $BP_TILED_API_KEY")
+    add_key_args(pc)
     pc.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     pc.add_argument("--iterations", type=int, default=60, help="joint iterations of the final schedule")
     pc.add_argument("--ml-iterations", type=int, default=20, help="ML iterations of the final schedule")

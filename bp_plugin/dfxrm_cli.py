@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .keys import add_key_args, resolve_key
+
 
 def cmd_demo(a) -> int:
     from streaming.dfxrm_demo import DfxrmDemoOptions, run_dfxrm_demo
@@ -23,7 +25,8 @@ def cmd_acquire(a) -> int:
             senders.append(FrameSender(a.stream))
             return [DfxrmFrameStreamer(senders[-1], DetectorFrameTap(mic.detector))]
     opts = DfxrmAcquireOptions(preset=a.preset, scan=a.scan, out=Path(a.out), tiled_url=a.tiled_url,
-                               api_key=a.api_key, seed=a.seed, n_phi=a.n_phi, n_chi=a.n_chi, n_tth=a.n_tth,
+                               api_key=resolve_key(a.api_key_file), seed=a.seed, n_phi=a.n_phi, n_chi=a.n_chi,
+                               n_tth=a.n_tth,
                                count_time=a.count_time, realtime=a.realtime, order=a.order)
     try:
         r = acquire_dfxrm(opts, callbacks_for=callbacks)
@@ -100,7 +103,7 @@ def add_dfxrm_parser(sub, add_tiled_args) -> None:
     q.add_argument("--scan", default="mosaicity", choices=SCAN_KINDS)
     q.add_argument("--out", default="out/dfxrm")
     q.add_argument("--tiled-url", default=None, help="use this Tiled server instead of starting the embedded one")
-    q.add_argument("--api-key", default=None)
+    add_key_args(q, "the key of the --tiled-url server")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--n-phi", type=int, default=None, help="phi points (default: the preset's)")
     q.add_argument("--n-chi", type=int, default=None, help="chi points (default: the preset's)")

@@ -26,6 +26,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .keys import ENV, KEY_FILE, read_key_file, write_key_file
+
 
 class TiledServerError(RuntimeError):
     """The Tiled server could not be started or reached; the message says why and what to do."""
@@ -36,10 +38,12 @@ class TiledServer:
     """A running server: its URL, API key, directory and child process (None if not ours)."""
 
     url: str
-    api_key: str
+    api_key: str = field(repr=False)          # never in a log line or a traceback's locals repr
     directory: Path | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
     log_path: Path | None = None
+    #: the file holding the key (mode 0600, in the server's home), for clients and for the user
+    key_file: Path | None = None
 
     def client(self):
         """A Tiled client authenticated with the API key."""
@@ -95,7 +99,10 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
         readable: extra directories the server may read (detector files); ``directory`` is always
             readable.
         port: TCP port (default: a free one).
-        api_key: the key clients must present (default: a new random key, or ``$BP_TILED_API_KEY``).
+        api_key: the key clients must present (default: ``$BP_TILED_API_KEY``, else the key of an
+            earlier start in ``directory/api_key``, else a new random one). It goes to the child in
+            its environment, never on its command line (which every local user can read), and
+            into ``directory/api_key`` (mode 0600): :attr:`TiledServer.key_file`.
         timeout: seconds to wait for the server to answer.
 
     Returns:
@@ -105,19 +112,23 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
 
     directory = Path(directory).resolve()
     (directory / "data").mkdir(parents=True, exist_ok=True)
-    api_key = api_key or os.environ.get("BP_TILED_API_KEY") or secrets.token_hex(16)
+    key_file = directory / KEY_FILE
+    api_key = (api_key or os.environ.get(ENV) or (read_key_file(key_file) if key_file.is_file() else None)
+               or secrets.token_hex(16))
+    write_key_file(key_file, api_key)
     port = port or free_port()
     catalog = directory / "catalog.db"
     # arrays go to files under data/, tables (the runs' event streams) to an embedded DuckDB
     cmd = [*_tiled_command(), "serve", "catalog", str(catalog), "--write", str(directory / "data"),
            "--write", f"duckdb:///{directory / 'tables.duckdb'}",
-           "--read", str(directory), "--api-key", api_key, "--host", "127.0.0.1", "--port", str(port)]
+           "--read", str(directory), "--host", "127.0.0.1", "--port", str(port)]
     for r in readable:
         Path(r).mkdir(parents=True, exist_ok=True)
         cmd += ["--read", str(Path(r).resolve())]
     if not catalog.exists():
         cmd.append("--init")
-    env = dict(os.environ, TILED_HDF5_SWMR_DEFAULT="1", HDF5_PLUGIN_PATH=hdf5plugin.PLUGIN_PATH,
+    env = dict(os.environ, TILED_SINGLE_USER_API_KEY=api_key, TILED_HDF5_SWMR_DEFAULT="1",
+               HDF5_PLUGIN_PATH=hdf5plugin.PLUGIN_PATH,
                HDF5_USE_FILE_LOCKING="FALSE")
     log_path = directory / "server.log"
     log = open(log_path, "ab")
@@ -126,7 +137,8 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
                             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
     log.close()
     url = f"http://127.0.0.1:{port}"
-    server = TiledServer(url=url, api_key=api_key, directory=directory, process=proc, log_path=log_path)
+    server = TiledServer(url=url, api_key=api_key, directory=directory, process=proc, log_path=log_path,
+                         key_file=key_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -165,11 +177,12 @@ def connect(url: str, api_key: str | None):
         if "API key" in str(exc):   # tiled's own message when the key is missing or wrong
             raise TiledServerError(f"the Tiled server at {url} requires an API key and refused "
                                    f"{'the one given' if api_key else 'none'}; pass the key the server was "
-                                   "started with (--api-key or $BP_TILED_API_KEY)") from None
+                                   "started with ($BP_TILED_API_KEY or --api-key-file)") from None
         raise
     except httpx.HTTPStatusError as exc:
         code = exc.response.status_code
         if code in (401, 403):
             raise TiledServerError(f"the Tiled server at {url} refused the API key (HTTP {code}); pass the key "
-                                   "the server was started with (--api-key or $BP_TILED_API_KEY)") from None
+                                   "the server was started with ($BP_TILED_API_KEY or --api-key-file; "
+                                   "bp-plugin serve writes it to its home's api_key file)") from None
         raise TiledServerError(f"the Tiled server at {url} answered HTTP {code}: {exc}") from None

@@ -36,7 +36,7 @@ class AcquireOptions:
     preset: str = "small"
     out: Path = Path("out/acquire")
     tiled_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)    # never in a log line
     seed: int = 0
     order: str = "angle-outer"
     snake: bool = False
@@ -120,6 +120,7 @@ def acquire(opts: AcquireOptions, *, server=None, extra_callbacks=(), callbacks_
             raise KeyboardInterrupt
         n = (stop_doc.get("num_events") or {}).get("primary", 0)
         return {"uid": uids[0] if uids else stop_doc.get("run_start"), "tiled_url": url, "api_key": key,
+                "key_file": str(server.key_file) if own and server.key_file else None,
                 "n_events": n, "seconds": seconds, "frames_per_s": n / seconds if seconds else 0.0,
                 "detector_files": [str(p) for p in bl.detector.file_history], "monitor_png": str(monitor.last_png),
                 "exit_status": stop_doc.get("exit_status"), "server_dir": str(out / "tiled") if own else None}

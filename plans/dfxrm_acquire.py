@@ -39,7 +39,7 @@ class DfxrmAcquireOptions:
     out: Path = Path("out/dfxrm")
     detector_dir: Path | None = None
     tiled_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)    # never in a log line
     seed: int = 0
     n_phi: int | None = None
     n_chi: int | None = None
@@ -115,6 +115,7 @@ def acquire_dfxrm(opts: DfxrmAcquireOptions, *, server=None, callbacks_for=None)
             for cb in (*late, writer):
                 cb.shutdown(wait=True)
         return {"uid": uids[0] if uids else stop_doc.get("run_start"), "tiled_url": url, "api_key": key,
+                "key_file": str(server.key_file) if own and server.key_file else None,
                 "n_events": (stop_doc.get("num_events") or {}).get("primary", 0), "seconds": seconds,
                 "detector_files": [str(p) for p in mic.detector.file_history], "exit_status": stop_doc.get("exit_status")}
     finally:

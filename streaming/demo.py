@@ -49,7 +49,7 @@ def run_demo(opts: DemoOptions) -> dict:
     rp = viewer = None
     senders = []
     try:
-        print(f"Tiled server   {server.url}  (API key {server.api_key})")
+        print(f"Tiled server   {server.url}  (API key in {server.key_file})")
         rp = start_reconstructor(out / "reconstructor", tiled_url=server.url, api_key=server.api_key,
                                  extra_args=["--iterations", str(opts.iterations),
                                              "--ml-iterations", str(opts.ml_iterations), "--quiet"])

@@ -220,16 +220,19 @@ class LiveReconstruction:
         if grid != self.grid:                           # keep the published shapes: maps on the live grid
             maps = None
         metrics["latency_last_frame_to_result_s"] = time.time() - t_last
-        status = self.status("final")
+        h = self.history()
+        state = "failed" if h and not np.isfinite(h[-1]["error"]) else "final"   # NaN is no result
+        status = self.status(state)
         if pub:
             t0 = time.monotonic()
-            if not pub.close(self.metadata("final", metrics), self.arrays(maps)):
+            if not pub.close(self.metadata(state, metrics), self.arrays(maps)):
                 log.warning("run %s: the final result is not in Tiled yet (%s); the publisher keeps trying and "
                             "it waits in the run's folder for the next start", asm.uid[:8], pub.last_error)
             metrics["publish_final_s"] = time.monotonic() - t0
         metrics["latency_last_frame_to_published_s"] = time.time() - t_last
         (asm.folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        log.info("run %s: final, %s", asm.uid[:8], {k: metrics.get(k) for k in ("object_error", "strain_rms_error")})
+        log.info("run %s: %s, %s%s", asm.uid[:8], state, {k: metrics.get(k) for k in ("object_error", "strain_rms_error")},
+                 f" ({status['message']})" if status.get("message") else "")
         return {**status, "metrics": metrics, "result": str(out)}
 
     def checkpoint(self) -> None:
@@ -260,9 +263,29 @@ class LiveReconstruction:
     # --- publication ------------------------------------------------------------------------------
     def status(self, state: str) -> dict:
         h = self.history()
-        return {"state": state, "stage": self.stage, "iteration": len(h), "error": h[-1]["error"] if h else None,
-                "behind": bool(self.behind), "frames_in_engine": self.in_engine, "updated": time.time(),
-                "seconds": time.time() - self.started, **self.asm.status()}
+        out = {"state": state, "stage": self.stage, "iteration": len(h), "error": h[-1]["error"] if h else None,
+               "behind": bool(self.behind), "frames_in_engine": self.in_engine, "updated": time.time(),
+               "seconds": time.time() - self.started, **self.asm.status()}
+        # always a message: Tiled merges metadata, so a notice published earlier (a run queued
+        # behind another) would otherwise outlive its truth
+        notes = self.final_notes() if state in ("final", "failed") else []
+        out["message"] = "; ".join(notes) if notes else None
+        return out
+
+    def final_notes(self) -> list[str]:
+        """What a user must know of a result before trusting it: a run that ended without its stop
+        message or with a failed one, frames that never came, an error that is not a number."""
+        c, stop, h = self.asm.status(), self.asm.stop or {}, self.history()
+        notes = []
+        exit_status = stop.get("exit_status")
+        if exit_status not in (None, "success"):
+            notes.append(f"the scan ended with exit status {exit_status!r}")
+        if c.get("frames_measured", 0) < c.get("frames_expected", 0):
+            notes.append(f"reconstructed from {c['frames_measured']} of {c['frames_expected']} frames")
+        if h and not np.isfinite(h[-1]["error"]):
+            notes.append("the reconstruction diverged (its error is not a number): the maps are not usable; the raw "
+                         "frames are in the spool and the detector files, reconstruct them offline")
+        return notes
 
     def metadata(self, state: str, metrics: dict | None = None) -> dict:
         rec, (origin, voxel, shape) = self.rec, self.grid

@@ -33,8 +33,10 @@ from bp_plugin.backend import get_backend
 from .assembly import RunAssembly, check_resources
 from .dfxrm_live import DfxrmRun, run_dfxrm
 from .live import LiveOptions, LiveReconstruction
-from .protocol import ProtocolError, check_run_uid, decode
+from .notices import publish_notice, queued_message, start_uid
+from .protocol import ProtocolError, decode
 from .receipts import bind_pair, decode_query
+from .workdir import done_on_disk, mark_failed, resume_dfxrm, resume_run, unfinished_runs
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class ServiceOptions:
     listen: str = "tcp://127.0.0.1:5577"
     workdir: Path = Path("out/reconstructor")
     tiled_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)    # never in a log line
     device: str = "auto"
     max_runs: int | None = None
     rcvhwm: int = 10000
@@ -98,6 +100,7 @@ class ReconstructorService:
         self.finished: dict[str, dict] = {}
         self.counters = {"messages": 0, "malformed": 0, "orphans": 0, "late": 0, "rejected_starts": 0}
         self._todo: queue.Queue = queue.Queue()
+        self._current: str | None = None               # the run the worker is on (read by the receiver)
         self._stop = threading.Event()
         self.progress = progress
         self._t_tick = 0.0
@@ -109,19 +112,8 @@ class ReconstructorService:
             from .publish import publish_pending
             for uid in publish_pending(self.client, self.workdir, min_interval_s=opts.live.publish_interval_s):
                 log.info("run %s: publishing its final result, which an earlier process could not", uid[:8])
-        for folder in sorted(p for p in self.workdir.iterdir() if p.is_dir()):
-            # runs an earlier process left unfinished: ended (stop.json) but without a result, or
-            # orphaned (no stop: that process was killed, and maybe its sender too); a run that
-            # failed is not tried again at every start (failed.json says why)
-            if self._done_on_disk(folder.name):
-                continue
-            asm = None
-            if (folder / "start.json").exists():
-                asm = RunAssembly.resume(folder)
-            elif (folder / "dfxrm_start.json").exists():
-                asm = self._resume_dfxrm(folder)
-            if asm is None:
-                continue
+        # runs an earlier process left unfinished (a failed one is not tried again at every start)
+        for asm in unfinished_runs(self.workdir, self.backend.xp):
             self.runs[asm.uid] = asm
             self._todo.put(asm.uid)
             if asm.stop is not None:
@@ -200,49 +192,32 @@ class ReconstructorService:
                              frames_placed=int(status.get("placed", status.get("frames_measured", 0))))
         self._receipts.send(json.dumps(reply).encode())
 
-    def _resume_dfxrm(self, folder) -> DfxrmRun | None:
-        try:
-            return DfxrmRun.resume(folder, xp=self.backend.xp)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("DF-XRM run in %s cannot be resumed: %s", folder, exc)
-            return None
-
     def _refused(self, parts, reason: str) -> None:
-        """A refused start message of a run with a usable uid: its refusal is published (status
-        "failed" and why), so whoever watches Tiled sees it, not only the log."""
-        try:
-            h = json.loads(bytes(parts[0].buffer if hasattr(parts[0], "buffer") else parts[0])[:1 << 20])
-            uid = check_run_uid(h.get("run_uid")) if h.get("kind") == "start" else None
-        except (ValueError, TypeError, AttributeError):
-            return
+        """A refused start message of a run with a usable uid: counted, and its refusal published
+        (status "failed" and why)."""
+        uid = start_uid(parts)
         if uid is None or uid in self.runs:
             return
         self.counters["rejected_starts"] += 1
-        if self.client is None:
-            return
-        md = {"kind": "bp-reconstruction", "version": 1, "raw_uid": uid,
-              "status": {"state": "failed", "message": f"start message refused: {reason}", "updated": time.time()}}
-        pub = self._publisher(uid, keep=False)
-        threading.Thread(target=pub.close, args=(md,), daemon=True, name=f"refuse-{uid[:8]}").start()
+        if self.client is not None:
+            publish_notice(self._publisher(uid, keep=False), uid, "failed", f"start message refused: {reason}")
+
+    def _announce_waiting(self, uid: str, behind: str) -> None:
+        """A run queued behind another is shown in Tiled at once as "waiting", and behind what."""
+        why = queued_message(behind, self.opts.idle_timeout_s)
+        log.info("run %s: %s", uid[:8], why)
+        if self.client is not None:
+            publish_notice(self._publisher(uid, keep=False), uid, "waiting", why)
 
     def _finished_state(self, uid: str) -> str | None:
         """The end state of run ``uid`` when this process or an earlier one finished it, else None."""
-        return self.finished.get(uid, {}).get("state") or self._done_on_disk(uid)
-
-    def _done_on_disk(self, uid: str) -> str | None:
-        """"final" or "failed" when an earlier process finished run ``uid`` in the work folder."""
-        folder = self.workdir / uid
-        if (folder / "failed.json").exists():
-            return "failed"
-        if (folder / "result.h5").exists() or (folder / "maps.h5").exists():
-            return "final"
-        return None
+        return self.finished.get(uid, {}).get("state") or done_on_disk(self.workdir, uid)
 
     def _assembly(self, uid: str) -> RunAssembly | DfxrmRun | None:
         asm = self.runs.get(uid)
-        if asm is None and uid not in self.finished and not self._done_on_disk(uid):
+        if asm is None and uid not in self.finished and not done_on_disk(self.workdir, uid):
             # a run an earlier process had started
-            asm = RunAssembly.resume(self.workdir / uid) or self._resume_dfxrm(self.workdir / uid)
+            asm = resume_run(self.workdir / uid, self.backend.xp)
             if asm is not None:
                 log.info("run %s: taken over from the spool of an earlier process", uid[:8])
                 self.runs[uid] = asm
@@ -262,7 +237,7 @@ class ReconstructorService:
                 return
             folder = self.workdir / uid
             if msg.header.get("technique") == "dfxrm":
-                asm = self._resume_dfxrm(folder) or DfxrmRun(msg.header, folder, xp=self.backend.xp)
+                asm = resume_dfxrm(folder, self.backend.xp) or DfxrmRun(msg.header, folder, xp=self.backend.xp)
             elif not (folder / "start.json").exists():
                 check_resources(msg.header, self.workdir)
                 asm = RunAssembly(msg.header, folder)
@@ -270,6 +245,8 @@ class ReconstructorService:
                 asm = RunAssembly.resume(folder)
             self.runs[uid] = asm
             self._todo.put(uid)
+            if self._current not in (None, uid):
+                self._announce_waiting(uid, self._current)
             return
         # the folder is looked at only for a run this process does not hold (not per frame)
         if uid not in self.runs and self._finished_state(uid):
@@ -304,13 +281,16 @@ class ReconstructorService:
                     uid = self._todo.get(timeout=0.2)
                 except queue.Empty:
                     continue
+                self._current = uid
                 try:
                     self.finished[uid] = self._run(self.runs[uid])
                 except Exception as exc:   # one bad run (out of memory, ...) must not stop the service
                     log.exception("run %s could not be reconstructed", uid[:8])
                     self.finished[uid] = {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}
+                finally:
+                    self._current = None
                 if self.finished[uid].get("state") == "failed":
-                    self._mark_failed(uid, self.finished[uid])
+                    mark_failed(self.workdir, uid, self.finished[uid])
                 self.runs.pop(uid, None)
                 done += 1
         finally:
@@ -318,14 +298,6 @@ class ReconstructorService:
             if self._rx.is_alive() and threading.current_thread() is not self._rx:
                 self._rx.join()
             self._ctx.term()
-
-    def _mark_failed(self, uid: str, status: dict) -> None:
-        """``failed.json`` in the run's folder: a restarted service does not try the run again."""
-        try:
-            (self.workdir / uid / "failed.json").write_text(json.dumps(
-                {"state": "failed", "message": status.get("message", ""), "time": time.time()}))
-        except OSError as exc:
-            log.warning("run %s: could not mark it failed: %s", uid[:8], exc)
 
     def start(self) -> threading.Thread:
         """Serve in a background thread (tests, the demo); returns the thread."""

@@ -12,14 +12,23 @@ Why a proxy and not the browser talking to Tiled directly:
   anything, because every method other than GET is refused here (405) and only read endpoints are
   forwarded; the viewer is read-only by construction, whoever opens it.
 
-Bodies are streamed (``httpx`` ``iter_raw``, compressed bytes passed through untouched), so a large
-slice costs no extra copy or latency. Run by hand::
+Read-only is not private: the proxy shows every run to whoever reaches it. On loopback that is the
+machine's users; bound to another interface (``--host 0.0.0.0``, the beamline network) the viewer
+refuses to start without a *browse key* (``$BP_VIEWER_KEY`` or ``--viewer-key-file``), distinct from
+the Tiled key: a browser opens ``URL?key=BROWSE_KEY`` once, gets it back as an HttpOnly cookie, and
+every request without it is answered 401. The browse key opens reading only; the Tiled key (which
+writes) stays on the server side.
 
-    python -m streaming.viewer_server --tiled-url http://127.0.0.1:8000 --api-key KEY --port 8765
+Bodies are streamed (``httpx`` ``iter_raw``, compressed bytes passed through untouched), so a large
+slice costs no extra copy or latency. Run by hand (the Tiled key from ``$BP_TILED_API_KEY`` or a file)::
+
+    BP_TILED_API_KEY=$(cat out/tiled/api_key) python -m streaming.viewer_server --tiled-url http://127.0.0.1:8000
 """
 from __future__ import annotations
 
 import argparse
+import hmac
+import ipaddress
 import logging
 import mimetypes
 import os
@@ -32,6 +41,8 @@ from pathlib import Path
 
 import httpx
 
+from bp_plugin.keys import add_key_args, read_key_file, resolve_key
+
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).with_name("viewer")
@@ -42,6 +53,9 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
                 ".css": "text/css; charset=utf-8"}
 REQUEST_HEADERS = ("accept", "accept-encoding", "if-none-match")
 # Tiled's CSRF cookie and hop-by-hop headers make no sense to the browser: only these are relayed.
+COOKIE = "bp_viewer_key"
+#: where the viewer's browse key comes from when it is bound off loopback
+BROWSE_KEY_ENV = "BP_VIEWER_KEY"
 RESPONSE_HEADERS = ("content-type", "content-encoding", "content-length", "etag", "cache-control",
                     "retry-after")
 
@@ -83,15 +97,49 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _refuse
 
     def do_HEAD(self):
+        if not self._admitted():
+            return
         if self.path.startswith("/api/"):
             return self._refuse()
         self._static()
 
     def do_GET(self):
+        if not self._admitted():
+            return
         if self.path.startswith("/api/"):
             self._proxy()
         else:
             self._static()
+
+    # --- browse key ----------------------------------------------------------------------------------
+    def _admitted(self) -> bool:
+        """True when no browse key is needed or the request holds it (cookie or ``Authorization:
+        Bearer``); ``?key=`` sets the cookie and redirects to the same page without it."""
+        key = self.server.viewer.browse_key
+        if not key:
+            return True
+        split = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(split.query)
+        given = query.get("key", [None])[0]
+        if given is not None and hmac.compare_digest(given.encode(), key.encode()):
+            rest = urllib.parse.urlencode([(k, v) for k, vs in query.items() if k != "key" for v in vs])
+            self.close_connection = True
+            self._text(303, "303 see the page", {
+                "Location": split.path + (f"?{rest}" if rest else ""), "Connection": "close",
+                "Set-Cookie": f"{COOKIE}={key}; HttpOnly; SameSite=Strict; Path=/"})
+            return False
+        cookies = {}
+        for part in self.headers.get("Cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            cookies[name] = value
+        bearer = self.headers.get("Authorization", "")
+        held = cookies.get(COOKIE) or (bearer[7:] if bearer.startswith("Bearer ") else "")
+        if held and hmac.compare_digest(held.encode(), key.encode()):
+            return True
+        self.close_connection = True
+        self._text(401, "401 this viewer needs its browse key: open its address with ?key=BROWSE_KEY "
+                        "(ask whoever started it)", {"Connection": "close"})
+        return False
 
     # --- static files ------------------------------------------------------------------------------
     def _static(self):
@@ -155,9 +203,10 @@ class _Handler(BaseHTTPRequestHandler):
 class ViewerServer:
     """A running viewer: ``url`` to open in a browser; ``stop()`` (or use as a context manager)."""
 
-    def __init__(self, tiled_url: str, api_key: str | None, host: str, port: int):
+    def __init__(self, tiled_url: str, api_key: str | None, host: str, port: int, browse_key: str | None = None):
         self.tiled_url = tiled_url.rstrip("/")
         self.api_key = api_key or ""
+        self.browse_key = browse_key or ""
         # one pooled client for all handler threads (httpx.Client is thread-safe); a long read
         # timeout because a large slice may take Tiled a while, a short connect one for a clear 502
         self.http = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0))
@@ -186,32 +235,57 @@ class ViewerServer:
         return f"ViewerServer(url={self.url!r}, tiled_url={self.tiled_url!r})"
 
 
-def start_viewer(tiled_url: str, api_key: str | None, *, host: str = "127.0.0.1", port: int = 0) -> ViewerServer:
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def start_viewer(tiled_url: str, api_key: str | None, *, host: str = "127.0.0.1", port: int = 0,
+                 browse_key: str | None = None) -> ViewerServer:
     """Serve the live viewer in a daemon thread and return at once.
 
     Args:
         tiled_url: base URL of the Tiled server (e.g. ``TiledServer.url``).
         api_key: Tiled API key; added to forwarded requests, never sent to the browser.
         host: interface to listen on; ``"0.0.0.0"`` to let other machines of the beamline network
-            open the page (read-only, see the module docstring).
+            open the page (read-only, see the module docstring), which needs ``browse_key``.
         port: TCP port; 0 picks a free one (see ``ViewerServer.url``).
+        browse_key: the key a browser must present (``?key=`` once, then a cookie); required
+            off loopback, optional on it.
     """
     if not (STATIC_DIR / "index.html").is_file():
         raise FileNotFoundError(f"viewer files missing in {STATIC_DIR}")
-    return ViewerServer(tiled_url, api_key, host, port)
+    if not browse_key and not is_loopback(host):
+        raise ValueError(f"the viewer shows every run to whoever reaches it: bound to {host} (off loopback) it "
+                         f"needs a browse key; set ${BROWSE_KEY_ENV} or --viewer-key-file PATH, and give the "
+                         "page's address with ?key=THAT_KEY to the people who may look")
+    return ViewerServer(tiled_url, api_key, host, port, browse_key)
 
 
 def main(argv=None) -> None:
     """``python -m streaming.viewer_server``: serve the viewer until Ctrl-C."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiled-url", required=True, help="Tiled server URL, e.g. http://127.0.0.1:8000")
-    ap.add_argument("--api-key", default=os.environ.get("BP_TILED_API_KEY"),
-                    help="Tiled API key (default: $BP_TILED_API_KEY)")
-    ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    add_key_args(ap)
+    ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines (needs a browse key)")
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--viewer-key-file", default=None, metavar="PATH",
+                    help=f"file holding the browse key browsers must give (default: ${BROWSE_KEY_ENV})")
     args = ap.parse_args(argv)
-    with start_viewer(args.tiled_url, args.api_key, host=args.host, port=args.port) as v:
-        print(f"live viewer at {v.url} (reading {v.tiled_url}); Ctrl-C to stop", flush=True)
+    try:
+        browse = read_key_file(args.viewer_key_file) if args.viewer_key_file else os.environ.get(BROWSE_KEY_ENV)
+        viewer = start_viewer(args.tiled_url, resolve_key(args.api_key_file), host=args.host, port=args.port,
+                              browse_key=browse)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise SystemExit(f"viewer: error: {exc}") from None
+    with viewer as v:
+        print(f"live viewer at {v.url} (reading {v.tiled_url}){'; browsers open it with ?key=...' if browse else ''}"
+              "; Ctrl-C to stop", flush=True)
         try:
             while True:
                 time.sleep(3600)

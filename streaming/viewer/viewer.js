@@ -354,6 +354,9 @@ function renderStatus() {
   $("state").className = "badge state-" + (st.state || "none");
   document.body.dataset.state = st.state || "";
   $("behind").hidden = !st.behind;
+  // what to know before trusting the run: queued behind another, frames missing, a refusal, NaN
+  $("status-msg").textContent = st.message || "";
+  $("status-msg").hidden = !st.message;
   for (const k of ["placed", "duplicates", "rejected", "missing", "recovered", "iteration", "stage"])
     $("c-" + k).textContent = st[k] ?? "–";
   $("c-error").textContent = typeof st.error === "number" ? st.error.toPrecision(4) : "–";

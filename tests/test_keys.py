@@ -1,0 +1,63 @@
+"""Secrets never on a command line or in a log; a read-only browse key for a viewer off loopback."""
+from __future__ import annotations
+
+import os
+import stat
+
+import httpx
+import pytest
+
+from bp_plugin.cli import main
+from bp_plugin.keys import read_key_file, write_key_file
+from streaming.viewer_server import start_viewer
+
+
+def test_the_tiled_key_is_in_no_command_line_and_in_a_private_file(tiled_server):
+    key = tiled_server.api_key
+    with open(f"/proc/{tiled_server.process.pid}/cmdline", "rb") as f:
+        argv = f.read().decode(errors="replace")
+    assert "serve" in argv and key not in argv                        # ps shows the command, not the key
+    assert read_key_file(tiled_server.key_file) == key
+    assert stat.S_IMODE(os.stat(tiled_server.key_file).st_mode) == 0o600
+    assert key not in repr(tiled_server)
+    assert httpx.get(f"{tiled_server.url}/api/v1/metadata/").status_code == 401
+    ok = httpx.get(f"{tiled_server.url}/api/v1/metadata/", headers={"Authorization": f"Apikey {key}"})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("argv", [["export", "RUN", "--out", "x.h5", "--api-key", "s3cret"],
+                                  ["serve", "--api-key", "-dash-key"], ["reconstructor", "--api-key=s3cret"]])
+def test_a_key_on_the_command_line_is_refused_in_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "BP_TILED_API_KEY" in err and "--api-key-file" in err, err
+    assert "s3cret" not in err
+
+
+def test_a_key_file_is_read_and_a_missing_one_named(tmp_path, monkeypatch, capsys):
+    path = write_key_file(tmp_path / "k", "abc123")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and read_key_file(path) == "abc123"
+    monkeypatch.delenv("BP_TILED_API_KEY", raising=False)
+    assert main(["export", "RUN", "--out", str(tmp_path / "x.h5"), "--api-key-file", str(tmp_path / "none"),
+                 "--tiled-url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no API key file" in err, err
+
+
+def test_off_loopback_the_viewer_wants_a_browse_key_and_checks_it(tiled_server):
+    with pytest.raises(ValueError, match="browse key"):
+        start_viewer(tiled_server.url, tiled_server.api_key, host="0.0.0.0")
+    with start_viewer(tiled_server.url, tiled_server.api_key, browse_key="look-only") as v:
+        with httpx.Client(base_url=v.url.rstrip("/")) as c:
+            assert c.get("/").status_code == 401
+            assert c.get("/api/v1/metadata/").status_code == 401
+            assert c.get("/?key=wrong").status_code == 401
+            r = c.get("/?key=look-only&run=abc")
+            assert r.status_code == 303 and r.headers["location"] == "/?run=abc"
+            assert "HttpOnly" in r.headers["set-cookie"] and "bp_viewer_key" in c.cookies
+            assert c.get("/").status_code == 200
+            assert c.get("/api/v1/metadata/").status_code == 200          # reads, with the Tiled key server-side
+            assert c.post("/api/v1/metadata/", json={}).status_code == 405  # and never writes
+        assert httpx.get(v.url, headers={"Authorization": "Bearer look-only"}).status_code == 200
