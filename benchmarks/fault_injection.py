@@ -83,9 +83,9 @@ def kill_mid_run(scan, work: Path, fraction: float, rate: float = 60.0) -> dict:
     return _outcome(n, fin, result["receipt"])
 
 
-def _spool_then(scan, work: Path, n_first: int, uid: str):
+def _spool_then(scan, work: Path, n_first: int, uid: str, args=QUICK):
     """A reconstructor that has spooled the start and ``n_first`` frames; returns (process, sender, points)."""
-    rp = start_reconstructor(work, extra_args=QUICK)
+    rp = start_reconstructor(work, extra_args=args)
     ds = read_dataset(scan)
     pts = [tuple(int(v) for v in p) for p in np.argwhere(ds.measured)]
     s = FrameSender(rp.address, timeout_s=5.0)
@@ -153,6 +153,28 @@ def final_phase(scan, work: Path) -> dict:
     return _outcome(int(read_dataset(scan).measured.sum()), fin, r["receipt"])
 
 
+def abandoned_then_newer(scan, work: Path) -> dict:
+    """A sender dies after 40 frames of run A (no stop); run B follows at once: B is confirmed, A ends
+    after the idle timeout with its 40 frames, then B is reconstructed whole."""
+    rp, s, _, _ = _spool_then(scan, work, 40, "abandoned-run", QUICK + ["--idle-timeout", "5"])
+    s.close(0)
+    try:
+        r = send_dataset(scan, rp.address, progress=False, confirm_timeout_s=60)
+        uids = ("abandoned-run", r["run_uid"])
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not all((work / u / "metrics.json").exists() for u in uids):
+            time.sleep(0.5)
+    finally:
+        rp.stop()
+    got = [json.loads((work / u / "metrics.json").read_text())["counters"]["frames_measured"]
+           if (work / u / "metrics.json").exists() else 0 for u in uids]
+    n_b = int(read_dataset(scan).measured.sum())
+    ok = r["receipt"]["confirmed"] and got == [40, n_b]
+    return {"ok": bool(ok), "observed": f"A final {got[0]}/40, B final {got[1]}/{n_b}"
+            + (", confirmed" if r["receipt"]["confirmed"] else ", unconfirmed"),
+            "frames_lost": (40 - got[0]) + (n_b - got[1]), "resent": r["receipt"].get("resent", 0)}
+
+
 def nobody_listens(scan, work: Path) -> dict:
     r = send_dataset(scan, free_tcp_address(), progress=False, confirm_timeout_s=2.0)
     ok = not r["receipt"]["confirmed"] and "no reconstructor answered" in r["receipt"]["reason"]
@@ -167,6 +189,7 @@ CASES = {
     "kill -9 mid-run, sender gone": ("final (adopted)", orphaned),
     "kill -9 in the final phase": ("final, confirmed", final_phase),
     "stream with nobody listening": ("refused, exit 1", nobody_listens),
+    "sender dies, a newer run follows": ("both final, newer confirmed", abandoned_then_newer),
 }
 
 

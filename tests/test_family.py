@@ -181,7 +181,8 @@ def test_the_probe_error_weighs_the_beam_where_it_meets_the_crystal(tiny_dataset
     assert a["probe_error"] < 0.02 and a["probe_error_section"] > 0.3, (a["probe_error"], a["probe_error_section"])
     wrong_seen = np.where(cov > 0.05, truth * (1 + 0.3 * noise), truth)
     b = probe_quality(wrong_seen, op.p1_m, op.r2_m, gt["probe"], gt["probe_p1_m"], gt["probe_p2_m"], coverage=cov)
-    assert b["probe_error"] > 0.2, b["probe_error"]
+    # 30 % complex noise on the lit part: an error of that order, ten times the unseen case's bound
+    assert b["probe_error"] > 0.15 and b["probe_error"] > 10 * a["probe_error"], (b["probe_error"], a["probe_error"])
 
 
 def test_an_object_slid_along_k_i_is_aligned_back(tiny_dataset):

@@ -25,14 +25,17 @@ class ProbeOperator:
     Args:
         layout: the scan layout (box shape, voxel sizes, geometry).
         backend: array backend.
-        subsample: p1 samples per ``sin(2 tB) dr3`` (2 by default).
+        subsample: p1 samples per ``sin(2 tB) dr3`` (default: ``ReconConfig.probe_subsample``).
         na_factor: the NA constraint keeps spatial frequencies within ``na_factor * NA``.
     """
 
-    def __init__(self, layout: ScanLayout, backend: Backend | None = None, *, subsample: int = 2,
+    def __init__(self, layout: ScanLayout, backend: Backend | None = None, *, subsample: int | None = None,
                  na_factor: float = 1.5):
         import scipy.sparse as sp
 
+        from .config import ReconConfig
+
+        subsample = ReconConfig.probe_subsample if subsample is None else int(subsample)
         self.layout = layout
         self.backend = backend or get_backend("cpu")
         xp = self.backend.xp
