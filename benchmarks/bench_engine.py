@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bp_plugin.backend import FFT_LIBRARIES, cpu_fft, get_backend  # noqa: E402
+from bp_plugin.defaults import SHORT  # noqa: E402
 from bp_plugin.recon.config import ReconConfig  # noqa: E402
 from bp_plugin.recon.engine import Reconstructor  # noqa: E402
 from bp_plugin.sheared_fft import ShearedFFT  # noqa: E402
@@ -129,8 +130,7 @@ def converge(ds, backend, kernels: str) -> dict:
     from bp_plugin.recon.curriculum import angle_curriculum
     from bp_plugin.recon.results import evaluate
 
-    cfg = ReconConfig(kernels=kernels).scaled(60)
-    cfg.ml_iterations = 20
+    cfg = ReconConfig(kernels=kernels).with_schedule(SHORT)
     rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg, backend=backend)
     t0 = time.perf_counter()
     n_curr = angle_curriculum(rec, CURRICULUM.get(ds.metadata.get("preset"), 5))

@@ -47,10 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_engine import fft_floor, iteration_time, sync  # noqa: E402
 from bp_plugin.backend import get_backend  # noqa: E402
+from bp_plugin.defaults import PAPER, SHORT  # noqa: E402
 from bp_plugin.recon.config import ReconConfig  # noqa: E402
 from bp_plugin.recon.engine import Reconstructor  # noqa: E402
 
-PAPER_SCHEDULE = (1000, 500)
+PAPER_SCHEDULE = (PAPER.iterations, PAPER.ml_iterations)
 
 
 def synthetic_scan(preset: str, n_positions: int | None, seed: int = 0):
@@ -158,8 +159,7 @@ def engine_rows(backend, quick: bool, repeats: int) -> dict:
 def paper_schedule(backend, quick: bool, iterations, budget_s: float) -> dict:
     geo, frames, t, mask = synthetic_scan("paper", 4 if quick else None)
     joint, ml = iterations
-    cfg = ReconConfig(upsampling=geo.upsampling).scaled(joint)
-    cfg.ml_iterations = ml
+    cfg = ReconConfig(upsampling=geo.upsampling).scaled(joint, ml)
     t0 = time.perf_counter()
     rec = Reconstructor(geo, frames, t, mask, config=cfg, backend=backend)
     sync(backend)
@@ -208,8 +208,7 @@ def quality(backend, quick: bool) -> dict:
         path = Path(tmp, f"{preset}.h5")
         sim = simulate_to_file(path, preset, progress=False, device=backend.device)
         ds = read_dataset(path)
-    cfg = ReconConfig().scaled(60)
-    cfg.ml_iterations = 20
+    cfg = ReconConfig().with_schedule(SHORT)
     t0 = time.perf_counter()
     rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg, backend=backend)
     angle_curriculum(rec, 5 if quick else 10)

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 
+from . import defaults
 from .geometry import ExperimentGeometry
 from .keys import ENV, add_key_args, resolve_key
 
@@ -133,7 +134,8 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     from .recon.run import ReconstructOptions
 
     _reconstruct(a.scan, a.out, ReconstructOptions(
-        iterations=a.iterations, ml_iterations=a.ml_iterations, upsampling=a.upsampling, fixed_probe=a.fixed_probe,
+        schedule=a.schedule, iterations=a.iterations, ml_iterations=a.ml_iterations, upsampling=a.upsampling,
+        fixed_probe=a.fixed_probe,
         probe_warmup=a.probe_warmup, angle_curriculum=a.angle_curriculum,
         sample_tilt_deg=tuple(a.sample_tilt) if a.sample_tilt else None, mode=a.mode, device=a.device, resume=a.resume, progress=not a.no_progress, figures=not a.no_figures,
         seed=a.seed))
@@ -303,8 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("reconstruct", help="reconstruct a scan file (joint probe, object and background)")
     pr.add_argument("scan", help="HDF5 dataset (docs/dataset-format.md)")
     pr.add_argument("--out", required=True, help="result HDF5; metrics.json and PNGs go beside it")
+    pr.add_argument("--schedule", default=defaults.PAPER.name, choices=list(defaults.SCHEDULES),
+                    help="named schedule: " + ", ".join(f"{s.name} ({s.iterations} joint + {s.ml_iterations} ML)"
+                                                        for s in defaults.SCHEDULES.values()) + "; default %(default)s")
     pr.add_argument("--iterations", type=int, default=None,
-                    help="joint updates; the paper's schedule (1000) is compressed to this many")
+                    help="joint updates; the schedule is compressed to this many (ML in proportion)")
     pr.add_argument("--ml-iterations", type=int, default=None, help="maximum-likelihood iterations after them")
     pr.add_argument("--upsampling", type=int, default=None,
                     help="angular up-sampling ratio (default: what the geometry needs for a beam filling the "
@@ -333,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--preset", default="small", help="tiny | small | paper")
     pd.add_argument("--out", default="out/demo", help="output folder")
     pd.add_argument("--seed", type=int, default=0)
-    pd.add_argument("--iterations", type=int, default=40, help="joint updates of the reconstruction (0: none)")
-    pd.add_argument("--ml-iterations", type=int, default=10)
+    pd.add_argument("--iterations", type=int, default=defaults.DEMO.iterations,
+                    help="joint updates of the reconstruction (0: none)")
+    pd.add_argument("--ml-iterations", type=int, default=defaults.DEMO.ml_iterations)
     pd.add_argument("--no-browser", action="store_true", help="do not open the viewer in a browser")
     pd.add_argument("--offline", action="store_true",
                     help="no streaming: simulate a scan file, then reconstruct it (the file-based path)")
@@ -383,23 +389,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     pc = sub.add_parser("reconstructor", help="the online reconstructor service: frames in over ZeroMQ, "
                                               "results out to Tiled, run after run")
-    pc.add_argument("--listen", default="tcp://127.0.0.1:5577", help="ZeroMQ address to bind (PULL)")
+    pc.add_argument("--listen", default=defaults.LISTEN, help="ZeroMQ address to bind (PULL)")
     pc.add_argument("--workdir", default="out/reconstructor", help="spool, checkpoints and results, per run")
     pc.add_argument("--tiled-url", default=os.environ.get("BP_TILED_URL"),
                     help="publish results there (default $BP_TILED_URL; none: not published)")
     add_key_args(pc)
     pc.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    pc.add_argument("--iterations", type=int, default=60, help="joint iterations of the final schedule")
-    pc.add_argument("--ml-iterations", type=int, default=20, help="ML iterations of the final schedule")
-    pc.add_argument("--catch-up-per-angle", type=int, default=6, metavar="N",
+    pc.add_argument("--iterations", type=int, default=defaults.STREAM_FINAL.iterations,
+                    help="joint iterations of the final schedule")
+    pc.add_argument("--ml-iterations", type=int, default=defaults.STREAM_FINAL.ml_iterations,
+                    help="ML iterations of the final schedule")
+    pc.add_argument("--catch-up-per-angle", type=int, default=defaults.CATCH_UP_PER_ANGLE, metavar="N",
                     help="when the live phase ran fewer than N iterations per angle (frames came faster than it "
                          "iterated), restart the object and run the angle curriculum at N per angle before the "
                          "final schedule (0: never)")
-    pc.add_argument("--publish-interval", type=float, default=1.0, help="seconds between publications")
-    pc.add_argument("--checkpoint-interval", type=float, default=10.0,
+    pc.add_argument("--publish-interval", type=float, default=defaults.PUBLISH_INTERVAL_S,
+                    help="seconds between publications")
+    pc.add_argument("--checkpoint-interval", type=float, default=defaults.CHECKPOINT_INTERVAL_S,
                     help="seconds between checkpoints of a run (what a restarted service continues from)")
     pc.add_argument("--max-runs", type=int, default=None, help="exit after this many runs (default: serve on)")
-    pc.add_argument("--idle-timeout", type=float, default=600.0, metavar="S",
+    pc.add_argument("--idle-timeout", type=float, default=defaults.IDLE_TIMEOUT_S, metavar="S",
                     help="a run without its stop message and without a frame for S seconds is finished with "
                          "the frames it has, once a newer run waits or when no sender is left (adopted at start-up)")
     pc.add_argument("--quiet", action="store_true", help="no status lines")
@@ -407,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("stream", help="stream a recorded dataset file to an online reconstructor")
     pt.add_argument("scan", help="dataset file (.h5)")
-    pt.add_argument("--to", default="tcp://127.0.0.1:5577", help="the reconstructor's address")
+    pt.add_argument("--to", default=defaults.LISTEN, help="the reconstructor's address")
     pt.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as taken)")
     pt.add_argument("--no-progress", action="store_true")
     pt.add_argument("--confirm-timeout", type=float, default=30.0, metavar="S",

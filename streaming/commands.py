@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from bp_plugin import defaults
+
 
 def status_line(st: dict) -> str:
     """One line of reconstruction status, for terminals and logs."""
@@ -23,8 +25,11 @@ def status_line(st: dict) -> str:
 
 
 def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, device="auto", max_runs=None,
-                      final_iterations=60, ml_iterations=20, publish_interval_s=1.0, checkpoint_interval_s=10.0,
-                      catch_up_per_angle=6, quiet=False, idle_timeout_s=600.0) -> int:
+                      final_iterations=defaults.STREAM_FINAL.iterations,
+                      ml_iterations=defaults.STREAM_FINAL.ml_iterations,
+                      publish_interval_s=defaults.PUBLISH_INTERVAL_S, checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S,
+                      catch_up_per_angle=defaults.CATCH_UP_PER_ANGLE, quiet=False,
+                      idle_timeout_s=defaults.IDLE_TIMEOUT_S) -> int:
     """``bp-plugin reconstructor``: serve until Ctrl-C / SIGTERM (or ``max_runs`` runs)."""
     from .live import LiveOptions
     from .service import ReconstructorService, ServiceOptions

@@ -15,6 +15,8 @@ import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
 
+from bp_plugin.defaults import DEMO
+
 
 @dataclass
 class DemoOptions:
@@ -24,8 +26,8 @@ class DemoOptions:
     out: Path = Path("out/demo")
     seed: int = 0
     browser: bool = True
-    iterations: int = 40
-    ml_iterations: int = 10
+    iterations: int = DEMO.iterations
+    ml_iterations: int = DEMO.ml_iterations
     progress: bool = True
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from bp_plugin.backend import Backend
+from bp_plugin.defaults import (CATCH_UP_PER_ANGLE, CHECKPOINT_INTERVAL_S, PROBE_AFTER_FRACTION, PUBLISH_INTERVAL_S,
+                                STREAM_FINAL)
 from bp_plugin.recon.config import ReconConfig
 from bp_plugin.recon.curriculum import angle_curriculum
 from bp_plugin.recon.engine import Reconstructor
@@ -66,17 +68,17 @@ class LiveOptions:
             ``small``, 2 CPU cores).
     """
 
-    final_iterations: int = 60
-    ml_iterations: int | None = 20
-    probe_after_fraction: float = 0.5
-    publish_interval_s: float = 1.0
-    checkpoint_interval_s: float = 10.0
+    final_iterations: int = STREAM_FINAL.iterations
+    ml_iterations: int | None = STREAM_FINAL.ml_iterations
+    probe_after_fraction: float = PROBE_AFTER_FRACTION
+    publish_interval_s: float = PUBLISH_INTERVAL_S
+    checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S
     behind_after_s: float = 2.0
     mode: str = "sequential"
     upsampling: int | None = None
     figures: bool = True
     restart_object: bool = False
-    catch_up_per_angle: int = 6
+    catch_up_per_angle: int = CATCH_UP_PER_ANGLE
 
     def __post_init__(self) -> None:
         if self.catch_up_per_angle < 0:
@@ -99,11 +101,11 @@ class LiveReconstruction:
     def __init__(self, asm: RunAssembly, opts: LiveOptions, backend: Backend):
         self.asm, self.opts = asm, opts
         geo = asm.geometry
-        self.final_config = ReconConfig(mode=opts.mode, upsampling=opts.upsampling).scaled(opts.final_iterations)
-        if opts.ml_iterations is not None:
-            self.final_config.ml_iterations = opts.ml_iterations
-        # the live configuration: first slab only, no shrink-wrap, probe released later
-        self.live_config = self.final_config.on_first_slab(probe_update=False)
+        self.final_config = ReconConfig(mode=opts.mode, upsampling=opts.upsampling).scaled(opts.final_iterations,
+                                                                                            opts.ml_iterations)
+        # the live configuration: first slab only, no shrink-wrap; the probe is held until enough
+        # frames are in (live_step)
+        self.live_config = self.final_config.on_first_slab()
         empty = np.zeros(asm.shape, np.float32)
         self.rec = Reconstructor(geo, empty, asm.translations_m, asm.mask(), np.zeros(asm.shape[:2], bool),
                                  config=self.live_config, backend=backend)
@@ -152,10 +154,8 @@ class LiveReconstruction:
         rec = self.rec
         if not rec.measured.any():
             return None
-        frac = rec.measured.mean()
-        rec.config.probe_update = frac >= self.opts.probe_after_fraction
-        err = rec.step()
-        rec.history[-1].update(stage="live", angles_seen=int(rec.measured.any(axis=1).sum()))
+        err = rec.step(hold_probe=rec.measured.mean() < self.opts.probe_after_fraction, stage="live")
+        rec.history[-1]["angles_seen"] = int(rec.measured.any(axis=1).sum())
         return err
 
     def live_iterations_per_angle(self, history: list[dict]) -> float:
@@ -172,10 +172,8 @@ class LiveReconstruction:
         """The full schedule from the live state (the iteration count restarts for the schedule)."""
         rec = self.rec
         self.stage = "final-schedule"
-        rec.config = self.final_config
         self._live_history = list(rec.history)
-        rec.iteration = 0
-        rec.history = []
+        rec.begin_schedule(self.final_config, keep_history=False)
         per = self.opts.catch_up_per_angle
         catch_up = per > 0 and self.live_iterations_per_angle(self._live_history) < per
         if self.opts.restart_object or catch_up:

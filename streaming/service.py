@@ -29,6 +29,7 @@ from pathlib import Path
 import zmq
 
 from bp_plugin.backend import get_backend
+from bp_plugin.defaults import IDLE_TIMEOUT_S, LISTEN
 
 from .assembly import RunAssembly, check_resources
 from .dfxrm_live import DfxrmRun, run_dfxrm
@@ -46,7 +47,8 @@ class ServiceOptions:
     """Settings of the service.
 
     Attributes:
-        listen: ZeroMQ address to bind (``tcp://127.0.0.1:5577``; port 0 or ``*`` picks a free one).
+        listen: ZeroMQ address to bind (``bp_plugin.defaults.LISTEN``, loopback; port 0 or ``*``
+            picks a free one).
         workdir: spool, checkpoints and results, one folder per run.
         tiled_url, api_key: where results are published (None: not published).
         device: ``auto``, ``cpu`` or ``gpu``.
@@ -59,7 +61,7 @@ class ServiceOptions:
         live: :class:`LiveOptions`.
     """
 
-    listen: str = "tcp://127.0.0.1:5577"
+    listen: str = LISTEN
     workdir: Path = Path("out/reconstructor")
     tiled_url: str | None = None
     api_key: str | None = field(default=None, repr=False)    # never in a log line
@@ -67,7 +69,7 @@ class ServiceOptions:
     max_runs: int | None = None
     rcvhwm: int = 10000
     max_message_bytes: int = 256 << 20
-    idle_timeout_s: float = 600.0
+    idle_timeout_s: float = IDLE_TIMEOUT_S
     live: LiveOptions = field(default_factory=LiveOptions)
 
 

@@ -7,12 +7,14 @@ object error 0.208; batched mode 0.247 and 5.4e-5. Thresholds sit about 30 % abo
 values, so a regression of the engine, the simulator or the metrics fails them, while
 seed-to-seed noise does not.
 """
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
 
+from bp_plugin.defaults import SHORT
 from bp_plugin.geometry import ExperimentGeometry, lab_to_recon
 from bp_plugin.recon.config import ReconConfig
 from bp_plugin.recon.engine import Reconstructor
@@ -32,10 +34,9 @@ def make_rec(ds, **kw):
     # the ratio these thresholds were measured at (the tiny file's own); the default
     # (geometry.upsampling_default(), x3 here) is exercised by tests/test_family.py
     kw.setdefault("upsampling", 2)
-    iterations = kw.pop("iterations", 60)
-    ml = kw.pop("ml_iterations", 20)
-    cfg = ReconConfig(**kw).scaled(iterations)
-    cfg.ml_iterations = ml
+    iterations = kw.pop("iterations", SHORT.iterations)
+    ml = kw.pop("ml_iterations", SHORT.ml_iterations)
+    cfg = ReconConfig(**kw).scaled(iterations, ml)
     return Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg)
 
 
@@ -195,7 +196,7 @@ def test_probe_warmup_recovers_from_a_plain_gaussian_probe(tiny_scan):
     runs = {}
     for warm in (0, 20):
         rec = make_rec(ds)
-        rec.config.probe_warmup = warm
+        rec.config = dataclasses.replace(rec.config, probe_warmup=warm)
         rec.probe2d = rec.backend.xp.asarray(_gaussian(rec))
         rec.scale_probe_to_data()
         rec.run()

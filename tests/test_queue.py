@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 
-from bp_plugin.dataset import read_dataset
 from streaming import protocol
 from streaming.live import LiveOptions
 from streaming.processes import wait_for_state

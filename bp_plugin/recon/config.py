@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from ..defaults import PAPER, Schedule
+
 KERNELS = ("fast", "reference")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReconConfig:
     """Joint object / probe / background refinement and its schedule.
 
@@ -60,8 +62,8 @@ class ReconConfig:
             benchmarks). Both give the same reconstruction to float32 rounding.
     """
 
-    iterations: int = 1000
-    ml_iterations: int = 500
+    iterations: int = PAPER.iterations
+    ml_iterations: int = PAPER.ml_iterations
     probe_update: bool = True
     probe_freeze: int = 5
     probe_warmup: int = 0
@@ -115,19 +117,22 @@ class ReconConfig:
                 t = thick
         return t
 
-    def scaled(self, iterations: int) -> "ReconConfig":
-        """The same schedule compressed to ``iterations`` joint updates (ML scaled alike)."""
+    def scaled(self, iterations: int, ml_iterations: int | None = None) -> "ReconConfig":
+        """The same schedule compressed to ``iterations`` joint updates: slab steps, shrink-wrap
+        window and warm-up scaled alike, and the ML share too unless ``ml_iterations`` is given."""
         f = iterations / self.iterations
-        c = ReconConfig(**{**asdict(self)})
-        c.iterations = iterations
-        c.ml_iterations = int(round(self.ml_iterations * f))
-        c.slab_steps = tuple(int(round(s * f)) for s in self.slab_steps)
-        c.shrinkwrap_start = int(round(self.shrinkwrap_start * f))
-        c.shrinkwrap_stop = int(round(self.shrinkwrap_stop * f))
-        c.shrinkwrap_every = max(1, int(round(self.shrinkwrap_every * f)))
-        c.probe_warmup = int(round(self.probe_warmup * f))
-        c.__post_init__()                   # e.g. a warm-up compressed below probe_freeze
-        return c
+        # replace() runs __post_init__ again: e.g. a warm-up compressed below probe_freeze is refused
+        return replace(self, iterations=iterations,
+                       ml_iterations=int(round(self.ml_iterations * f)) if ml_iterations is None else int(ml_iterations),
+                       slab_steps=tuple(int(round(s * f)) for s in self.slab_steps),
+                       shrinkwrap_start=int(round(self.shrinkwrap_start * f)),
+                       shrinkwrap_stop=int(round(self.shrinkwrap_stop * f)),
+                       shrinkwrap_every=max(1, int(round(self.shrinkwrap_every * f))),
+                       probe_warmup=int(round(self.probe_warmup * f)))
+
+    def with_schedule(self, schedule: Schedule) -> "ReconConfig":
+        """:meth:`scaled` to a named schedule of :mod:`bp_plugin.defaults` (e.g. ``SHORT``, 60 + 20)."""
+        return self.scaled(schedule.iterations, schedule.ml_iterations)
 
     def on_first_slab(self, **changes) -> "ReconConfig":
         """This configuration without its schedule: endless joint iterations on the first slab, no

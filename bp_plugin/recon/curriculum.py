@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..defaults import PROBE_AFTER_FRACTION
 from .engine import Reconstructor
 
 
-def angle_curriculum(rec: Reconstructor, per_angle: int, callback=None, probe_after_fraction: float = 0.5) -> int:
+def angle_curriculum(rec: Reconstructor, per_angle: int, callback=None, probe_after_fraction: float = PROBE_AFTER_FRACTION) -> int:
     """Run ``per_angle`` iterations after adding each measured angle (ascending index), then leave
     ``rec`` ready for its schedule (iteration 0, every frame measured, its own configuration).
 
@@ -40,14 +41,12 @@ def angle_curriculum(rec: Reconstructor, per_angle: int, callback=None, probe_af
         for ia in np.flatnonzero(full.any(axis=1)):
             rec.measured[ia] = full[ia]
             for _ in range(per_angle):
-                rec.config.probe_update = cfg.probe_update and rec.measured.sum() >= probe_after_fraction * full.sum()
-                rec.step()
-                rec.history[-1]["stage"] = "curriculum"
+                rec.step(hold_probe=rec.measured.sum() < probe_after_fraction * full.sum(), stage="curriculum")
                 n += 1
                 if callback is not None:
                     callback(rec)
     finally:
         rec.measured[:] = full
         rec.config = cfg
-    rec.iteration = 0                       # the schedule (slab steps, shrink-wrap, ML) starts now
+    rec.begin_schedule()                    # the schedule (slab steps, shrink-wrap, ML) starts now
     return n

@@ -310,11 +310,30 @@ class Reconstructor:
         # the order depends only on (seed, iteration), so a resumed run repeats an uninterrupted one
         return np.random.default_rng((self.config.seed, self.iteration)).permutation(self.active_positions())
 
-    def step(self) -> float:
-        """One iteration (every measured position once); returns the normalised cost."""
+    def begin_schedule(self, config: ReconConfig | None = None, *, keep_history: bool = True) -> None:
+        """The schedule of ``config`` (else the one in force) starts now from the current state: the
+        iteration count goes back to 0, so slab steps, shrink-wrap, warm-up and ML count from here
+        (after an angle curriculum or a live phase). ``keep_history=False`` empties the history
+        (a caller that set the earlier iterations aside)."""
+        if config is not None:
+            self.config = config
+        self.iteration = 0
+        if not keep_history:
+            self.history = []
+
+    def step(self, *, hold_probe: bool = False, stage: str | None = None) -> float:
+        """One iteration (every measured position once); returns the normalised cost.
+
+        Args:
+            hold_probe: keep the probe this iteration whatever the configuration says (a live phase
+                or a curriculum before enough frames are in).
+            stage: recorded in the iteration's history entry (default: ``"warmup"`` during the
+                probe warm-up, none otherwise).
+        """
         self._apply_schedule()
         it = self.schedule_iteration
-        update_probe = self.config.probe_update and (it if it >= 0 else self.iteration) >= self.config.probe_freeze
+        update_probe = (self.config.probe_update and not hold_probe
+                        and (it if it >= 0 else self.iteration) >= self.config.probe_freeze)
         t0 = time.perf_counter()
         if self.config.mode == "sequential":
             cost, norm = self._step_sequential(update_probe)
@@ -323,7 +342,8 @@ class Reconstructor:
         cost, norm = float(cost), float(norm)                 # the iteration's one wait for the device
         err = cost / norm if norm > 0 else float("nan")
         self.history.append({"iteration": self.iteration, "error": err, "seconds": time.perf_counter() - t0,
-                             "probe_update": bool(update_probe), **({"stage": "warmup"} if it < 0 else {})})
+                             "probe_update": bool(update_probe),
+                             **({"stage": stage} if stage else {"stage": "warmup"} if it < 0 else {})})
         self.iteration += 1
         return err
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from ..backend import get_backend
 from ..dataset import read_dataset
+from ..defaults import PAPER, schedule
 from .config import ReconConfig
 from .engine import Reconstructor
 from .results import default_lab_grid, evaluate, lab_maps, load_state, save_result
@@ -35,12 +36,13 @@ def curriculum_per_angle(requested: int | None, n_measured_angles: int, resuming
     return AUTO_CURRICULUM_PER_ANGLE if not resuming and n_measured_angles >= AUTO_CURRICULUM_MIN_ANGLES else 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReconstructOptions:
     """What the command line sets; ``None`` keeps the defaults of :class:`ReconConfig`.
 
-    ``iterations`` compresses the paper's schedule (slab steps, shrink-wrap window, ML share) to
-    that many joint updates; ``ml_iterations`` then overrides the ML count; ``probe_warmup``
+    ``schedule`` names one of :data:`bp_plugin.defaults.SCHEDULES` (the paper's 1000 + 500 by
+    default); ``iterations`` compresses it (slab steps, shrink-wrap window, ML share) to that many
+    joint updates; ``ml_iterations`` then overrides the ML count; ``probe_warmup``
     (joint iterations, not compressed) learns the probe first and restarts the object with it;
     ``sample_tilt_deg`` states the foil's tilt (else the scan's geometry's, else none);
     ``angle_curriculum`` (iterations per angle) adds the angles one by one before the schedule
@@ -48,6 +50,7 @@ class ReconstructOptions:
     new run of a scan with at least :data:`AUTO_CURRICULUM_MIN_ANGLES` measured angles, 0 otherwise.
     """
 
+    schedule: str = PAPER.name
     iterations: int | None = None
     ml_iterations: int | None = None
     upsampling: int | None = None
@@ -67,19 +70,19 @@ def make_config(opts: ReconstructOptions, base: dict | None = None) -> ReconConf
     """The configuration of a new run, or (``base``, from a result file) of a resumed one."""
     if base:
         cfg = ReconConfig.from_dict(base)
+        if opts.ml_iterations is not None:
+            cfg = replace(cfg, ml_iterations=opts.ml_iterations)
     else:
+        sched = schedule(opts.schedule)
+        joint = sched.iterations if opts.iterations is None else opts.iterations
+        ml = round(sched.ml_iterations * joint / sched.iterations) if opts.ml_iterations is None else opts.ml_iterations
         cfg = ReconConfig(mode=opts.mode, seed=opts.seed, probe_update=not opts.fixed_probe,
-                          upsampling=opts.upsampling, slab_tilt_deg=opts.sample_tilt_deg)
-        if opts.iterations is not None:
-            cfg = cfg.scaled(opts.iterations)
-    if opts.ml_iterations is not None:
-        cfg.ml_iterations = opts.ml_iterations
+                          upsampling=opts.upsampling, slab_tilt_deg=opts.sample_tilt_deg).scaled(joint, ml)
     if opts.probe_warmup is not None:
         if base:
             raise ValueError("--probe-warmup cannot change a run being resumed (its schedule is in the result "
                              "file); start a new reconstruction instead")
-        cfg.probe_warmup = opts.probe_warmup          # iterations as given, not compressed
-        cfg.__post_init__()
+        cfg = replace(cfg, probe_warmup=opts.probe_warmup)     # iterations as given, not compressed
     return cfg
 
 
