@@ -214,19 +214,17 @@ def cmd_acquire(a: argparse.Namespace) -> int:
     return 0 if r["exit_status"] == "success" else 1
 
 
-def _open_run(a):
-    from .tiled_server import connect
+def open_run(a: argparse.Namespace):
+    """The Tiled run ``a.run`` of the server ``a.tiled_url`` (``export``, ``replay``, ``dfxrm maps``)."""
+    from .tiled_server import open_run as _open
 
-    client = connect(a.tiled_url, resolve_key(a.api_key_file))
-    if a.run not in client:
-        raise ValueError(f"no run {a.run!r} in the Tiled server at {a.tiled_url}; list the runs with a Tiled client")
-    return client[a.run]
+    return _open(a.tiled_url, resolve_key(a.api_key_file), a.run)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
     from .run_export import run_to_dataset
 
-    r = run_to_dataset(_open_run(a), a.out, overwrite=a.overwrite, progress=not a.no_progress)
+    r = run_to_dataset(open_run(a), a.out, overwrite=a.overwrite, progress=not a.no_progress)
     state = "complete" if r["complete"] else f"partial: {r['n_frames']} of {r['n_points']} frames"
     print(f"run {r['uid'][:8]} -> {r['path']} ({state}); reconstruct with: bp-plugin reconstruct {r['path']} --out ...")
     return 0
@@ -241,7 +239,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
     if Path(a.run).suffix in (".h5", ".hdf5", ".cxi") and Path(a.run).exists():
         docs = dataset_documents(a.run, rate=a.rate)
     else:
-        docs = tiled_documents(_open_run(a), rate=a.rate, original=a.original_rate)
+        docs = tiled_documents(open_run(a), rate=a.rate, original=a.original_rate)
     monitor = LiveScanMonitor(a.png_dir, progress=not a.no_progress)
     callbacks = [monitor]
     if a.stream:

@@ -47,9 +47,9 @@ def _source(a):
             raise SystemExit(f"scan file not found: {a.source}; give an existing DF-XRM scan file "
                              "(bp-plugin dfxrm export) or a run uid")
         return scan_from_file(a.source)
-    from .cli import _open_run
+    from .tiled_server import open_run
     a.run = a.source
-    return scan_from_run(_open_run(a)), None
+    return scan_from_run(open_run(a.tiled_url, resolve_key(a.api_key_file), a.run)), None
 
 
 def cmd_maps(a) -> int:
@@ -73,10 +73,10 @@ def cmd_maps(a) -> int:
 
 def cmd_export(a) -> int:
     from .dfxrm_batch import scan_from_run, write_scan_file
-    from .cli import _open_run
+    from .tiled_server import open_run
 
     a.run = a.source
-    scan = scan_from_run(_open_run(a))
+    scan = scan_from_run(open_run(a.tiled_url, resolve_key(a.api_key_file), a.run))
     path = write_scan_file(a.out, scan, progress=not a.no_progress)
     print(f"run {scan.run_uid[:8]}: {len(scan.angles_deg)} frames -> {path}; maps with: bp-plugin dfxrm maps {path} --out ...")
     return 0

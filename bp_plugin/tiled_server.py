@@ -156,6 +156,14 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
     raise TiledServerError(f"the Tiled server did not answer at {url} within {timeout:.0f} s; see {log_path}")
 
 
+def open_run(url: str, api_key: str | None, uid: str):
+    """Run ``uid`` of the Tiled server at ``url``; one clear error when it is not there."""
+    client = connect(url, api_key)
+    if uid not in client:
+        raise ValueError(f"no run {uid!r} in the Tiled server at {url}; list the runs with a Tiled client")
+    return client[uid]
+
+
 def connect(url: str, api_key: str | None):
     """A Tiled client, with clear errors for an unreachable server or a rejected key."""
     import httpx

@@ -56,7 +56,7 @@ def run_demo(opts: DemoOptions) -> dict:
                                  extra_args=["--iterations", str(opts.iterations),
                                              "--ml-iterations", str(opts.ml_iterations), "--quiet"])
         print(f"reconstructor  {rp.address}  (log {rp.log_path})")
-        viewer = _start_viewer(server)
+        viewer = start_viewer_if_installed(server)
         if viewer is not None:
             print(f"viewer         {viewer.url}")
             if opts.browser:
@@ -95,7 +95,7 @@ def run_demo(opts: DemoOptions) -> dict:
         server.stop()
 
 
-def _start_viewer(server):
+def start_viewer_if_installed(server):
     try:
         from .viewer_server import start_viewer
     except ImportError:

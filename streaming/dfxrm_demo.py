@@ -39,7 +39,7 @@ def run_dfxrm_demo(opts: DfxrmDemoOptions) -> dict:
     from bp_plugin.tiled_server import start_tiled_server
     from plans.dfxrm_acquire import DfxrmAcquireOptions, acquire_dfxrm
 
-    from .demo import _start_viewer
+    from .demo import start_viewer_if_installed
     from .processes import start_reconstructor, wait_for_state
     from .sender import DetectorFrameTap, DfxrmFrameStreamer, FrameSender
 
@@ -53,7 +53,7 @@ def run_dfxrm_demo(opts: DfxrmDemoOptions) -> dict:
         rp = start_reconstructor(out / "reconstructor", tiled_url=server.url, api_key=server.api_key,
                                  extra_args=["--quiet"])
         print(f"reconstructor  {rp.address}  (log {rp.log_path})")
-        viewer = _start_viewer(server)
+        viewer = start_viewer_if_installed(server)
         if viewer is not None:
             print(f"viewer         {viewer.url}")
             if opts.browser:

@@ -259,6 +259,16 @@ def test_tiled_errors_name_the_fix(tiled_server):
         connect("http://127.0.0.1:9", "key")
 
 
+def test_a_run_that_is_not_in_tiled_is_named_in_one_line(tiled_server, tmp_path, monkeypatch, capsys):
+    from bp_plugin.cli import main
+
+    monkeypatch.setenv("BP_TILED_API_KEY", tiled_server.api_key)
+    for argv in (["export", "no-such-run", "--out", str(tmp_path / "x.h5")], ["dfxrm", "maps", "no-such-run", "--out", str(tmp_path / "m")]):
+        assert main(argv + ["--tiled-url", tiled_server.url]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no run 'no-such-run' in the Tiled server at" in err[0], err
+
+
 def test_queueserver_lists_the_plans_and_devices(tmp_path):
     import os
 
