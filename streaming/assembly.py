@@ -51,6 +51,8 @@ class RunAssembly:
         folder: the run's spool folder (created; reused when it already holds this run).
     """
 
+    technique = "bragg-ptychography"
+
     def __init__(self, start: dict, folder):
         self.start = start
         self.uid = start["run_uid"]

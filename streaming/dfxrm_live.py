@@ -246,7 +246,7 @@ class DfxrmRun:
             out["weak_beam"] = weak
         return out
 
-    def status(self, state: str) -> dict:
+    def status(self, state: str = "receiving") -> dict:
         with self.lock:
             counters, seen = dict(self.counters), self.seen.copy()
         hi = int(np.flatnonzero(seen).max()) + 1 if seen.any() else 0
@@ -292,57 +292,83 @@ def truth_metrics(run: DfxrmRun, maps: dict) -> dict:
     return map_errors(maps, truth, pixel_size_m=run.geometry.pixel_size_m, dislocations=dislocations)
 
 
-def run_dfxrm(run: DfxrmRun, *, publisher, stop_event: threading.Event, interval_s: float = 1.0,
-              abandoned=lambda run: False, figures: bool = True, progress=None, checkpoint_s: float = 10.0) -> dict:
-    """Publish live maps until the stop message, then recover, finish, write and publish the final maps.
+class DfxrmLive:
+    """The worker's side of a DF-XRM run, driven by the service's one run loop
+    (:mod:`streaming.techniques`): nothing to iterate (the receiver folds each frame into the
+    moments as it arrives); live maps when frames came since the last ones; the final maps.
 
-    The moments are checkpointed every ``checkpoint_s`` and when the service stops mid-run, so a
-    restarted service continues from them (:meth:`DfxrmRun.resume`)."""
-    from bp_plugin.dfxrm.output import plot_maps, write_maps
+    Args:
+        run: the run being received.
+        figures: write ``maps.png`` with the final maps.
+    """
 
-    t_pub, last_placed = 0.0, -1
-    t_ck, ck_placed = time.monotonic(), run.counters["placed"]
-    if publisher:
-        publisher.submit(run.metadata("live"), published(run.maps()))
-    while not stop_event.is_set() and run.stop is None:
-        if abandoned(run):
-            run.set_stop({"exit_status": "no stop message", "n_frames": run.n_frames_expected})
-            break
-        now = time.monotonic()
-        if now - t_pub >= interval_s and run.counters["placed"] != last_placed:
-            last_placed = run.counters["placed"]
-            if publisher:
-                publisher.submit(run.metadata("live"), published(run.maps()))
-            if progress:
-                progress(run.status("live"))
-            t_pub = now
-        if now - t_ck >= checkpoint_s and run.counters["placed"] != ck_placed:
-            ck_placed = run.counters["placed"]
-            run.checkpoint()
-            t_ck = now
-        time.sleep(0.05)
-    if stop_event.is_set():
-        if run.n_measured:
-            run.checkpoint()
-        if publisher:
-            publisher.close(run.metadata("interrupted"))
-        return {"state": "interrupted"}
-    run.recover(run.stop.get("sources") or [])
-    t0 = time.time()
-    maps = run.maps()
-    metrics = truth_metrics(run, maps)
-    metrics["frames"] = run.n_measured
-    last = run.t_last_frame or time.time()
-    write_maps(run.folder / "maps.h5", maps, geometry=run.geometry.to_dict(), scan=run.scan, metrics=metrics,
-               source=f"stream:{run.uid}")
-    if figures:
-        plot_maps(run.folder / "maps.png", {k: v for k, v in published(maps).items() if k != "weak_beam"},
-                  run.geometry.pixel_size_m, title=f"DF-XRM {run.kind} scan {run.uid[:8]}")
-    metrics["compute_final_s"] = time.time() - t0
-    metrics["latency_last_frame_to_result_s"] = time.time() - last
-    status = run.status("final")
-    if publisher:
-        publisher.close(run.metadata("final", metrics), published(maps))
-    metrics["latency_last_frame_to_published_s"] = time.time() - last
-    (run.folder / "metrics.json").write_text(json.dumps({**metrics, "counters": status}, indent=2, default=float))
-    return {**status, "metrics": metrics, "result": str(run.folder / "maps.h5")}
+    idle_s = 0.05                       # the loop's pause: there is no engine step to run
+    stage = "live"
+
+    def __init__(self, run: DfxrmRun, *, figures: bool = True):
+        self.run, self.figures = run, figures
+        self._published = -1
+        self._checkpointed = run.counters["placed"]
+
+    @property
+    def pending(self):
+        return self.run.pending
+
+    def ingest(self) -> int:
+        return 0
+
+    def live_step(self) -> bool:
+        return False
+
+    def first_snapshot(self) -> tuple[dict, dict | None]:
+        return self.run.metadata("live"), published(self.run.maps())
+
+    def live_snapshot(self) -> tuple[dict, dict | None] | None:
+        """Maps and metadata when frames came since the last snapshot, else None."""
+        placed = self.run.counters["placed"]
+        if placed == self._published:
+            return None
+        self._published = placed
+        return self.run.metadata("live"), published(self.run.maps())
+
+    def checkpoint(self, *, final: bool = False) -> None:
+        """The moments on disk when frames came since the last checkpoint (``final``: whenever any
+        frame is held, e.g. the service stops mid-run)."""
+        placed = self.run.counters["placed"]
+        if (final and self.run.n_measured) or (not final and placed != self._checkpointed):
+            self._checkpointed = placed
+            self.run.checkpoint()
+
+    def status(self, state: str) -> dict:
+        return self.run.status(state)
+
+    def metadata(self, state: str) -> dict:
+        return self.run.metadata(state)
+
+    def arrays(self) -> dict | None:
+        return None
+
+    def complete(self, pub, tick=None) -> dict:
+        """After the stop message and the recovery: the final maps written (``maps.h5``, figure,
+        ``metrics.json``) and published; returns the status with ``metrics`` and ``result``."""
+        from bp_plugin.dfxrm.output import plot_maps, write_maps
+
+        run = self.run
+        t0 = time.time()
+        maps = run.maps()
+        metrics = truth_metrics(run, maps)
+        metrics["frames"] = run.n_measured
+        last = run.t_last_frame or time.time()
+        write_maps(run.folder / "maps.h5", maps, geometry=run.geometry.to_dict(), scan=run.scan, metrics=metrics,
+                   source=f"stream:{run.uid}")
+        if self.figures:
+            plot_maps(run.folder / "maps.png", {k: v for k, v in published(maps).items() if k != "weak_beam"},
+                      run.geometry.pixel_size_m, title=f"DF-XRM {run.kind} scan {run.uid[:8]}")
+        metrics["compute_final_s"] = time.time() - t0
+        metrics["latency_last_frame_to_result_s"] = time.time() - last
+        status = run.status("final")
+        if pub:
+            pub.close(run.metadata("final", metrics), published(maps))
+        metrics["latency_last_frame_to_published_s"] = time.time() - last
+        (run.folder / "metrics.json").write_text(json.dumps({**metrics, "counters": status}, indent=2, default=float))
+        return {**status, "metrics": metrics, "result": str(run.folder / "maps.h5")}

@@ -96,7 +96,10 @@ def full_illumination(rec: Reconstructor) -> np.ndarray:
 
 
 class LiveReconstruction:
-    """Engine state of one run, driven by :class:`streaming.service.ReconstructorService`."""
+    """Engine state of one run, driven by the service's one run loop (:mod:`streaming.techniques`)."""
+
+    idle_s = 0.02                       # the loop's pause when no frame is measured yet
+    stage = "live"                      # then catch-up, final-schedule, final
 
     def __init__(self, asm: RunAssembly, opts: LiveOptions, backend: Backend):
         self.asm, self.opts = asm, opts
@@ -123,6 +126,34 @@ class LiveReconstruction:
             self._load_checkpoint(ck)
         self.in_engine = 0
         self._live_history: list[dict] = []   # set aside while the final schedule counts from 0
+
+    @property
+    def pending(self):
+        """Frames placed in the spool and not yet in the engine."""
+        return self.asm.pending
+
+    def first_snapshot(self) -> tuple[dict, dict]:
+        """The run's first publication: taken, the engine built, no iteration yet."""
+        return self.metadata("waiting"), self.arrays()
+
+    def live_snapshot(self) -> tuple[dict, dict]:
+        return self.metadata("live"), self.arrays()
+
+    def complete(self, pub, tick=None) -> dict:
+        """After the stop message and the recovery of missed frames: the final phase (``tick()``
+        after each iteration), the result and its publication; a run without a single frame is
+        failed and says so. Returns the status with ``metrics`` and ``result``."""
+        self.ingest()
+        if not self.rec.measured.any():
+            md = self.metadata("failed")
+            md["status"]["message"] = "the run ended without a single frame"
+            if pub:
+                pub.close(md)
+            return md["status"]
+        if pub:
+            pub.submit(self.metadata("live"))
+        self.run_final(None if tick is None else (lambda rec: tick()))
+        return self.finish(pub)
 
     def history(self) -> list[dict]:
         """Every iteration so far, live and final."""
@@ -233,8 +264,12 @@ class LiveReconstruction:
                  f" ({status['message']})" if status.get("message") else "")
         return {**status, "metrics": metrics, "result": str(out)}
 
-    def checkpoint(self) -> None:
-        """Engine state and the spool flushed to disk (atomic rename: a kill never leaves half a file)."""
+    def checkpoint(self, *, final: bool = False) -> None:
+        """Engine state and the spool flushed to disk (atomic rename: a kill never leaves half a
+        file), once the engine has seen a frame (before, a checkpoint is of no use); ``final`` as
+        the service stops mid-run (the same rule here)."""
+        if not self.rec.measured.any():
+            return
         st, h = self.rec.state(), self.history()
         tmp = self.asm.folder / "checkpoint.tmp.npz"
         np.savez(tmp, object=st["object"], probe2d=st["probe2d"], background=st["background"],

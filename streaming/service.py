@@ -3,10 +3,12 @@
 Two threads. The receiver binds a PULL socket (PUSH/PULL never drops at the high-water mark: a
 sender blocks instead) and only decodes, checks and places frames into the run's on-disk spool
 (:mod:`streaming.assembly`), so ingest never waits for the reconstruction. The worker takes runs
-one after another (a long-lived service: no restart between scans), refines probe, object and
-background while frames arrive (:mod:`streaming.live`), publishes to Tiled about once a second
+one after another (a long-lived service: no restart between scans) through one run loop for every
+technique (:mod:`streaming.techniques`): for Bragg ptychography it refines probe, object and
+background while frames arrive (:mod:`streaming.live`), for DF-XRM it recomputes the maps from the
+moments the receiver keeps (:mod:`streaming.dfxrm_live`); it publishes to Tiled about once a second
 (:mod:`streaming.publish`, its own thread), checkpoints, and at the stop message recovers missed
-frames from the detector files, runs the full schedule and publishes the final result.
+frames from the detector files, runs the final phase and publishes the final result.
 
 Beside the PULL socket a REP socket one port higher answers receipt queries (what the service
 holds of a run; :mod:`streaming.receipts`), so senders know their run arrived whole.
@@ -31,13 +33,12 @@ import zmq
 from bp_plugin.backend import get_backend
 from bp_plugin.defaults import IDLE_TIMEOUT_S, LISTEN
 
-from .assembly import RunAssembly, check_resources
-from .dfxrm_live import DfxrmRun, run_dfxrm
-from .live import LiveOptions, LiveReconstruction
+from .live import LiveOptions
 from .notices import publish_notice, queued_message, start_uid
 from .protocol import ProtocolError, decode
 from .receipts import bind_pair, decode_query
-from .workdir import done_on_disk, mark_failed, resume_dfxrm, resume_run, unfinished_runs
+from .techniques import technique_of
+from .workdir import done_on_disk, mark_failed, resume_run, unfinished_runs
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class ReconstructorService:
         self._ctx = zmq.Context()
         self._sock, self._receipts, self.address = bind_pair(self._ctx, opts.listen, opts.rcvhwm,
                                                              opts.max_message_bytes)
-        self.runs: dict[str, RunAssembly] = {}
+        self.runs: dict = {}                           # uid -> the run's assembly (streaming.techniques)
         self.finished: dict[str, dict] = {}
         self.counters = {"messages": 0, "malformed": 0, "orphans": 0, "late": 0, "rejected_starts": 0}
         self._todo: queue.Queue = queue.Queue()
@@ -115,7 +116,7 @@ class ReconstructorService:
             for uid in publish_pending(self.client, self.workdir, min_interval_s=opts.live.publish_interval_s):
                 log.info("run %s: publishing its final result, which an earlier process could not", uid[:8])
         # runs an earlier process left unfinished (a failed one is not tried again at every start)
-        for asm in unfinished_runs(self.workdir, self.backend.xp):
+        for asm in unfinished_runs(self.workdir, self.backend):
             self.runs[asm.uid] = asm
             self._todo.put(asm.uid)
             if asm.stop is not None:
@@ -189,7 +190,7 @@ class ReconstructorService:
         else:
             asm = self._assembly(uid)                  # a run an earlier process spooled is taken over here
             if asm is not None:
-                status = asm.status() if isinstance(asm, RunAssembly) else asm.status("receiving")
+                status = asm.status()
                 reply.update(known=True, stop=asm.stop is not None, state="receiving",
                              frames_placed=int(status.get("placed", status.get("frames_measured", 0))))
         self._receipts.send(json.dumps(reply).encode())
@@ -215,11 +216,11 @@ class ReconstructorService:
         """The end state of run ``uid`` when this process or an earlier one finished it, else None."""
         return self.finished.get(uid, {}).get("state") or done_on_disk(self.workdir, uid)
 
-    def _assembly(self, uid: str) -> RunAssembly | DfxrmRun | None:
+    def _assembly(self, uid: str):
         asm = self.runs.get(uid)
         if asm is None and uid not in self.finished and not done_on_disk(self.workdir, uid):
             # a run an earlier process had started
-            asm = resume_run(self.workdir / uid, self.backend.xp)
+            asm = resume_run(self.workdir / uid, self.backend)
             if asm is not None:
                 log.info("run %s: taken over from the spool of an earlier process", uid[:8])
                 self.runs[uid] = asm
@@ -237,14 +238,7 @@ class ReconstructorService:
                 log.warning("run %s: a start message for a run already %s; ignored (a new scan needs a new uid)",
                             uid[:8], done)
                 return
-            folder = self.workdir / uid
-            if msg.header.get("technique") == "dfxrm":
-                asm = resume_dfxrm(folder, self.backend.xp) or DfxrmRun(msg.header, folder, xp=self.backend.xp)
-            elif not (folder / "start.json").exists():
-                check_resources(msg.header, self.workdir)
-                asm = RunAssembly(msg.header, folder)
-            else:
-                asm = RunAssembly.resume(folder)
+            asm = technique_of(msg.header).open(msg.header, self.workdir / uid, self.workdir, self.backend)
             self.runs[uid] = asm
             self._todo.put(uid)
             if self._current not in (None, uid):
@@ -319,112 +313,79 @@ class ReconstructorService:
         while self._backlog.is_set() and not self._stop.is_set() and time.monotonic() - t0 < MAX_PAUSE_S:
             time.sleep(0.001)
 
-    def _publisher(self, uid: str, keep: bool = True):
+    def _publisher(self, uid: str, keep: bool = True, technique=None):
         if self.client is None:
             return None
         from .publish import TiledPublisher
         return TiledPublisher(self.client, uid, min_interval_s=self.opts.live.publish_interval_s,
                               pending_folder=self.workdir / uid if keep else None,
-                              extra=lambda: {"service": dict(self.counters)})
+                              extra=lambda: {"service": dict(self.counters)},
+                              **(technique.publication if technique else {}))
 
-    def _abandoned(self, asm: RunAssembly) -> bool:
+    def _abandoned(self, asm) -> bool:
         """No stop message, no frame for ``idle_timeout_s``, and a newer run waiting or nobody left
         to send the stop (a run adopted at start-up): end this one."""
         last = asm.t_last_frame or asm.t_created
         return (asm.stop is None and (not self._todo.empty() or getattr(asm, "adopted", False))
                 and time.time() - last > self.opts.idle_timeout_s)
 
-    def _run(self, asm: RunAssembly) -> dict:
-        """Live phase until the stop message, then recovery, final schedule, result and publication."""
-        if isinstance(asm, DfxrmRun):
-            return self._run_dfxrm(asm)
-        opts = self.opts.live
-        pub = live = None
+    def _run(self, asm) -> dict:
+        """The one run loop of every technique (:mod:`streaming.techniques`): live work until the
+        stop message, then recovery of missed frames, the final phase, result and publication."""
+        tech, opts = technique_of(asm), self.opts.live
+        pub = work = None
         t_pub = t_ck = 0.0
         try:
-            live = LiveReconstruction(asm, opts, self.backend)
-            live.rec.pause_hook = self._yield_to_receiver
-            pub = self._publisher(asm.uid)
-            log.info("run %s: %s", asm.uid[:8], live.rec.layout.describe())
+            work = tech.work(asm, opts, self.backend, self._yield_to_receiver)
+            pub = self._publisher(asm.uid, technique=tech)
             if pub:
-                pub.submit(live.metadata("waiting"), live.arrays())
+                pub.submit(*work.first_snapshot())
             while not self._stop.is_set():
-                live.ingest()
-                if asm.stop is not None and not asm.pending:
+                work.ingest()
+                if asm.stop is not None and not work.pending:
                     break
                 if self._abandoned(asm):
                     log.warning("run %s: no stop message and no frame for %.0f s while a newer run waits; "
                                 "finishing it with the frames it has", asm.uid[:8], self.opts.idle_timeout_s)
                     asm.set_stop({"exit_status": "no stop message", "n_frames": asm.n_frames_expected})
                     break
-                if live.live_step() is None:
-                    time.sleep(0.02)
+                if work.live_step() is None:
+                    time.sleep(work.idle_s)
                 now = time.monotonic()
-                if pub and now - t_pub >= opts.publish_interval_s:
-                    pub.submit(live.metadata("live"), live.arrays())
+                if pub and now - t_pub >= opts.publish_interval_s:     # maps cost: only when published
+                    snap = work.live_snapshot()
+                    if snap is not None:
+                        pub.submit(*snap)
                     t_pub = now
-                if now - t_ck >= opts.checkpoint_interval_s and live.rec.measured.any():
-                    live.checkpoint()
+                if now - t_ck >= opts.checkpoint_interval_s:
+                    work.checkpoint()
                     t_ck = now
-                self._report(live)
+                self._report(work)
             if self._stop.is_set():
                 raise _Stopped
             asm.recover(asm.stop.get("sources") or [])
-            live.ingest()
-            if not live.rec.measured.any():
-                md = live.metadata("failed")
-                md["status"]["message"] = "the run ended without a single frame"
-                if pub:
-                    pub.close(md)
-                return md["status"]
-            if pub:
-                pub.submit(live.metadata("live"))
-            live.run_final(lambda r: self._final_tick(live, pub))
-            return live.finish(pub)
+            return work.complete(pub, lambda: self._final_tick(work, pub))
         except _Stopped:
-            if live.rec.measured.any():      # a checkpoint of an engine that has seen no frame is useless
-                live.checkpoint()
+            work.checkpoint(final=True)
             if pub:
-                pub.close(live.metadata("interrupted"))
+                pub.close(work.metadata("interrupted"))
             return {"state": "interrupted"}
         except Exception as exc:
-            log.exception("run %s failed", asm.uid[:8])
+            log.exception("%s run %s failed", tech.name, asm.uid[:8])
             if pub:
-                md = live.metadata("failed")
+                md = work.metadata("failed")
                 md["status"]["message"] = f"{type(exc).__name__}: {exc}"
                 pub.close(md)
             return {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}
 
-    def _run_dfxrm(self, run: DfxrmRun) -> dict:
-        """A DF-XRM run: live moment maps, then the final maps (:mod:`streaming.dfxrm_live`)."""
-        from .dfxrm_live import DIMS, ROOT, UNITS
-        from .publish import TiledPublisher
-
-        pub = None
-        if self.client is not None:
-            pub = TiledPublisher(self.client, run.uid, min_interval_s=self.opts.live.publish_interval_s, root=ROOT,
-                                 units=UNITS, dims=DIMS, description="DF-XRM maps, one container per raw run uid",
-                                 pending_folder=self.workdir / run.uid)
-        try:
-            return run_dfxrm(run, publisher=pub, stop_event=self._stop, interval_s=self.opts.live.publish_interval_s,
-                             abandoned=self._abandoned, figures=self.opts.live.figures,
-                             progress=self.progress, checkpoint_s=self.opts.live.checkpoint_interval_s)
-        except Exception as exc:
-            log.exception("DF-XRM run %s failed", run.uid[:8])
-            if pub:
-                md = run.metadata("failed")
-                md["status"]["message"] = f"{type(exc).__name__}: {exc}"
-                pub.close(md)
-            return {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}
-
-    def _final_tick(self, live, pub) -> None:
+    def _final_tick(self, work, pub) -> None:
         if self._stop.is_set():
             raise _Stopped
         if pub and time.monotonic() - self._t_tick >= self.opts.live.publish_interval_s:
-            pub.submit(live.metadata("live"), live.arrays())
+            pub.submit(*work.live_snapshot())
             self._t_tick = time.monotonic()
-        self._report(live)
+        self._report(work)
 
-    def _report(self, live) -> None:
+    def _report(self, work) -> None:
         if self.progress is not None:
-            self.progress(live.status(live.stage))
+            self.progress(work.status(work.stage))

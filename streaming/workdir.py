@@ -11,8 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from .assembly import RunAssembly
-from .dfxrm_live import DfxrmRun
+from .techniques import TECHNIQUES
 
 log = logging.getLogger(__name__)
 
@@ -27,32 +26,27 @@ def done_on_disk(workdir: Path, uid: str) -> str | None:
     return None
 
 
-def resume_dfxrm(folder: Path, xp) -> DfxrmRun | None:
-    """The DF-XRM run spooled in ``folder``, or None (logged) when it cannot be resumed."""
-    try:
-        return DfxrmRun.resume(folder, xp=xp)
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("DF-XRM run in %s cannot be resumed: %s", folder, exc)
-        return None
-
-
-def resume_run(folder: Path, xp) -> RunAssembly | DfxrmRun | None:
-    """The run (either technique) spooled in ``folder``, or None."""
+def resume_run(folder: Path, backend):
+    """The run (any technique) an earlier process spooled in ``folder``, or None (logged when its
+    spool cannot be read: the service starts all the same)."""
     folder = Path(folder)
-    if (folder / "start.json").exists():
-        return RunAssembly.resume(folder)
-    if (folder / "dfxrm_start.json").exists():
-        return resume_dfxrm(folder, xp)
+    for tech in TECHNIQUES.values():
+        if (folder / tech.start_file).exists():
+            try:
+                return tech.resume(folder, backend)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("%s run in %s cannot be resumed: %s", tech.name, folder, exc)
+                return None
     return None
 
 
-def unfinished_runs(workdir: Path, xp) -> list:
+def unfinished_runs(workdir: Path, backend) -> list:
     """Runs an earlier process left unfinished in ``workdir``, in folder order: ended (a stop
     message) without a result, or orphaned (no stop: that process was killed, maybe its sender too)."""
     out = []
     for folder in sorted(p for p in Path(workdir).iterdir() if p.is_dir()):
         if not done_on_disk(workdir, folder.name):
-            asm = resume_run(folder, xp)
+            asm = resume_run(folder, backend)
             if asm is not None:
                 out.append(asm)
     return out
