@@ -38,7 +38,7 @@ def frame_only(preset: str, tmp: Path, n: int = 40) -> float:
 
 
 def run_engine_only(preset: str, tmp: Path) -> tuple[int, float]:
-    from plans.acquire import make_run_engine
+    from plans.recording import make_run_engine
     from plans.bragg_ptycho import bragg_ptycho_scan
     from sim_devices.beamline import build_beamline
 

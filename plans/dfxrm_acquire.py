@@ -1,14 +1,15 @@
 """One DF-XRM acquisition on the simulated microscope, recorded in Tiled (``bp-plugin dfxrm acquire``).
 
-The same real parts as the ptychography acquisition (:mod:`plans.acquire`): embedded Tiled server
+The acquisition driver every technique shares (:mod:`plans.recording`): embedded Tiled server
 unless one is given, a RunEngine, bluesky's ``TiledWriter`` behind a queue, the camera's HDF5 files
 written first; callbacks that need the devices (the frame streamer) come from ``callbacks_for``.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .recording import TILED_BATCH
 
 SCAN_KINDS = ("mosaicity", "strain", "combined", "weak_beam")
 
@@ -48,7 +49,7 @@ class DfxrmAcquireOptions:
     count_time: float | None = None
     order: int = 2
     realtime: bool = False
-    batch_size: int = 10
+    batch_size: int = TILED_BATCH
     md: dict = field(default_factory=dict)
 
 
@@ -75,49 +76,19 @@ def dfxrm_plan(mic, opts: DfxrmAcquireOptions):
 
 
 def acquire_dfxrm(opts: DfxrmAcquireOptions, *, server=None, callbacks_for=None) -> dict:
-    """Run a DF-XRM plan on the simulated microscope, recorded in Tiled.
+    """Run a DF-XRM plan on the simulated microscope, recorded in Tiled (:func:`plans.recording.record_run`).
 
     Returns: ``uid``, ``tiled_url``, ``api_key``, ``n_events``, ``seconds``, ``detector_files``,
     ``exit_status``.
     """
-    from bluesky.utils import RunEngineInterrupted
-    from bluesky_tiled_plugins import TiledWriter
-
-    from bp_plugin.tiled_server import connect, start_tiled_server
     from sim_devices.dfxrm_microscope import SimDfxrmMicroscope
 
-    from .acquire import make_run_engine
-    from .monitor import buffered
+    from .recording import record_run
 
     out = Path(opts.out)
-    det_dir = Path(opts.detector_dir) if opts.detector_dir else out / "detector"
-    own = None
-    if server is None and opts.tiled_url is None:
-        own = server = start_tiled_server(out / "tiled", readable=[det_dir], api_key=opts.api_key)
-    url = server.url if server else opts.tiled_url
-    key = server.api_key if server else opts.api_key
-    try:
-        mic = SimDfxrmMicroscope(opts.preset, write_dir=det_dir, seed=opts.seed, realtime=opts.realtime)
-        RE = make_run_engine()
-        writer = buffered(TiledWriter(connect(url, key), batch_size=opts.batch_size))
-        late = [buffered(cb) for cb in (callbacks_for(mic) if callbacks_for else [])]
-        stop_doc = {}
-        for cb in (writer, *late, lambda name, doc: stop_doc.update(doc) if name == "stop" else None):
-            RE.subscribe(cb)
-        t0 = time.perf_counter()
-        try:
-            uids = RE(dfxrm_plan(mic, opts))
-        except RunEngineInterrupted:
-            RE.abort(reason="interrupted by the user (Ctrl-C)")     # closes the run: frames stay recorded
-            raise KeyboardInterrupt from None
-        finally:
-            seconds = time.perf_counter() - t0
-            for cb in (*late, writer):
-                cb.shutdown(wait=True)
-        return {"uid": uids[0] if uids else stop_doc.get("run_start"), "tiled_url": url, "api_key": key,
-                "key_file": str(server.key_file) if own and server.key_file else None,
-                "n_events": (stop_doc.get("num_events") or {}).get("primary", 0), "seconds": seconds,
-                "detector_files": [str(p) for p in mic.detector.file_history], "exit_status": stop_doc.get("exit_status")}
-    finally:
-        if own is not None:
-            own.stop()
+    result, _ = record_run(
+        lambda det_dir: SimDfxrmMicroscope(opts.preset, write_dir=det_dir, seed=opts.seed, realtime=opts.realtime),
+        lambda mic: dfxrm_plan(mic, opts), out=out,
+        detector_dir=Path(opts.detector_dir) if opts.detector_dir else out / "detector", server=server,
+        tiled_url=opts.tiled_url, api_key=opts.api_key, batch_size=opts.batch_size, callbacks_for=callbacks_for)
+    return result

@@ -1,4 +1,5 @@
-"""The main job (``make demo`` / ``bp-plugin demo``): a complete simulated experiment, streamed live.
+"""The main job (``make demo`` / ``bp-plugin demo``): a complete simulated experiment, streamed live;
+and the one demo driver that the DF-XRM demo (:mod:`streaming.dfxrm_demo`) plugs into.
 
 Starts the embedded Tiled server, the online reconstructor (its own process, ``bp-plugin
 reconstructor``) and the viewer; runs ``bragg_ptycho_scan`` on the simulated beamline with a real
@@ -14,8 +15,11 @@ import time
 import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from bp_plugin.defaults import DEMO
+
+from .commands import status_line
 
 
 @dataclass
@@ -36,16 +40,44 @@ def _line(text: str) -> None:
     sys.stdout.flush()
 
 
-def run_demo(opts: DemoOptions) -> dict:
-    """Run the streamed experiment; returns the summary (also printed)."""
+@dataclass(frozen=True)
+class DemoRun:
+    """What one technique's demo plugs into :func:`run_streamed_demo`.
+
+    Attributes:
+        title: the line printed as the scan starts.
+        acquire: ``f(acquire_dir, server, callbacks_for) -> result`` (``plans.acquire`` or
+            ``plans.dfxrm_acquire``; ``result`` has ``uid``, ``n_events``, ``seconds``).
+        streamer: ``f(sender, devices) -> callback``: the frame streamer tapping the devices' detector.
+        reconstructor_args: extra ``bp-plugin reconstructor`` arguments (the final schedule).
+        root: the Tiled container of the results (``reconstructions``, ``dfxrm``).
+        status: one status line from a published status.
+        summary: ``f(metadata, result, scan_s, total_s, out, viewer) -> dict`` (printed).
+        timeout_s: longest wait for the final result.
+        keep_viewer: wait for Enter before stopping the servers, when a browser shows the viewer.
+    """
+
+    title: str
+    acquire: Callable
+    streamer: Callable
+    reconstructor_args: tuple = ()
+    root: str = "reconstructions"
+    status: Callable = status_line
+    summary: Callable | None = None
+    timeout_s: float = 3600.0
+    keep_viewer: bool = False
+
+
+def run_streamed_demo(run: DemoRun, out: Path, *, browser: bool = True, progress: bool = True) -> dict:
+    """The one demo driver: Tiled server, reconstructor (its own process), viewer, a recorded
+    acquisition whose frames stream to the reconstructor, the wait for the final result and its
+    summary. Ctrl-C stops everything cleanly: the reconstructor checkpoints, the raw data stay."""
     from bp_plugin.tiled_server import start_tiled_server
-    from plans.acquire import AcquireOptions, acquire
 
-    from .commands import status_line
     from .processes import start_reconstructor, wait_for_state
-    from .sender import BlueskyFrameStreamer, DetectorFrameTap, FrameSender
+    from .sender import FrameSender
 
-    out = Path(opts.out)
+    out = Path(out)
     acq_dir = out / "acquire"
     server = start_tiled_server(out / "tiled", readable=[acq_dir / "detector"])
     rp = viewer = None
@@ -53,34 +85,31 @@ def run_demo(opts: DemoOptions) -> dict:
     try:
         print(f"Tiled server   {server.url}  (API key in {server.key_file})")
         rp = start_reconstructor(out / "reconstructor", tiled_url=server.url, api_key=server.api_key,
-                                 extra_args=["--iterations", str(opts.iterations),
-                                             "--ml-iterations", str(opts.ml_iterations), "--quiet"])
+                                 extra_args=[*run.reconstructor_args, "--quiet"])
         print(f"reconstructor  {rp.address}  (log {rp.log_path})")
         viewer = start_viewer_if_installed(server)
         if viewer is not None:
             print(f"viewer         {viewer.url}")
-            if opts.browser:
+            if browser:
                 webbrowser.open(viewer.url)
 
-        def streamer_for(bl):
-            s = FrameSender(rp.address)
-            senders.append(s)
-            return [BlueskyFrameStreamer(s, DetectorFrameTap(bl.detector))]
+        def streamer_for(devices):
+            senders.append(FrameSender(rp.address))
+            return [run.streamer(senders[-1], devices)]
 
-        print(f"\n== scanning the simulated '{opts.preset}' crystal; frames stream to the reconstructor")
+        print(f"\n== {run.title}")
         t0 = time.perf_counter()
-        r = acquire(AcquireOptions(preset=opts.preset, out=acq_dir, seed=opts.seed, progress=opts.progress),
-                    server=server, callbacks_for=streamer_for)
+        r = run.acquire(acq_dir, server, streamer_for)
         for s in senders:
             s.close()
         t_scan = time.perf_counter() - t0
-        print(f"scan done: {r['n_events']} frames in {t_scan:.1f} s ({r['frames_per_s']:.1f} frames/s); "
-              "final schedule running")
-        md = wait_for_state(server.client(), r["uid"], timeout=3600, process=rp,
-                            on_status=lambda st: _line(status_line(st)) if opts.progress else None)
+        print(f"scan done: {r['n_events']} frames in {r['seconds']:.1f} s ({r['frames_per_s']:.1f} frames/s); "
+              "final phase running")
+        md = wait_for_state(server.client(), r["uid"], timeout=run.timeout_s, process=rp, root=run.root,
+                            on_status=lambda st: _line(run.status(st)) if progress else None)
         print()
-        summary = _summary(md, r, t_scan, time.perf_counter() - t0, out, viewer)
-        if viewer is not None and opts.browser and sys.stdin.isatty():
+        summary = run.summary(md, r, t_scan, time.perf_counter() - t0, out, viewer)
+        if run.keep_viewer and viewer is not None and browser and sys.stdin.isatty():
             input("\nThe viewer stays up: press Enter to stop the servers. ")
         return summary
     except KeyboardInterrupt:
@@ -93,6 +122,22 @@ def run_demo(opts: DemoOptions) -> dict:
         if viewer is not None:
             viewer.stop()
         server.stop()
+
+
+def run_demo(opts: DemoOptions) -> dict:
+    """The Bragg ptychography demo; returns the summary (also printed)."""
+    from plans.acquire import AcquireOptions, acquire
+
+    from .sender import BlueskyFrameStreamer, DetectorFrameTap
+
+    return run_streamed_demo(DemoRun(
+        title=f"scanning the simulated '{opts.preset}' crystal; frames stream to the reconstructor",
+        acquire=lambda acq_dir, server, callbacks_for: acquire(
+            AcquireOptions(preset=opts.preset, out=acq_dir, seed=opts.seed, progress=opts.progress),
+            server=server, callbacks_for=callbacks_for),
+        streamer=lambda sender, bl: BlueskyFrameStreamer(sender, DetectorFrameTap(bl.detector)),
+        reconstructor_args=("--iterations", str(opts.iterations), "--ml-iterations", str(opts.ml_iterations)),
+        summary=_summary, keep_viewer=True), opts.out, browser=opts.browser, progress=opts.progress)
 
 
 def start_viewer_if_installed(server):

@@ -7,9 +7,6 @@ ground truth, where the maps are). Ctrl-C stops cleanly; the raw frames stay on 
 """
 from __future__ import annotations
 
-import sys
-import time
-import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,60 +32,23 @@ def _status(st: dict) -> str:
 
 
 def run_dfxrm_demo(opts: DfxrmDemoOptions) -> dict:
-    """Run the streamed DF-XRM experiment; returns the summary (also printed)."""
-    from bp_plugin.tiled_server import start_tiled_server
+    """Run the streamed DF-XRM experiment through the one demo driver; returns the summary (also printed)."""
     from plans.dfxrm_acquire import DfxrmAcquireOptions, acquire_dfxrm
 
-    from .demo import start_viewer_if_installed
-    from .processes import start_reconstructor, wait_for_state
-    from .sender import DetectorFrameTap, DfxrmFrameStreamer, FrameSender
+    from .demo import DemoRun, run_streamed_demo
+    from .sender import DetectorFrameTap, DfxrmFrameStreamer
 
-    out = Path(opts.out)
-    acq = out / "acquire"
-    server = start_tiled_server(out / "tiled", readable=[acq / "detector"])
-    rp = viewer = None
-    senders = []
-    try:
-        print(f"Tiled server   {server.url}  (API key in {server.key_file})")
-        rp = start_reconstructor(out / "reconstructor", tiled_url=server.url, api_key=server.api_key,
-                                 extra_args=["--quiet"])
-        print(f"reconstructor  {rp.address}  (log {rp.log_path})")
-        viewer = start_viewer_if_installed(server)
-        if viewer is not None:
-            print(f"viewer         {viewer.url}")
-            if opts.browser:
-                webbrowser.open(viewer.url)
-
-        def streamer_for(mic):
-            s = FrameSender(rp.address)
-            senders.append(s)
-            return [DfxrmFrameStreamer(s, DetectorFrameTap(mic.detector))]
-
-        print(f"\n== DF-XRM {opts.scan} scan of the simulated '{opts.preset}' grain; frames stream to the service")
-        t0 = time.perf_counter()
-        r = acquire_dfxrm(DfxrmAcquireOptions(preset=opts.preset, scan=opts.scan, out=acq, seed=opts.seed,
-                                              order=opts.order),
-                          server=server, callbacks_for=streamer_for)
-        for s in senders:
-            s.close()
-        print(f"scan done: {r['n_events']} frames in {r['seconds']:.1f} s")
-        md = wait_for_state(server.client(), r["uid"], timeout=600, process=rp, root="dfxrm",
-                            on_status=(lambda st: sys.stdout.write("\r" + _status(st)[:150].ljust(150)))
-                            if opts.progress else None)
-        print()
-        return _summary(md, r, time.perf_counter() - t0, out, viewer)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: servers stopped; raw frames are in {acq / 'detector'}")
-        return {"interrupted": True}
-    finally:
-        if rp is not None:
-            rp.stop()
-        if viewer is not None:
-            viewer.stop()
-        server.stop()
+    return run_streamed_demo(DemoRun(
+        title=f"DF-XRM {opts.scan} scan of the simulated '{opts.preset}' grain; frames stream to the service",
+        acquire=lambda acq_dir, server, callbacks_for: acquire_dfxrm(
+            DfxrmAcquireOptions(preset=opts.preset, scan=opts.scan, out=acq_dir, seed=opts.seed, order=opts.order),
+            server=server, callbacks_for=callbacks_for),
+        streamer=lambda sender, mic: DfxrmFrameStreamer(sender, DetectorFrameTap(mic.detector)),
+        root="dfxrm", status=_status, summary=_summary, timeout_s=600.0), opts.out, browser=opts.browser,
+        progress=opts.progress)
 
 
-def _summary(md: dict, r: dict, total_s: float, out: Path, viewer) -> dict:
+def _summary(md: dict, r: dict, t_scan: float, total_s: float, out: Path, viewer) -> dict:
     st, m = md.get("status", {}), md.get("metrics", {})
     folder = out / "reconstructor" / r["uid"]
     s = {"run_uid": r["uid"], "frames": r["n_events"], "scan_s": r["seconds"], "total_s": total_s,

@@ -118,7 +118,7 @@ def test_scan_streams_live_to_reconstructor_and_tiled(tiled_server, tmp_path):
     from bluesky_tiled_plugins import TiledWriter
 
     from bp_plugin.tiled_server import connect
-    from plans.acquire import make_run_engine
+    from plans.recording import make_run_engine
     from plans.bragg_ptycho import bragg_ptycho_scan
     from plans.monitor import buffered
     from sim_devices.beamline import build_beamline
