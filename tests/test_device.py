@@ -81,9 +81,9 @@ def test_a_streamed_frame_reaches_the_device_weights(tiny_dataset):
     measured[:, 3] = False
     rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, measured,
                         config=ReconConfig(upsampling=2), backend=emu.emulated_backend())
-    assert float(rec._weights(3).sum()) == 0
+    assert float(rec.weights(3).sum()) == 0
     rec.set_frame(2, 3, ds.frames[2, 3])
-    assert float(rec._weights(3)[2].sum()) == float(ds.mask.sum())
+    assert float(rec.weights(3)[2].sum()) == float(ds.mask.sum())
 
 
 # --- the same numbers as the CPU -----------------------------------------------------------------

@@ -121,13 +121,13 @@ def test_one_update_decreases_the_cost_of_its_position(tiny_scan):
     j = 12
     v = rec.layout.view(j)
     probe = rec.probe3d(j)
-    d, before, _ = rec._fourier(j, probe * rec.object[v], False)
+    d, before, _ = rec.fourier(j, probe * rec.object[v], False)
     new = rec._object_step(probe, rec.object[v], rec.support.astype(np.float32)[v], d)
-    _, after_obj, _ = rec._fourier(j, probe * new, False)
+    _, after_obj, _ = rec.fourier(j, probe * new, False)
     assert after_obj < 0.95 * before
     inc = rec._probe_increment(j, rec.object[v], d)
     rec.probe2d = rec.probe2d + inc
-    _, after_probe, _ = rec._fourier(j, rec.probe3d(j) * rec.object[v], False)
+    _, after_probe, _ = rec.fourier(j, rec.probe3d(j) * rec.object[v], False)
     assert after_probe < before
 
 
@@ -148,7 +148,7 @@ def test_fast_paths_equal_the_plain_formulas(tiny_scan):
     r2 = np.abs(rho) ** 2
     np.testing.assert_allclose(rec.probe_op.project_real(r2.astype(np.float32)),
                                rec.probe_op.project(r2.astype(np.complex64)).real, rtol=1e-5, atol=1e-7 * r2.max())
-    d, _, _ = rec._fourier(j, probe * rho, False)
+    d, _, _ = rec.fourier(j, probe * rho, False)
     sup = rec.support.astype(np.float32)[v]
     keep = [a.copy() for a in (probe, rho, d, sup)]
     fast = rec._object_step(probe, rho, sup, d, (p2, pmax))
@@ -358,9 +358,9 @@ def test_ml_gradient_matches_finite_differences(tiny_scan, exposure):
         rec.step()
     rec.support[:, :, :3] = False                         # a support edge inside the lit region: the penalty counts
     obj = MLObjective(rec)
-    rho = rec._obj.astype(np.complex128)
-    _, total, grad = obj.cost_grad(rec._obj)
-    assert total == pytest.approx(obj.cost(rec._obj), rel=1e-5)
+    rho = rec.modulated.astype(np.complex128)
+    _, total, grad = obj.cost_grad(rec.modulated)
+    assert total == pytest.approx(obj.cost(rec.modulated), rel=1e-5)
     rng = np.random.default_rng(3)
     for _ in range(3):
         d = (rng.normal(size=rho.shape) + 1j * rng.normal(size=rho.shape)) * np.abs(rho).max() * 1e-3

@@ -85,7 +85,7 @@ class Reconstructor:
         self.amp = xp.asarray(np.sqrt(frames.astype(np.float32)).transpose(1, 0, 2, 3).copy())  # (n_p, n_a, N1, N2)
         self.mask = xp.asarray(np.asarray(mask, bool).astype(np.float32))
         self.measured = np.ones((n_a, n_p), bool) if measured is None else np.asarray(measured, bool).copy()
-        self._measured_seen = None                    # the host mask behind _measured_dev (see _weights)
+        self._measured_seen = None                    # the host mask behind _measured_dev (see weights)
         fast = self.config.kernels == "fast"
         self.exposure = RockingExposure(self.layout.planes, geometry.n_planes, geometry.upsampling,
                                         geometry.rocking_exposure, xp, prune=fast)
@@ -133,14 +133,14 @@ class Reconstructor:
         """Scale the probe so the model's total intensity matches the data's (valid, measured pixels)."""
         model = data = 0.0
         for j in self.active_positions():
-            _, _, inten, _, a, w = self._model(j, (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
-            model = model + self._total(w * inten)
-            data = data + self._total(w * a ** 2)
+            _, _, inten, _, a, w = self.model(j, (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
+            model = model + self.total(w * inten)
+            data = data + self.total(w * a ** 2)
         model, data = float(model), float(data)                    # the one wait for the device
         if model > 0 and data > 0:
             self.probe2d *= np.float32(np.sqrt(data / model))
 
-    def _total(self, a):
+    def total(self, a):
         """``sum(a)`` as a float64 device scalar: positions' sums accumulate on the device (the
         float32 sum of each, added in float64 as Python floats were), read once per pass."""
         return self.backend.xp.sum(a).astype(np.float64)
@@ -149,7 +149,7 @@ class Reconstructor:
         """Indices of the positions with at least one measured frame."""
         return np.nonzero(self.measured.any(0))[0]
 
-    def _weights(self, js):
+    def weights(self, js):
         """``w`` of the measured planes: ``(n_a, N1, N2)`` for position ``js`` (an int), ``(B, n_a, N1, N2)``
         for several (1D). The measured mask lives on the device and is uploaded again only when
         the host's :attr:`measured` changed (a streamed frame, the curriculum): no copy per position."""
@@ -169,7 +169,7 @@ class Reconstructor:
             return a[int(js)]
         return self.backend.xp.stack([a[int(j)] for j in js])
 
-    def _model(self, js, psi):
+    def model(self, js, psi):
         """Forward model of positions ``js`` (an int, B = 1, or 1D) for exit waves ``psi`` ``(B, N3, N1, N2)``.
 
         Returns ``(Psi on the frames' planes (B, n_u, N1, N2) (:attr:`RockingExposure.used`), Psi on
@@ -183,8 +183,8 @@ class Reconstructor:
         sqrt_h = xp.sqrt(xp.maximum(inten + self.background, 1e-12))
         if np.ndim(js) == 0:
             j = int(js)
-            return big, bm, inten, sqrt_h, self.amp[j:j + 1], self._weights(j)[None]
-        return big, bm, inten, sqrt_h, self._rows(self.amp, js), self._weights(js)
+            return big, bm, inten, sqrt_h, self.amp[j:j + 1], self.weights(j)[None]
+        return big, bm, inten, sqrt_h, self._rows(self.amp, js), self.weights(js)
 
     def _section_at(self, j: int):
         """The probe section shifted by position ``j``'s sub-voxel remainder."""
@@ -205,7 +205,7 @@ class Reconstructor:
                 (self.probe_op.extrude(i2) if box_intensity else None, i2[self.probe_op.rows_used].max()))
 
     # --- one position ------------------------------------------------------------------------
-    def _fourier(self, js, psi, update_background: bool, gradient: bool = False):
+    def fourier(self, js, psi, update_background: bool, gradient: bool = False):
         """Exit-wave correction of positions ``js`` (int or 1D array) with exit waves ``psi``
         (``(N3, N1, N2)`` or ``(B, N3, N1, N2)``, batched in one FFT call).
 
@@ -220,9 +220,9 @@ class Reconstructor:
             cost, norm = cpu_kernels.modulus(big, self.amp[int(js)], self.mask, self._measured_rows()[int(js)],
                                              self.background, self.config.gamma, update_background)
             return self.fft.adjoint(big, self.exposure.used)[0], cost, norm
-        big, bm, _, sqrt_h, a, w = self._model(js, psi[None] if single else psi)
-        cost = self._total(w * (a - sqrt_h) ** 2)
-        norm = self._total(w * a * a)
+        big, bm, _, sqrt_h, a, w = self.model(js, psi[None] if single else psi)
+        cost = self.total(w * (a - sqrt_h) ** 2)
+        norm = self.total(w * a * a)
         dbig = self.exposure.correction(big, w * (a / sqrt_h - 1), planes_field=bm, gradient=gradient)
         if update_background:
             g = self.config.gamma
@@ -358,7 +358,7 @@ class Reconstructor:
             # the fused kernel squares the probe itself: no |P|^2 box for it
             probe, intensity = self.probe3d_with_intensity(j, box_intensity=not self._fused)
             rho_v = self._obj[v]
-            d, cj, nj = self._fourier(j, probe * rho_v, c.background_update)
+            d, cj, nj = self.fourier(j, probe * rho_v, c.background_update)
             cost, norm = cost + cj, norm + nj
             if update_probe:                            # from the object before its update
                 inc = self._probe_increment(j, rho_v, d)
@@ -385,7 +385,7 @@ class Reconstructor:
             views = [self.layout.view(j) for j in batch]
             probes = xp.stack([self.probe3d(j) for j in batch])
             rho_b = xp.stack([self._obj[v] for v in views])
-            d, cb, nb = self._fourier(batch, probes * rho_b, c.background_update)
+            d, cb, nb = self.fourier(batch, probes * rho_b, c.background_update)
             cost, norm = cost + cb, norm + nb
             num = xp.zeros_like(self._obj)
             den = xp.zeros(self._obj.shape, np.float32)
@@ -438,6 +438,16 @@ class Reconstructor:
     @object.setter
     def object(self, value) -> None:
         self._obj = self.backend.xp.asarray(value, dtype=np.complex64) * self._mod
+
+    @property
+    def modulated(self):
+        """The object in the form the updates work on: the density times the Bragg carrier
+        (device array, axis order 3, 1, 2); the ML refinement reads and sets it."""
+        return self._obj
+
+    @modulated.setter
+    def modulated(self, value) -> None:
+        self._obj = value
 
     def illumination(self):
         """``sum_j |P_j|^2`` over the measured positions, on the object grid (float32, device array)."""

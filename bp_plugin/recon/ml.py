@@ -22,13 +22,13 @@ class MLObjective:
 
     ``mu_out``: the summed support regulariser ``sum_j mu_j`` of the positions that see a voxel,
     outside the support (float32, object-shaped). Object arrays are in the engine's stored
-    ("modulated") form, ``rec._obj``.
+    ("modulated") form, ``rec.modulated``.
     """
 
     def __init__(self, rec):
         xp = rec.backend.xp
         self.rec = rec
-        mu_sum = xp.zeros(rec._obj.shape, np.float32)
+        mu_sum = xp.zeros(rec.modulated.shape, np.float32)
         for j in rec.active_positions():        # mu * max|P|^2 in float64, added in float32 (as a host float was)
             mu_j = (xp.abs(rec.probe3d(j)).max() ** 2).astype(np.float64) * rec.config.mu
             mu_sum[rec.layout.view(j)] += mu_j.astype(np.float32)
@@ -37,15 +37,15 @@ class MLObjective:
     def penalty(self, rho):
         """The support penalty at ``rho``, a float64 device scalar."""
         xp = self.rec.backend.xp
-        return self.rec._total(self.mu_out * xp.abs(rho) ** 2)
+        return self.rec.total(self.mu_out * xp.abs(rho) ** 2)
 
     def cost(self, rho) -> float:
         """Data cost plus the support penalty at ``rho`` (summed on the device, read once)."""
         rec = self.rec
         total = 0.0
         for j in rec.active_positions():
-            _, _, _, sqrt_h, a, w = rec._model(j, (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
-            total = total + rec._total(w * (a - sqrt_h) ** 2)
+            _, _, _, sqrt_h, a, w = rec.model(j, (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
+            total = total + rec.total(w * (a - sqrt_h) ** 2)
         return float(total + self.penalty(rho))
 
     def cost_grad(self, rho):
@@ -59,7 +59,7 @@ class MLObjective:
                 rec.pause_hook()
             v = rec.layout.view(j)
             probe = rec.probe3d(j)
-            d, cj, _ = rec._fourier(j, probe * rho[v], False, gradient=True)
+            d, cj, _ = rec.fourier(j, probe * rho[v], False, gradient=True)
             total += cj
             grad[v] -= xp.conj(probe) * d
         grad += self.mu_out * rho
@@ -77,12 +77,12 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
     active = rec.active_positions()
     norm = 0.0
     for j in active:
-        norm = norm + rec._total(rec._weights(j) * rec.amp[j] ** 2)
+        norm = norm + rec.total(rec.weights(j) * rec.amp[j] ** 2)
     norm = float(norm)
     illum = rec.illumination()
     objective = MLObjective(rec)
     precond = 1.0 / (illum + 1e-3 * illum.max())
-    rho = rec._obj
+    rho = rec.modulated
     g_prev = s = pg_prev = None
     step = None
     for _ in range(iterations):
@@ -107,7 +107,7 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
             new = rho + np.float32(step) * s if cost_t < cost0 else rho
         rho = new.astype(np.complex64, copy=False)
         g_prev, pg_prev = g, pg
-        rec._obj = rho
+        rec.modulated = rho
         rec.history.append({"iteration": rec.iteration, "error": data_cost / norm if norm else float("nan"),
                             "seconds": time.perf_counter() - t0, "stage": "ml", "probe_update": False})
         rec.iteration += 1
