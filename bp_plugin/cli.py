@@ -181,7 +181,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .tiled_server import start_tiled_server
 
     server = start_tiled_server(a.dir, readable=a.read, port=a.port, api_key=resolve_key(a.api_key_file))
-    print(f"Tiled server at {server.url}, catalog in {server.directory}; API key in {server.key_file} "
+    keys = (f"writer key in {server.key_file}, read-only key in {server.read_key_file}" if server.read_key
+            else f"API key in {server.key_file}")
+    print(f"Tiled server at {server.url}, catalog in {server.directory}; {keys} "
           f"(export {ENV}=$(cat {server.key_file})); Ctrl-C stops it", flush=True)
     try:
         while server.process.poll() is None:

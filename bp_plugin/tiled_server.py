@@ -15,7 +15,6 @@ written) and ``HDF5_PLUGIN_PATH`` (the bitshuffle-LZ4 filter of our detector fil
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .keys import ENV, KEY_FILE, read_key_file, write_key_file
+from .keys import ENV, KEY_FILE, write_key_file
 
 
 class TiledServerError(RuntimeError):
@@ -44,6 +43,10 @@ class TiledServer:
     log_path: Path | None = None
     #: the file holding the key (mode 0600, in the server's home), for clients and for the user
     key_file: Path | None = None
+    #: a read-only key (browsing: the viewer, a user's client) and its file; None in single-user
+    #: mode, where the one key has every scope
+    read_key: str | None = field(default=None, repr=False)
+    read_key_file: Path | None = None
 
     def client(self):
         """A Tiled client authenticated with the API key."""
@@ -91,7 +94,7 @@ def _tiled_command() -> list[str]:
 
 def start_tiled_server(directory, *, readable=(), port: int | None = None, api_key: str | None = None,
                        timeout: float = 90.0) -> TiledServer:
-    """Start ``tiled serve catalog`` on 127.0.0.1 and wait until it answers.
+    """Start a Tiled server on 127.0.0.1 and wait until it answers.
 
     Args:
         directory: server home: ``catalog.db`` (created on first use, kept across restarts),
@@ -99,10 +102,13 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
         readable: extra directories the server may read (detector files); ``directory`` is always
             readable.
         port: TCP port (default: a free one).
-        api_key: the key clients must present (default: ``$BP_TILED_API_KEY``, else the key of an
-            earlier start in ``directory/api_key``, else a new random one). It goes to the child in
-            its environment, never on its command line (which every local user can read), and
-            into ``directory/api_key`` (mode 0600): :attr:`TiledServer.key_file`.
+        api_key: a key of the user's choosing (or ``$BP_TILED_API_KEY``): Tiled's single-user mode,
+            that one key with every scope, given to the child in its environment (never on its
+            command line, which every local user can read). Without one (the default), scoped
+            keys (:mod:`bp_plugin.tiled_auth`): the server issues a writer key
+            (:attr:`TiledServer.api_key`, file ``directory/api_key``) and a read-only key
+            (:attr:`TiledServer.read_key`, file ``directory/read_key``), both files mode 0600 and
+            reused at the next start.
         timeout: seconds to wait for the server to answer.
 
     Returns:
@@ -110,26 +116,37 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
     """
     import hdf5plugin
 
+    from .tiled_auth import auth_environment, write_config
+
     directory = Path(directory).resolve()
     (directory / "data").mkdir(parents=True, exist_ok=True)
     key_file = directory / KEY_FILE
-    api_key = (api_key or os.environ.get(ENV) or (read_key_file(key_file) if key_file.is_file() else None)
-               or secrets.token_hex(16))
-    write_key_file(key_file, api_key)
-    port = port or free_port()
-    catalog = directory / "catalog.db"
-    # arrays go to files under data/, tables (the runs' event streams) to an embedded DuckDB
-    cmd = [*_tiled_command(), "serve", "catalog", str(catalog), "--write", str(directory / "data"),
-           "--write", f"duckdb:///{directory / 'tables.duckdb'}",
-           "--read", str(directory), "--host", "127.0.0.1", "--port", str(port)]
+    api_key = api_key or os.environ.get(ENV)
+    # a key the user chose keeps Tiled's single-user mode (one key, every scope); otherwise the
+    # server issues scoped keys: a writer and a read-only one (bp_plugin.tiled_auth)
+    scoped = api_key is None
     for r in readable:
         Path(r).mkdir(parents=True, exist_ok=True)
-        cmd += ["--read", str(Path(r).resolve())]
-    if not catalog.exists():
-        cmd.append("--init")
-    env = dict(os.environ, TILED_SINGLE_USER_API_KEY=api_key, TILED_HDF5_SWMR_DEFAULT="1",
-               HDF5_PLUGIN_PATH=hdf5plugin.PLUGIN_PATH,
+    port = port or free_port()
+    env = dict(os.environ, TILED_HDF5_SWMR_DEFAULT="1", HDF5_PLUGIN_PATH=hdf5plugin.PLUGIN_PATH,
                HDF5_USE_FILE_LOCKING="FALSE")
+    env.pop("TILED_SINGLE_USER_API_KEY", None)
+    if scoped:
+        cmd = [*_tiled_command(), "serve", "config", str(write_config(directory, readable)),
+               "--host", "127.0.0.1", "--port", str(port)]
+        env.update(auth_environment(directory))
+    else:
+        write_key_file(key_file, api_key)
+        catalog = directory / "catalog.db"
+        # arrays go to files under data/, tables (the runs' event streams) to an embedded DuckDB
+        cmd = [*_tiled_command(), "serve", "catalog", str(catalog), "--write", str(directory / "data"),
+               "--write", f"duckdb:///{directory / 'tables.duckdb'}",
+               "--read", str(directory), "--host", "127.0.0.1", "--port", str(port)]
+        for r in readable:
+            cmd += ["--read", str(Path(r).resolve())]
+        if not catalog.exists():
+            cmd.append("--init")
+        env["TILED_SINGLE_USER_API_KEY"] = api_key
     log_path = directory / "server.log"
     log = open(log_path, "ab")
     # own session: a Ctrl-C at the terminal reaches us first, so we can drain writers before stopping it
@@ -137,7 +154,7 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
                             preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
     log.close()
     url = f"http://127.0.0.1:{port}"
-    server = TiledServer(url=url, api_key=api_key, directory=directory, process=proc, log_path=log_path,
+    server = TiledServer(url=url, api_key=api_key or "", directory=directory, process=proc, log_path=log_path,
                          key_file=key_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -148,6 +165,11 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
         try:
             with urllib.request.urlopen(f"{url}/api/v1/", timeout=2) as r:
                 if r.status == 200:
+                    if scoped:
+                        from .tiled_auth import READ_KEY_FILE, issue_keys
+
+                        server.api_key, server.read_key = issue_keys(url, directory)
+                        server.read_key_file = directory / READ_KEY_FILE
                     return server
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             pass
@@ -169,10 +191,18 @@ def connect(url: str, api_key: str | None):
     import httpx
     from tiled.client import from_uri
 
-    try:   # fail fast: the client itself retries an unreachable server for about 25 s
-        urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/", timeout=5).close()
-    except urllib.error.HTTPError:
-        pass   # it answers; the client reports what is wrong
+    # fail fast: the client itself retries an unreachable server for about 25 s, and with Tiled's
+    # own authentication it would ask a terminal for a password when the key is refused
+    req = urllib.request.Request(f"{url.rstrip('/')}/api/v1/metadata/",
+                                 headers={"Authorization": f"Apikey {api_key}"} if api_key else {})
+    try:
+        urllib.request.urlopen(req, timeout=5).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise TiledServerError(f"the Tiled server at {url} requires an API key and refused "
+                                   f"{'the one given' if api_key else 'none'} (HTTP {exc.code}); pass the key "
+                                   "the server issued ($BP_TILED_API_KEY or --api-key-file; the embedded "
+                                   "server's are its home's api_key and read_key files)") from None
     except (urllib.error.URLError, OSError) as exc:
         raise TiledServerError(f"cannot reach the Tiled server at {url} ({exc}); check the URL, or start one "
                                "with `bp-plugin serve`") from None

@@ -145,7 +145,7 @@ def start_viewer_if_installed(server):
         from .viewer_server import start_viewer
     except ImportError:
         return None
-    return start_viewer(server.url, server.api_key)
+    return start_viewer(server.url, server.read_key or server.api_key)      # it only reads
 
 
 def _summary(md: dict, r: dict, t_scan: float, t_total: float, out: Path, viewer) -> dict:

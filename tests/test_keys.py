@@ -5,6 +5,7 @@ import os
 import stat
 
 import httpx
+import numpy as np
 import pytest
 
 from bp_plugin.cli import main
@@ -23,6 +24,37 @@ def test_the_tiled_key_is_in_no_command_line_and_in_a_private_file(tiled_server)
     assert httpx.get(f"{tiled_server.url}/api/v1/metadata/").status_code == 401
     ok = httpx.get(f"{tiled_server.url}/api/v1/metadata/", headers={"Authorization": f"Apikey {key}"})
     assert ok.status_code == 200
+
+
+def test_the_server_issues_a_writer_key_and_a_read_only_key(tiled_server):
+    """Scoped keys: the writer (RunEngine, reconstructor) creates and updates; the read-only key
+    (viewer, a user browsing) reads metadata and data and is refused every write; neither key nor
+    the admin's password is on the server's command line, in its configuration or its log."""
+    from bp_plugin.tiled_auth import SECRETS_FILE
+    from bp_plugin.tiled_server import connect
+
+    writer, reader = tiled_server.api_key, tiled_server.read_key
+    assert reader and reader != writer
+    assert read_key_file(tiled_server.read_key_file) == reader
+    assert stat.S_IMODE(os.stat(tiled_server.read_key_file).st_mode) == 0o600
+    home = tiled_server.directory
+    assert stat.S_IMODE(os.stat(home / SECRETS_FILE).st_mode) == 0o600
+    password = __import__("json").loads(read_key_file(home / SECRETS_FILE))["admin_password"]
+    with open(f"/proc/{tiled_server.process.pid}/cmdline", "rb") as f:
+        argv = f.read().decode(errors="replace")
+    for text in (argv, (home / "config.yml").read_text(), (home / "server.log").read_text(errors="replace")):
+        assert writer not in text and reader not in text and password not in text
+    w = connect(tiled_server.url, writer)
+    c = w.create_container("scoped-keys-test", metadata={"by": "writer"})
+    c.write_array(np.arange(4), key="a")
+    r = connect(tiled_server.url, reader)
+    assert r["scoped-keys-test"]["a"].read().tolist() == [0, 1, 2, 3]
+    assert r["scoped-keys-test"].metadata["by"] == "writer"
+    for write in (lambda: r.create_container("by-reader"), lambda: r["scoped-keys-test"].update_metadata({"x": 1}),
+                  lambda: r["scoped-keys-test"].write_array(np.zeros(2), key="b")):
+        with pytest.raises(Exception, match="Not enough permissions"):
+            write()
+    assert "by-reader" not in w and "b" not in w["scoped-keys-test"]
 
 
 @pytest.mark.parametrize("argv", [["export", "RUN", "--out", "x.h5", "--api-key", "s3cret"],
