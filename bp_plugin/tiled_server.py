@@ -116,7 +116,7 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
     """
     import hdf5plugin
 
-    from .tiled_auth import auth_environment, write_config
+    from .tiled_auth import READ_KEY_FILE, auth_environment, issue_keys, write_config
 
     directory = Path(directory).resolve()
     (directory / "data").mkdir(parents=True, exist_ok=True)
@@ -165,17 +165,22 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
         try:
             with urllib.request.urlopen(f"{url}/api/v1/", timeout=2) as r:
                 if r.status == 200:
-                    if scoped:
-                        from .tiled_auth import READ_KEY_FILE, issue_keys
-
-                        server.api_key, server.read_key = issue_keys(url, directory)
-                        server.read_key_file = directory / READ_KEY_FILE
-                    return server
+                    break
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             pass
         time.sleep(0.25)
-    server.stop()
-    raise TiledServerError(f"the Tiled server did not answer at {url} within {timeout:.0f} s; see {log_path}")
+    else:
+        server.stop()
+        raise TiledServerError(f"the Tiled server did not answer at {url} within {timeout:.0f} s; see {log_path}")
+    if scoped:
+        try:
+            server.api_key, server.read_key = issue_keys(url, directory)
+        except Exception as exc:        # an HTTP error, a home whose files cannot be written
+            server.stop()
+            raise TiledServerError(f"the Tiled server at {url} started but could not issue its API keys "
+                                   f"({type(exc).__name__}: {exc}); see {log_path}") from None
+        server.read_key_file = directory / READ_KEY_FILE
+    return server
 
 
 def open_run(url: str, api_key: str | None, uid: str):

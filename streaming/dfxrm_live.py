@@ -317,10 +317,11 @@ class DfxrmLive:
     def ingest(self) -> int:
         return 0
 
-    def live_step(self) -> bool:
-        return False
+    def live_step(self) -> None:
+        return None                     # nothing to iterate: the loop idles for idle_s
 
     def first_snapshot(self) -> tuple[dict, dict | None]:
+        self._published = self.run.counters["placed"]
         return self.run.metadata("live"), published(self.run.maps())
 
     def live_snapshot(self) -> tuple[dict, dict | None] | None:
@@ -331,11 +332,11 @@ class DfxrmLive:
         self._published = placed
         return self.run.metadata("live"), published(self.run.maps())
 
-    def checkpoint(self, *, final: bool = False) -> None:
-        """The moments on disk when frames came since the last checkpoint (``final``: whenever any
-        frame is held, e.g. the service stops mid-run)."""
+    def checkpoint(self) -> None:
+        """The moments on disk when frames came since the last checkpoint (else the one on disk
+        already holds them: a run resumed from it, or nothing new since)."""
         placed = self.run.counters["placed"]
-        if (final and self.run.n_measured) or (not final and placed != self._checkpointed):
+        if placed != self._checkpointed:
             self._checkpointed = placed
             self.run.checkpoint()
 

@@ -264,10 +264,9 @@ class LiveReconstruction:
                  f" ({status['message']})" if status.get("message") else "")
         return {**status, "metrics": metrics, "result": str(out)}
 
-    def checkpoint(self, *, final: bool = False) -> None:
+    def checkpoint(self) -> None:
         """Engine state and the spool flushed to disk (atomic rename: a kill never leaves half a
-        file), once the engine has seen a frame (before, a checkpoint is of no use); ``final`` as
-        the service stops mid-run (the same rule here)."""
+        file), once the engine has seen a frame (before, a checkpoint is of no use)."""
         if not self.rec.measured.any():
             return
         st, h = self.rec.state(), self.history()

@@ -106,7 +106,7 @@ class ReconstructorService:
         self._current: str | None = None               # the run the worker is on (read by the receiver)
         self._stop = threading.Event()
         self.progress = progress
-        self._t_tick = 0.0
+        self._t_pub = 0.0                              # the last live publication (monotonic s)
         # set by the receiver while messages queue up faster than it takes them: the engine then
         # waits between positions, so ingest keeps the pace of the wire (frames before iterations)
         self._backlog = threading.Event()
@@ -334,7 +334,7 @@ class ReconstructorService:
         stop message, then recovery of missed frames, the final phase, result and publication."""
         tech, opts = technique_of(asm), self.opts.live
         pub = work = None
-        t_pub = t_ck = 0.0
+        t_ck = self._t_pub = 0.0
         try:
             work = tech.work(asm, opts, self.backend, self._yield_to_receiver)
             pub = self._publisher(asm.uid, technique=tech)
@@ -351,12 +351,8 @@ class ReconstructorService:
                     break
                 if work.live_step() is None:
                     time.sleep(work.idle_s)
+                self._publish_live(work, pub)
                 now = time.monotonic()
-                if pub and now - t_pub >= opts.publish_interval_s:     # maps cost: only when published
-                    snap = work.live_snapshot()
-                    if snap is not None:
-                        pub.submit(*snap)
-                    t_pub = now
                 if now - t_ck >= opts.checkpoint_interval_s:
                     work.checkpoint()
                     t_ck = now
@@ -366,7 +362,7 @@ class ReconstructorService:
             asm.recover(asm.stop.get("sources") or [])
             return work.complete(pub, lambda: self._final_tick(work, pub))
         except _Stopped:
-            work.checkpoint(final=True)
+            work.checkpoint()
             if pub:
                 pub.close(work.metadata("interrupted"))
             return {"state": "interrupted"}
@@ -378,12 +374,18 @@ class ReconstructorService:
                 pub.close(md)
             return {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}
 
+    def _publish_live(self, work, pub) -> None:
+        """A live snapshot to Tiled once per publish interval (maps cost: only when published)."""
+        if pub and time.monotonic() - self._t_pub >= self.opts.live.publish_interval_s:
+            snap = work.live_snapshot()
+            if snap is not None:
+                pub.submit(*snap)
+            self._t_pub = time.monotonic()
+
     def _final_tick(self, work, pub) -> None:
         if self._stop.is_set():
             raise _Stopped
-        if pub and time.monotonic() - self._t_tick >= self.opts.live.publish_interval_s:
-            pub.submit(*work.live_snapshot())
-            self._t_tick = time.monotonic()
+        self._publish_live(work, pub)
         self._report(work)
 
     def _report(self, work) -> None:

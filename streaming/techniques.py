@@ -12,13 +12,14 @@ it is worked on (``work``: what the loop drives), and where its results go in Ti
         checkpoint interval work.checkpoint()
     assembly.recover(the stop message's sources); work.complete(publisher, tick)
 
-and ends a run that is stopped (``work.checkpoint(final=True)``, published ``interrupted``),
+and ends a run that is stopped (``work.checkpoint()``, published ``interrupted``),
 abandoned or failed alike. A third technique is one module with its assembly (``uid``, ``folder``,
 ``stop``, ``set_stop``, ``recover``, ``place``, ``set_mask``, ``status``, ``t_created``,
 ``t_last_frame``, ``n_frames_expected``) and its work, plus one entry in :data:`TECHNIQUES`.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,8 @@ from . import protocol
 from .assembly import RunAssembly, check_resources
 from .dfxrm_live import DIMS, ROOT, UNITS, DfxrmLive, DfxrmRun
 from .live import LiveReconstruction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ def _bragg_open(header: dict, folder: Path, workdir: Path, backend) -> RunAssemb
 def _bragg_work(asm: RunAssembly, opts, backend, pause_hook) -> LiveReconstruction:
     live = LiveReconstruction(asm, opts, backend)
     live.rec.pause_hook = pause_hook
+    log.info("run %s: %s", asm.uid[:8], live.rec.layout.describe())
     return live
 
 

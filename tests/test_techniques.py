@@ -7,7 +7,7 @@ from bp_plugin.backend import get_backend
 from streaming import protocol
 from streaming.assembly import RunAssembly
 from streaming.dfxrm_live import DfxrmLive, DfxrmRun
-from streaming.live import LiveReconstruction
+from streaming.live import LiveOptions, LiveReconstruction
 from streaming.techniques import TECHNIQUES, technique_of
 from streaming.workdir import resume_run, unfinished_runs
 
@@ -38,6 +38,11 @@ def test_runs_open_and_resume_through_their_technique(tiny_dataset, tmp_path):
           "scan": {"kind": "mosaicity", "axes": ["phi"], "centre_deg": [0.0], "shape": [4], "frame_shape": [8, 6]}}
     run = technique_of(dh).open(dh, tmp_path / "d-run", tmp_path, backend)
     assert isinstance(run, DfxrmRun) and technique_of(run).name == "dfxrm"
+    work = technique_of(run).work(run, LiveOptions(figures=False), backend, None)
+    assert isinstance(work, DfxrmLive)
+    assert work.live_step() is None                      # nothing to iterate: the loop idles, never spins
+    work.checkpoint()
+    assert not (tmp_path / "d-run" / "moments.npz").exists()      # no frame since the last: nothing written
     assert isinstance(resume_run(tmp_path / "d-run", backend), DfxrmRun)
     # a spool whose start file is not JSON is logged and skipped: the service still starts
     (tmp_path / "torn").mkdir()
