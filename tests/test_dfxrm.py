@@ -10,8 +10,6 @@ Burgers vectors from the Nye map within 6 % (test 15 %), mosaicity FWHM within +
 they were -5 % and -16 %: the floor cuts the tails and removing the chi resolution, 2.7x the mosaic
 spread, in quadrature amplifies that).
 """
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +20,8 @@ from bp_plugin.dfxrm.quality import burgers_integrals, map_errors
 from plans.dfxrm import noise_floor
 from sim_devices.dfxrm_microscope import build_preset_sample
 from sim_devices.dfxrm_sample import DfxrmSampleConfig, build_sample
+
+from gates import FrameGate, Watcher
 
 PHI = np.linspace(-0.07, 0.07, 29)
 CHI = np.linspace(-0.07, 0.07, 15)
@@ -245,10 +245,12 @@ def test_live_maps_over_zeromq_in_tiled_equal_batch_maps(tiled_server, tmp_path)
                                               device="cpu", tiled_url=tiled_server.url, api_key=tiled_server.api_key,
                                               live=LiveOptions(figures=False, publish_interval_s=0.3)))
     th = svc.start()
-    senders, seen_live = [], []
+    senders = []
+    gate = FrameGate(at=200)                       # the stream waits at frame 200 until live maps were seen
 
     class DroppingTap(DetectorFrameTap):
         def take(self, uri, index):                    # frames 5 and 6 never reach the sender
+            gate.passing()
             f = super().take(uri, index)
             return None if index in (5, 6) else f
 
@@ -257,35 +259,31 @@ def test_live_maps_over_zeromq_in_tiled_equal_batch_maps(tiled_server, tmp_path)
         return [DfxrmFrameStreamer(senders[-1], DroppingTap(mic.detector))]
 
     client = tiled_server.client()
-    stop = threading.Event()
 
-    def watch():                                       # the second client: live maps while the scan runs
-        while not stop.is_set():
-            try:
-                for uid in client["dfxrm"]:
-                    st = client["dfxrm"][uid].metadata["status"]
-                    if st["state"] == "live" and 0 < st["placed"] < st["frames_expected"] \
-                            and "tilt_phi" in client["dfxrm"][uid]:
-                        seen_live.append(st["placed"])
-            except KeyError:
-                pass
-            time.sleep(0.2)
+    def look():                                        # the second client: live maps while the scan runs
+        for uid in client["dfxrm"]:
+            st = client["dfxrm"][uid].metadata["status"]
+            if st["state"] == "live" and 0 < st["placed"] < st["frames_expected"] \
+                    and "tilt_phi" in client["dfxrm"][uid]:
+                gate.open()
+                return st["placed"]
+        return None
 
-    w = threading.Thread(target=watch, daemon=True)
+    w = Watcher(look)
     w.start()
-    # real-time exposures of 30 ms: the scan lasts longer than a publication, as at a beamline
     r = acquire_dfxrm(DfxrmAcquireOptions(preset="tiny", scan="mosaicity", out=tmp_path / "acq", count_time=0.03,
                                           detector_dir=tiled_server.detector_dir,
                                           realtime=True), server=tiled_server, callbacks_for=streamer)
     for s in senders:
         s.close()
     th.join(120)
-    stop.set()
+    w.stop()
     st = svc.finished[r["uid"]]
     assert st["state"] == "final"
     assert st["received"] == st["placed"] + st["duplicates"] + st["rejected"]
     assert (st["placed"], st["recovered"], st["frames_measured"]) == (r["n_events"] - 2, 2, r["n_events"])
-    assert seen_live, "no live maps seen by a second client while the scan ran"
+    assert gate.held_s is not None, f"the scan has fewer than {gate.at} frames: the gate never held"
+    assert w.seen, f"no live maps seen by a second client while the scan ran ({w.report()})"
     node = client["dfxrm"][r["uid"]]
     assert node.metadata["status"]["state"] == "final"
     live = {k: node[k].read() for k in ("tilt_phi", "tilt_chi", "fwhm_phi", "nye_zz", "intensity")}

@@ -27,8 +27,10 @@ from plans.replay import dataset_documents, replay, tiled_documents
 from sim_devices.beamline import build_beamline
 from sim_devices.detector_file import read_detector_file
 
+from gates import FrameGate, Watcher
 
-def record(server, bl, plan_kwargs=None, *, on_start=None):
+
+def record(server, bl, plan_kwargs=None, *, on_start=None, on_event=None):
     """Run bragg_ptycho_scan with a buffered TiledWriter; returns (uid, documents seen)."""
     RE = RunEngine({})
     writer = BufferingWrapper(TiledWriter(server.client(), batch_size=10))
@@ -37,6 +39,8 @@ def record(server, bl, plan_kwargs=None, *, on_start=None):
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
     if on_start:
         RE.subscribe(on_start, "start")
+    if on_event:
+        RE.subscribe(on_event, "event")
     try:
         uids = RE(bragg_ptycho_scan([bl.detector], bl.eta, bl.piezo_x, bl.piezo_y, bl.preset.geometry,
                                     **(plan_kwargs or {})))
@@ -49,30 +53,27 @@ def record(server, bl, plan_kwargs=None, *, on_start=None):
 def exact_run(tiled_server):
     """A noise-free tiny scan, with a second client polling Tiled while it runs."""
     bl = build_beamline("tiny", write_dir=tiled_server.detector_dir, noise=False, background_cps=0.0)
-    seen_during = []
-    stop = threading.Event()
     started = {}
+    gate = FrameGate(at=150)          # the scan waits at event 150 until the second client saw frames
+    c = connect(tiled_server.url, tiled_server.api_key)
 
-    def watch():   # a second client, polling the run's frames while the scan goes on
-        c = connect(tiled_server.url, tiled_server.api_key)
-        while not stop.is_set():
-            time.sleep(0.5)
-            try:
-                run = c[started["uid"]]
-                if run.metadata.get("stop") is None:
-                    img = run["primary"]["maxipix_image"]
-                    if img.shape[0]:
-                        seen_during.append((img.shape[0], int(np.asarray(img[img.shape[0] - 1]).sum())))
-            except (KeyError, LookupError):
-                pass   # run or stream not in Tiled yet
+    def look():   # a second client, polling the run's frames while the scan goes on
+        run = c[started["uid"]]
+        if run.metadata.get("stop") is None:
+            img = run["primary"]["maxipix_image"]
+            if img.shape[0]:
+                gate.open()
+                return img.shape[0], int(np.asarray(img[img.shape[0] - 1]).sum())
+        return None
 
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
+    w = Watcher(look, period_s=0.5)
+    w.start()
     try:
-        uid, docs, _ = record(tiled_server, bl, on_start=lambda name, doc: started.update(uid=doc["uid"]))
+        uid, docs, _ = record(tiled_server, bl, on_start=lambda name, doc: started.update(uid=doc["uid"]),
+                              on_event=lambda name, doc: gate.passing())
     finally:
-        stop.set()
-        t.join(5)
+        w.stop()
+    seen_during = w.seen
     return bl, uid, docs, seen_during
 
 

@@ -7,7 +7,6 @@ streamed run ends with the same schedule, started from the live state, so it mus
 """
 import dataclasses
 import json
-import threading
 import time
 
 import numpy as np
@@ -20,6 +19,8 @@ from streaming.processes import start_reconstructor, wait_for_state
 from streaming.sender import FrameSender, send_dataset
 from streaming.service import ReconstructorService, ServiceOptions
 from streaming.live import LiveOptions
+
+from gates import FrameGate, Watcher
 
 OBJ, STRAIN, TILT = 0.22, 4.6e-5, 4.5e-5
 
@@ -128,39 +129,45 @@ def test_scan_streams_live_to_reconstructor_and_tiled(tiled_server, tmp_path):
     try:
         bl = build_beamline("tiny", write_dir=tiled_server.detector_dir, seed=0)
         sender = FrameSender(rp.address)
-        streamer = buffered(BlueskyFrameStreamer(sender, DetectorFrameTap(bl.detector)))
+        gate = FrameGate(at=150)                # the stream waits at frame 150 until a live map was seen
+
+        class GatedTap(DetectorFrameTap):
+            def take(self, uri, index):
+                gate.passing()
+                return super().take(uri, index)
+
+        streamer = buffered(BlueskyFrameStreamer(sender, GatedTap(bl.detector)))
         writer = buffered(TiledWriter(tiled_server.client(), batch_size=10))
         RE = make_run_engine()
         RE.subscribe(writer)
         RE.subscribe(streamer)
-        seen, uid, scanning = [], [], threading.Event()
+        uid = []
         RE.subscribe(lambda name, doc: uid.append(doc["uid"]) if name == "start" else None)
+        viewer = connect(tiled_server.url, tiled_server.api_key)   # a second client, reading during the scan
 
-        def watch():                           # a second client, reading while the scan runs
-            viewer = connect(tiled_server.url, tiled_server.api_key)
-            while scanning.is_set():
-                try:
-                    node = viewer["reconstructions"][uid[0]]
-                    st = node.metadata["status"]
-                    if st["state"] == "live" and st["frames_in_engine"] > 0:
-                        seen.append((st["frames_in_engine"], float(np.nanmax(np.abs(node["eps_zz"][:])))))
-                except (KeyError, IndexError):
-                    pass
-                time.sleep(0.3)
+        def look():
+            if not uid:
+                return None
+            node = viewer["reconstructions"][uid[0]]
+            st = node.metadata["status"]
+            if st["state"] == "live" and st["frames_in_engine"] > 0:
+                seen = (st["frames_in_engine"], float(np.nanmax(np.abs(node["eps_zz"][:]))))
+                gate.open()
+                return seen
+            return None
 
-        scanning.set()
-        watcher = threading.Thread(target=watch, daemon=True)
+        watcher = Watcher(look, period_s=0.3)
         watcher.start()
         RE(bragg_ptycho_scan([bl.detector], bl.eta, bl.piezo_x, bl.piezo_y, bl.preset.geometry))
         streamer.shutdown(wait=True)
-        scanning.clear()
-        watcher.join(5)
+        watcher.stop()
         writer.shutdown(wait=True)
         sender.close()
         md = wait_for_state(tiled_server.client(), uid[0], timeout=600)
     finally:
         rp.stop()
-    assert seen, f"no live result was seen in Tiled while the scan ran; reconstructor log:\n{rp.log_tail()}"
+    seen = watcher.seen
+    assert seen, f"no live result seen in Tiled while the scan ran ({watcher.report()}); log:\n{rp.log_tail()}"
     assert seen[0][0] < 300 and np.isfinite(seen[0][1])    # a partial map, published before the last frame
     st, m = md["status"], md["metrics"]
     assert st["state"] == "final", rp.log_tail()
