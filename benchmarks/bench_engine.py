@@ -131,7 +131,7 @@ def converge(ds, backend, kernels: str) -> dict:
     from bp_plugin.recon.results import evaluate
 
     cfg = ReconConfig(kernels=kernels).with_schedule(SHORT)
-    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg, backend=backend)
+    rec = Reconstructor.from_scan(ds, config=cfg, backend=backend)
     t0 = time.perf_counter()
     n_curr = angle_curriculum(rec, CURRICULUM.get(ds.metadata.get("preset"), 5))
     rec.run()

@@ -210,7 +210,7 @@ def quality(backend, quick: bool) -> dict:
         ds = read_dataset(path)
     cfg = ReconConfig().with_schedule(SHORT)
     t0 = time.perf_counter()
-    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg, backend=backend)
+    rec = Reconstructor.from_scan(ds, config=cfg, backend=backend)
     angle_curriculum(rec, 5 if quick else 10)
     seconds, q = _run_and_evaluate(rec, ds, t0)
     return {"preset": preset, "simulate_s": sim["seconds"], "reconstruct_s": seconds, "iterations": rec.iteration, **q}
@@ -252,7 +252,7 @@ def paper_quality(backend, quick: bool, budget_s: float) -> dict:
     joint = int(max(10, min(PAPER_SCHEDULE[0], 0.6 * budget_s / max(t_iter, 1e-9))))
     cfg = ReconConfig().scaled(joint)                    # ML scaled alike: half the joint count
     t0 = time.perf_counter()
-    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg, backend=backend)
+    rec = Reconstructor.from_scan(ds, config=cfg, backend=backend)
     seconds, q = _run_and_evaluate(rec, ds, t0)
     return {"preset": preset, "simulate_s": sim["seconds"], "simulate_device": sim["device"],
             "joint": cfg.iterations, "ml": cfg.ml_iterations, "reconstruct_s": seconds, "first_iteration_s": t_iter, **q}

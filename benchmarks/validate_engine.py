@@ -58,7 +58,7 @@ def reconstruct(ds, *, iterations=100, ml=30, probe2d=None, start="slab", **kw):
     "true probe" (the slab object with the true probe), "truth" (the ground truth at the grid's
     resolution and the true probe: what the engine holds when it starts from the answer)."""
     cfg = ReconConfig(**kw).scaled(iterations, ml)
-    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, ds.measured, config=cfg)
+    rec = Reconstructor.from_scan(ds, config=cfg)
     gt, at = ds.ground_truth, ds.ground_truth_attrs
     if start == "truth":
         rec.object = ground_truth_at_resolution(gt["density"], at["grid_origin_m"], float(at["grid_voxel_m"]),

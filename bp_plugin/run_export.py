@@ -1,8 +1,8 @@
 """A recorded Bragg ptychography run (in Tiled) -> the project's dataset file, ready to reconstruct.
 
 The run must come from ``plans.bragg_ptycho_scan`` (or any plan writing the same start-document
-keys, see ``plans/bragg_ptycho.py``): ``bp_geometry`` gives the experiment, ``bp_scan`` the motor
-names, units, ROI and point count; each event's ``bp_index_angle`` / ``bp_index_pos`` place its
+keys, read as :class:`bp_plugin.scan_document.ScanDocument`): ``bp_geometry`` gives the experiment,
+``bp_scan`` the motor names, units, ROI and point count; each event's ``bp_index_angle`` / ``bp_index_pos`` place its
 frame in the ``[n_angles, n_positions]`` dataset. Translations are the mean readbacks of each
 position, angles the mean readbacks of each angle index. Frames are read through Tiled, already
 cropped to the ROI on the server (only the crop travels). A run that stopped early exports as a
@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from .dataset import DatasetWriter
-from .geometry import ExperimentGeometry
+from .scan_document import RunDocumentError, run_scan
 
 
 class RunExportError(ValueError):
@@ -63,23 +63,21 @@ def run_to_dataset(run, path, *, overwrite: bool = False, mask: np.ndarray | Non
     from tqdm import tqdm
 
     start = dict(run.metadata["start"])
-    if "bp_geometry" not in start or "bp_scan" not in start:
-        raise RunExportError(f"run {start.get('uid', '?')[:8]} was not recorded by bragg_ptycho_scan (no "
-                             "bp_geometry / bp_scan in its start document); it cannot be exported")
-    geo = ExperimentGeometry.from_dict(start["bp_geometry"])
-    scan = start["bp_scan"]
+    try:
+        geo, scan = run_scan(start)
+    except RunDocumentError as exc:
+        raise RunExportError(str(exc)) from None
     if "primary" not in run:
         raise RunExportError(f"run {start['uid'][:8]} has no events (no primary stream): nothing was measured")
     stream = run["primary"]
-    cols = run_columns(stream, [scan["x_motor"], scan["y_motor"], scan["rocking_motor"], "bp_index_angle",
-                                "bp_index_pos"])
-    image = stream[scan["image_key"]]
+    cols = run_columns(stream, [scan.x_motor, scan.y_motor, scan.rocking_motor, "bp_index_angle", "bp_index_pos"])
+    image = stream[scan.image_key]
     n = min(len(cols["bp_index_angle"]), image.shape[0])
     ia, ip = cols["bp_index_angle"][:n].astype(int), cols["bp_index_pos"][:n].astype(int)
-    n_a, n_p = int(scan["n_angles"]), int(scan["n_positions"])
-    x = cols[scan["x_motor"]][:n] * scan["x_unit_m"]
-    y = cols[scan["y_motor"]][:n] * scan["y_unit_m"]
-    eta = cols[scan["rocking_motor"]][:n]
+    n_a, n_p = scan.n_angles, scan.n_positions
+    x = cols[scan.x_motor][:n] * scan.x_unit_m
+    y = cols[scan.y_motor][:n] * scan.y_unit_m
+    eta = cols[scan.rocking_motor][:n]
     translations = np.zeros((n_p, 3))
     seen = np.zeros(n_p, bool)
     for j in range(n_p):
@@ -88,11 +86,10 @@ def run_to_dataset(run, path, *, overwrite: bool = False, mask: np.ndarray | Non
             translations[j, :2] = x[sel].mean(), y[sel].mean()
             seen[j] = True
     # planned positions never reached (a stopped run): their setpoints keep the file well formed
-    translations[~seen, 0] = np.asarray(scan["x_setpoints"], float)[~seen] * scan["x_unit_m"]
-    translations[~seen, 1] = np.asarray(scan["y_setpoints"], float)[~seen] * scan["y_unit_m"]
-    setpoints = np.asarray(scan["eta_setpoints_deg"], float)
+    translations[~seen, :2] = scan.translations_m[~seen, :2]
+    setpoints = np.asarray(scan.eta_setpoints_deg, float)
     angles = np.array([eta[ia == i].mean() if (ia == i).any() else setpoints[i] for i in range(n_a)])
-    r0, c0 = scan["roi_origin"]
+    r0, c0 = scan.roi_origin
     n1, n2 = geo.crop
     frames = np.empty((n, n1, n2), np.uint32)
     bar = tqdm(total=n, desc=f"export {start['uid'][:8]}", unit="frame", disable=not progress)
@@ -104,10 +101,10 @@ def run_to_dataset(run, path, *, overwrite: bool = False, mask: np.ndarray | Non
     if mask is None:
         mask = derive_mask(frames)
     meta = {"source": "bluesky run", "run_uid": start["uid"], "plan_name": start.get("plan_name"),
-            "scan_id": start.get("scan_id"), "order": scan["order"], "snake": scan["snake"],
+            "scan_id": start.get("scan_id"), "order": scan.order, "snake": scan.snake,
             "roi_origin": [int(r0), int(c0)], "exit_status": (run.metadata.get("stop") or {}).get("exit_status"),
             **({"simulated": True, **start["bp_sim"]} if "bp_sim" in start else {})}
-    with DatasetWriter(path, geo, translations, angles, mask, count_time_s=float(scan.get("count_time_s") or 0.0),
+    with DatasetWriter(path, geo, translations, angles, mask, count_time_s=float(scan.count_time_s or 0.0),
                        metadata=meta, overwrite=overwrite) as w:
         for k in range(n):
             w.write_frame(int(ia[k]), int(ip[k]), frames[k], flush=(k == n - 1))
@@ -118,5 +115,5 @@ def run_to_dataset(run, path, *, overwrite: bool = False, mask: np.ndarray | Non
                 w.write_ground_truth(gt, attrs)
             elif note:
                 print(f"warning: {note}", file=sys.stderr)
-    return {"uid": start["uid"], "n_frames": n, "n_points": int(scan["n_points"]), "complete": n == int(scan["n_points"]),
+    return {"uid": start["uid"], "n_frames": n, "n_points": scan.n_points, "complete": n == scan.n_points,
             "path": str(path)}

@@ -20,10 +20,11 @@ import bluesky.preprocessors as bpp
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 
+from bp_plugin.scan_document import ScanDocument
+
 from .checks import (PlanError, check_angle_motor, check_detector, check_sampling, check_targets, length_unit_m,
                      resolve_geometry, scan_points)
 
-PLAN_VERSION = 1
 
 
 class ScanIndex(Device):
@@ -84,16 +85,12 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
     n_points = len(pts.angle_index)
     det = detectors[0]
     ct = count_time if count_time is not None else (det.count_time.get() if hasattr(det, "count_time") else None)
-    scan_md = {
-        "version": PLAN_VERSION, "order": order, "snake": bool(snake), "n_points": n_points,
-        "n_angles": int(geo.n_angles), "n_positions": int(len(pts.x)), "raster_shape": list(geo.raster_shape),
-        "rocking_motor": rocking.name, "x_motor": x.name, "y_motor": y.name,
-        "x_unit_m": ux, "y_unit_m": uy, "x_centre": x_centre, "y_centre": y_centre, "eta_centre_deg": eta_c,
-        "eta_setpoints_deg": [float(v) for v in pts.eta],
-        "x_setpoints": [float(v) for v in pts.x], "y_setpoints": [float(v) for v in pts.y],
-        "detector": det.name, "image_key": key, "frame_shape": list(frame_shape), "roi_origin": list(roi),
-        "count_time_s": ct,
-    }
+    scan_md = ScanDocument(
+        n_points=n_points, n_angles=geo.n_angles, n_positions=len(pts.x), raster_shape=geo.raster_shape,
+        order=order, snake=snake, rocking_motor=rocking.name, x_motor=x.name, y_motor=y.name,
+        x_unit_m=ux, y_unit_m=uy, x_centre=x_centre, y_centre=y_centre, eta_centre_deg=eta_c,
+        eta_setpoints_deg=pts.eta, x_setpoints=pts.x, y_setpoints=pts.y, detector=det.name, image_key=key,
+        frame_shape=frame_shape, roi_origin=roi, count_time_s=ct).to_dict()
     _md = {
         "plan_name": "bragg_ptycho_scan", "technique": "bragg-ptychography",
         "detectors": [d.name for d in detectors], "motors": [rocking.name, x.name, y.name],

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from bluesky.callbacks.core import CallbackBase
 
+from bp_plugin.scan_document import run_scan
+
 
 def buffered(callback):
     """``callback`` behind a queue and a worker thread; call ``.shutdown()`` to drain it."""
@@ -37,28 +39,28 @@ class LiveScanMonitor(CallbackBase):
         self.png_dir = Path(png_dir) if png_dir else None
         self.png_every_s = png_every_s
         self.progress = progress
-        self.scan = None          # bp_scan of the current (or last) run
+        self.scan = None          # ScanDocument of the current (or last) run
         self.active = False
         self.last_png: Path | None = None
 
     def start(self, doc):
-        self.active = "bp_scan" in doc
+        self.active = "bp_scan" in doc and "bp_geometry" in doc
         if not self.active:
             return
-        self.scan = doc["bp_scan"]
+        self.geometry, self.scan = run_scan(doc)
         s = self.scan
         self.uid = doc["uid"]
-        self.total_key = f"{s['detector']}_total"
-        self.n_a, self.n_p = int(s["n_angles"]), int(s["n_positions"])
+        self.total_key = f"{s.detector}_total"
+        self.n_a, self.n_p = s.n_angles, s.n_positions
         self.counts = np.full((self.n_a, self.n_p), np.nan)
-        self.eta = np.asarray(s["eta_setpoints_deg"], float)
+        self.eta = np.asarray(s.eta_setpoints_deg, float)
         self.done = 0
         self.t0 = time.monotonic()
         self._last_png_t = 0.0
         self.bar = None
         if self.progress:
             from tqdm import tqdm
-            self.bar = tqdm(total=int(s["n_points"]), desc=f"scan {self.uid[:8]}", unit="frame")
+            self.bar = tqdm(total=s.n_points, desc=f"scan {self.uid[:8]}", unit="frame")
 
     def event(self, doc):
         if not self.active:
@@ -95,17 +97,17 @@ class LiveScanMonitor(CallbackBase):
 
     def intensity_map(self) -> np.ndarray:
         """Total counts summed over the angles measured so far, ``(ny, nx)`` in scan position order."""
-        ny, nx = self.scan["raster_shape"]
+        ny, nx = self.scan.raster_shape
         m = np.nansum(self.counts, axis=0)
         m[~np.isfinite(self.counts).any(0)] = np.nan
         m = m.reshape(ny, nx)
-        if self.scan.get("snake"):
+        if self.scan.snake:
             m[1::2] = m[1::2, ::-1]
         return m
 
     def time_left_s(self) -> float:
         rate = self.done / max(time.monotonic() - self.t0, 1e-9)
-        return (int(self.scan["n_points"]) - self.done) / rate if rate else float("inf")
+        return (self.scan.n_points - self.done) / rate if rate else float("inf")
 
     def write_png(self, final: bool = False, exit_status: str | None = None) -> Path:
         import matplotlib
@@ -115,16 +117,16 @@ class LiveScanMonitor(CallbackBase):
         self.png_dir.mkdir(parents=True, exist_ok=True)
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         a1.plot(self.eta, self.rocking_curve(), "o-")
-        a1.set_xlabel(f"{self.scan['rocking_motor']} (deg)")
+        a1.set_xlabel(f"{self.scan.rocking_motor} (deg)")
         a1.set_ylabel("mean total counts per frame")
         a1.set_title("rocking curve")
         im = a2.imshow(self.intensity_map(), origin="lower", cmap="viridis")
         fig.colorbar(im, ax=a2, label="integrated counts")
-        a2.set_xlabel(f"{self.scan['x_motor']} index")
-        a2.set_ylabel(f"{self.scan['y_motor']} index")
+        a2.set_xlabel(f"{self.scan.x_motor} index")
+        a2.set_ylabel(f"{self.scan.y_motor} index")
         a2.set_title("integrated intensity")
         state = f"final ({exit_status})" if final else f"live, about {self.time_left_s():.0f} s left"
-        fig.suptitle(f"run {self.uid[:8]}: {self.done} / {self.scan['n_points']} frames, {state}")
+        fig.suptitle(f"run {self.uid[:8]}: {self.done} / {self.scan.n_points} frames, {state}")
         fig.tight_layout()
         path = self.png_dir / f"scan_{self.uid[:8]}.png"
         fig.savefig(path, dpi=90)

@@ -22,22 +22,21 @@ from event_model import compose_run
 from bp_plugin.dataset import read_dataset
 from bp_plugin.geometry import ExperimentGeometry
 from bp_plugin.run_export import run_columns
+from bp_plugin.scan_document import ScanDocument, run_scan
 
 DETECTOR = "replay"
 
 
 def _scan_md(geo: ExperimentGeometry, angles_deg, xy_um, n_points: int, order: str, snake: bool, count_time_s,
-             extra=None):
+             raster_shape=None) -> dict:
     """``bp_scan`` of a replayed run; ``xy_um``: raster setpoints ``(n_positions, 2)`` in um."""
-    return {
-        "version": 1, "order": order, "snake": bool(snake), "n_points": int(n_points), "n_angles": int(geo.n_angles),
-        "n_positions": int(np.prod(geo.raster_shape)), "raster_shape": list(geo.raster_shape),
-        "rocking_motor": "eta", "x_motor": "x", "y_motor": "y", "x_unit_m": 1e-6, "y_unit_m": 1e-6,
-        "x_centre": 0.0, "y_centre": 0.0, "eta_centre_deg": float(angles_deg[len(angles_deg) // 2]),
-        "eta_setpoints_deg": [float(a) for a in angles_deg], "detector": DETECTOR,
-        "x_setpoints": [float(v) for v in xy_um[:, 0]], "y_setpoints": [float(v) for v in xy_um[:, 1]],
-        "image_key": f"{DETECTOR}_image", "frame_shape": list(geo.crop), "roi_origin": [0, 0],
-        "count_time_s": count_time_s, **(extra or {})}
+    return ScanDocument(
+        n_points=n_points, n_angles=geo.n_angles, n_positions=len(xy_um),
+        raster_shape=raster_shape if raster_shape is not None else geo.raster_shape, order=order, snake=snake,
+        rocking_motor="eta", x_motor="x", y_motor="y", x_unit_m=1e-6, y_unit_m=1e-6, x_centre=0.0, y_centre=0.0,
+        eta_centre_deg=float(angles_deg[len(angles_deg) // 2]), eta_setpoints_deg=angles_deg,
+        x_setpoints=xy_um[:, 0], y_setpoints=xy_um[:, 1], detector=DETECTOR, image_key=f"{DETECTOR}_image",
+        frame_shape=geo.crop, roi_origin=(0, 0), count_time_s=count_time_s).to_dict()
 
 
 def _emit(geo, scan_md, extra_start, points: Iterator, rate: float | None, original_times: bool):
@@ -92,18 +91,14 @@ def dataset_documents(path, *, rate: float | None = None) -> Iterator[tuple[str,
 def tiled_documents(run, *, rate: float | None = None, original: bool = False) -> Iterator[tuple[str, dict]]:
     """Documents of a recorded run in Tiled; ``original``: keep the recorded time between frames."""
     start = dict(run.metadata["start"])
-    if "bp_scan" not in start:
-        raise ValueError(f"run {start['uid'][:8]} was not recorded by bragg_ptycho_scan; it cannot be replayed")
-    geo = ExperimentGeometry.from_dict(start["bp_geometry"])
-    s = start["bp_scan"]
+    geo, s = run_scan(start)
     stream = run["primary"]
-    col = run_columns(stream, [s["x_motor"], s["y_motor"], s["rocking_motor"], "bp_index_angle", "bp_index_pos", "time"])
-    image = stream[s["image_key"]]
+    col = run_columns(stream, [s.x_motor, s.y_motor, s.rocking_motor, "bp_index_angle", "bp_index_pos", "time"])
+    image = stream[s.image_key]
     n = min(len(col["time"]), image.shape[0])
-    (r0, c0), (n1, n2) = s["roi_origin"], geo.crop
-    xy_um = np.stack([np.asarray(s["x_setpoints"]) * s["x_unit_m"], np.asarray(s["y_setpoints"]) * s["y_unit_m"]], 1) * 1e6
-    scan_md = _scan_md(geo, s["eta_setpoints_deg"], xy_um, n, s["order"], s["snake"], s.get("count_time_s"),
-                       {"raster_shape": s["raster_shape"]})
+    (r0, c0), (n1, n2) = s.roi_origin, geo.crop
+    scan_md = _scan_md(geo, s.eta_setpoints_deg, s.translations_m[:, :2] * 1e6, n, s.order, s.snake, s.count_time_s,
+                       s.raster_shape)
     extra = {"replay_of": start["uid"], **({"bp_sim": start["bp_sim"]} if "bp_sim" in start else {})}
 
     def points(chunk=32):
@@ -112,8 +107,8 @@ def tiled_documents(run, *, rate: float | None = None, original: bool = False) -
             frames = np.asarray(image[a:b, r0:r0 + n1, c0:c0 + n2], np.uint32)
             for k in range(a, b):
                 yield (col["time"][k], col["bp_index_angle"][k], col["bp_index_pos"][k],
-                       col[s["x_motor"]][k] * s["x_unit_m"] * 1e6, col[s["y_motor"]][k] * s["y_unit_m"] * 1e6,
-                       col[s["rocking_motor"]][k], frames[k - a])
+                       col[s.x_motor][k] * s.x_unit_m * 1e6, col[s.y_motor][k] * s.y_unit_m * 1e6,
+                       col[s.rocking_motor][k], frames[k - a])
     yield from _emit(geo, scan_md, extra, points(), rate, original)
 
 

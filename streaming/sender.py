@@ -28,6 +28,8 @@ from urllib.parse import urlparse
 import numpy as np
 import zmq
 
+from bp_plugin.scan_document import run_scan
+
 from . import protocol
 
 log = logging.getLogger(__name__)
@@ -207,14 +209,12 @@ class BlueskyFrameStreamer:
         self._reset()
         if "bp_geometry" not in doc or "bp_scan" not in doc:
             return                                  # not a Bragg ptychography run: nothing to stream
-        s = self._scan = doc["bp_scan"]
+        geo, s = run_scan(doc)
+        self._scan = s
         self.uid = doc["uid"]
-        self._crop_shape = tuple(doc["bp_geometry"]["crop"])
-        xy = np.stack([np.asarray(s["x_setpoints"], float) * s["x_unit_m"],
-                       np.asarray(s["y_setpoints"], float) * s["y_unit_m"]], 1)
-        t = np.concatenate([xy, np.zeros((len(xy), 1))], 1)
-        self.sender.send(protocol.encode_start(self.uid, self.sender.next_seq(self.uid), doc["bp_geometry"], t,
-                                               s["n_points"], scan=s, sim=doc.get("bp_sim")))
+        self._crop_shape = tuple(geo.crop)
+        self.sender.send(protocol.encode_start(self.uid, self.sender.next_seq(self.uid), doc["bp_geometry"],
+                                               s.translations_m, s.n_points, scan=s.to_dict(), sim=doc.get("bp_sim")))
 
     def _descriptor(self, doc):
         if self.uid and doc.get("name") == "primary":
@@ -235,17 +235,17 @@ class BlueskyFrameStreamer:
         return None, None
 
     def _crop(self, frame: np.ndarray) -> np.ndarray:
-        return protocol.crop_roi(frame, self._scan["roi_origin"], self._crop_shape)
+        return self._scan.crop(frame, self._crop_shape)
 
     def _event(self, doc):
         if not self.uid or doc["descriptor"] != self._primary:
             return
         s, data = self._scan, doc["data"]
         ia, ip = int(data["bp_index_angle"]), int(data["bp_index_pos"])
-        motors = {"eta_deg": data.get(s["rocking_motor"], np.nan), "x_m": data.get(s["x_motor"], np.nan) * s["x_unit_m"],
-                  "y_m": data.get(s["y_motor"], np.nan) * s["y_unit_m"]}
+        x_m, y_m = s.positions_m(data)
+        motors = {"eta_deg": float(data.get(s.rocking_motor, np.nan)), "x_m": x_m, "y_m": y_m}
         motors = {k: v for k, v in motors.items() if np.isfinite(v)}
-        img = data.get(s["image_key"])
+        img = data.get(s.image_key)
         source = None
         if isinstance(img, (np.ndarray, list)):
             frame = np.asarray(img)                 # inline (replay): already cropped
@@ -254,7 +254,7 @@ class BlueskyFrameStreamer:
             frame = None
             if res is not None:
                 source = {"file": _uri_path(res["uri"]), "dataset": res["parameters"]["dataset"], "index": [int(k)],
-                          "roi_origin": list(s["roi_origin"])}
+                          "roi_origin": list(s.roi_origin)}
                 self._res_frames.setdefault(res["uid"], []).append([ia, ip, int(k)])
                 full = self.tap.take(res["uri"], k) if self.tap is not None else None
                 if full is not None:
@@ -276,7 +276,7 @@ class BlueskyFrameStreamer:
         if not self.uid:
             return
         sources = [{"format": "detector", "file": _uri_path(r["uri"]), "dataset": r["parameters"]["dataset"],
-                    "roi_origin": list(self._scan["roi_origin"]), "frames": self._res_frames.get(r["uid"], [])}
+                    "roi_origin": list(self._scan.roi_origin), "frames": self._res_frames.get(r["uid"], [])}
                    for r in self._resources.values()]
         self.sender.send(protocol.encode_stop(self.uid, self.sender.next_seq(self.uid),
                                               exit_status=doc.get("exit_status", "unknown"),

@@ -27,7 +27,7 @@ def device_backend(name):
 
 def make(ds, backend, mode="sequential", iterations=6):
     cfg = ReconConfig(mode=mode, upsampling=2).scaled(iterations)
-    return Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg, backend=backend)
+    return Reconstructor.from_scan(ds, config=cfg, backend=backend)
 
 
 def rel(a, b):

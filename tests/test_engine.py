@@ -37,7 +37,7 @@ def make_rec(ds, **kw):
     iterations = kw.pop("iterations", SHORT.iterations)
     ml = kw.pop("ml_iterations", SHORT.ml_iterations)
     cfg = ReconConfig(**kw).scaled(iterations, ml)
-    return Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg)
+    return Reconstructor.from_scan(ds, config=cfg)
 
 
 def quality(rec, ds):

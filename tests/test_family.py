@@ -74,7 +74,7 @@ def test_no_tilt_constant_in_the_defaults_and_an_unknown_tilt_is_said(tmp_path):
     path = tmp_path / "s.h5"
     simulate_to_file(path, p, progress=False)
     ds = read_dataset(path)
-    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=ReconConfig().scaled(10))
+    rec = Reconstructor.from_scan(ds, config=ReconConfig().scaled(10))
     assert rec.slab_tilt_deg == (0.0, 0.0) and rec.slab_tilt_source == "assumed specular"
     assert any("--sample-tilt" in w for w in rec.warnings)
     rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask,
@@ -163,7 +163,7 @@ def test_the_probe_error_weighs_the_beam_where_it_meets_the_crystal(tiny_dataset
 
     ds, _ = tiny_dataset
     gt, at = ds.ground_truth, ds.ground_truth_attrs
-    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=ReconConfig().scaled(10))
+    rec = Reconstructor.from_scan(ds, config=ReconConfig().scaled(10))
     op = rec.probe_op
     glow = ground_truth_at_resolution(gt["density"], at["grid_origin_m"], float(at["grid_voxel_m"]), rec.layout)
     cov = crystal_coverage(op, glow)
@@ -194,7 +194,7 @@ def test_an_object_slid_along_k_i_is_aligned_back(tiny_dataset):
 
     ds, _ = tiny_dataset
     gt, at = ds.ground_truth, ds.ground_truth_attrs
-    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=ReconConfig().scaled(10))
+    rec = Reconstructor.from_scan(ds, config=ReconConfig().scaled(10))
     lay = rec.layout
     glow = ground_truth_at_resolution(gt["density"], at["grid_origin_m"], float(at["grid_voxel_m"]), lay)
     tb = lay.geometry.theta_bragg_rad

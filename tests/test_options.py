@@ -54,7 +54,7 @@ def test_options_are_frozen_and_the_defaults_defined_once():
 def test_the_engine_holds_the_probe_when_told_and_restarts_its_schedule(tiny_dataset):
     ds, _ = tiny_dataset
     cfg = ReconConfig(upsampling=2, probe_freeze=0).scaled(10, 0)
-    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, config=cfg)
+    rec = Reconstructor.from_scan(ds, config=cfg)
     p0 = np.array(rec.probe2d)
     rec.step(hold_probe=True, stage="live")
     assert np.array_equal(np.asarray(rec.probe2d), p0)

@@ -19,6 +19,7 @@ from bluesky_tiled_plugins import TiledWriter
 
 from bp_plugin.dataset import read_dataset
 from bp_plugin.run_export import run_to_dataset
+from bp_plugin.scan_document import run_scan
 from bp_plugin.tiled_server import TiledServerError, connect
 from plans.alignment import find_bragg_peak
 from plans.bragg_ptycho import bragg_ptycho_scan
@@ -84,7 +85,7 @@ def test_scan_events_frames_and_start_document(exact_run, tiled_server):
     events = [d for n, d in docs if n == "event"]
     assert len(events) == n_points == 300
     start = docs[0][1]
-    assert start["bp_geometry"] == geo.to_dict() and start["bp_scan"]["n_points"] == n_points
+    assert start["bp_geometry"] == geo.to_dict() and run_scan(start)[1].n_points == n_points
     assert [n for n, _ in docs].count("stream_datum") == n_points     # one frame per event, on disk
     run = tiled_server.client()[uid]
     assert run.metadata["start"]["bp_geometry"]["crop"] == list(geo.crop)

@@ -48,6 +48,15 @@ class Reconstructor:
         backend: array backend (default: CuPy if a GPU is usable, else NumPy).
     """
 
+    @classmethod
+    def from_scan(cls, scan, *, config: ReconConfig | None = None, probe2d=None,
+                  backend: Backend | None = None) -> "Reconstructor":
+        """From one scan: anything with ``geometry``, ``frames``, ``translations_m``, ``mask`` and
+        ``measured`` as above (:class:`bp_plugin.dataset.ScanDataset` is one; the engine reads the
+        fields and never imports the I/O layer)."""
+        return cls(scan.geometry, scan.frames, scan.translations_m, scan.mask, scan.measured, config=config,
+                   probe2d=probe2d, backend=backend)
+
     def __init__(self, geometry: ExperimentGeometry, frames, translations_m, mask, measured=None, *,
                  config: ReconConfig | None = None, probe2d=None, backend: Backend | None = None):
         self.config = config or ReconConfig()

@@ -105,7 +105,7 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     cfg = make_config(opts, state["config"] if state else None)
     backend = get_backend(opts.device)
     t0 = time.perf_counter()
-    rec = Reconstructor(ds.geometry, ds.frames, ds.translations_m, ds.mask, ds.measured, config=cfg, backend=backend)
+    rec = Reconstructor.from_scan(ds, config=cfg, backend=backend)
     if state:
         rec.load_state(state)
     n_angles = int(rec.measured.any(axis=1).sum())
