@@ -22,6 +22,7 @@ from bp_plugin.recon.layout import ScanLayout
 from bp_plugin.recon.probe_ops import ProbeOperator, na_focus
 from bp_plugin.recon.results import evaluate
 from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
+from bp_plugin.recon.updates import object_step, probe_increment
 from bp_plugin.strain import find_vortices, strain_maps
 
 
@@ -122,10 +123,11 @@ def test_one_update_decreases_the_cost_of_its_position(tiny_scan):
     v = rec.layout.view(j)
     probe = rec.probe3d(j)
     d, before, _ = rec.fourier(j, probe * rec.object[v], False)
-    new = rec._object_step(probe, rec.object[v], rec.support.astype(np.float32)[v], d)
+    c = rec.config
+    new = object_step(np, probe, rec.object[v], rec.support.astype(np.float32)[v], d, c.mu, c.beta)
     _, after_obj, _ = rec.fourier(j, probe * new, False)
     assert after_obj < 0.95 * before
-    inc = rec._probe_increment(j, rec.object[v], d)
+    inc = probe_increment(np, rec.probe_op, rec.layout.subvoxel[j], rec.object[v], d, c.alpha, c.probe_norm)
     rec.probe2d = rec.probe2d + inc
     _, after_probe, _ = rec.fourier(j, rec.probe3d(j) * rec.object[v], False)
     assert after_probe < before
@@ -151,8 +153,8 @@ def test_fast_paths_equal_the_plain_formulas(tiny_scan):
     d, _, _ = rec.fourier(j, probe * rho, False)
     sup = rec.support.astype(np.float32)[v]
     keep = [a.copy() for a in (probe, rho, d, sup)]
-    fast = rec._object_step(probe, rho, sup, d, (p2, pmax))
     c = rec.config
+    fast = object_step(np, probe, rho, sup, d, c.mu, c.beta, (p2, pmax))
     q2 = np.abs(probe) ** 2
     mu = c.mu * q2.max()
     plain = rho + (np.conj(probe) * d - mu * (1 - sup) * rho) / ((1 - c.beta) * q2 + c.beta * q2.max() + mu * (1 - sup))

@@ -28,7 +28,7 @@ class ReconConfig:
             object refined with a wrong probe keeps phase vortices and amplitude holes that no
             later probe removes; restarting it from the slab with a good probe does (docs/validation.md).
         probe_norm: "line" (default) normalises the probe step by the object's intensity
-            averaged along the beam, "paper" by Eq. 10 per voxel (see ``Reconstructor._probe_increment``).
+            averaged along the beam, "paper" by Eq. 10 per voxel (see :func:`bp_plugin.recon.updates.probe_increment`).
         background_update: refine the incoherent background.
         background_init: initial flat background (counts per pixel).
         mode: "sequential" (the paper's ePIE order, one position at a time) or "batched".

@@ -30,6 +30,7 @@ from .config import ReconConfig
 from .exposure import RockingExposure
 from .layout import ScanLayout, slab_support
 from .probe_ops import ProbeOperator, na_focus
+from .updates import object_step, probe_increment, upsampling_ratio
 
 
 class Reconstructor:
@@ -62,7 +63,9 @@ class Reconstructor:
         self.config = config or ReconConfig()
         #: one line per doubtful choice (forced up-sampling below the need, ...), for the user
         self.warnings: list[str] = []
-        geometry = replace(geometry, upsampling=self._upsampling(geometry, self.config.upsampling))
+        ratio, why = upsampling_ratio(geometry, self.config.upsampling)
+        self.warnings += [why] if why else []
+        geometry = replace(geometry, upsampling=ratio)
         self.geometry = geometry
         self.backend = backend or get_backend("auto")
         xp = self.backend.xp
@@ -116,24 +119,6 @@ class Reconstructor:
         self.pause_hook = None
 
     # --- set-up helpers ----------------------------------------------------------------------
-    def _upsampling(self, geometry: ExperimentGeometry, requested: int | None) -> int:
-        """The ratio of the reconstruction grid: ``requested``, else the geometry's default
-        (:meth:`ExperimentGeometry.upsampling_default`); a requested ratio below the default is
-        kept with a warning."""
-        default = geometry.upsampling_default()
-        if requested is None:
-            return default
-        requested = int(requested)
-        if requested < 1:
-            raise ValueError(f"up-sampling must be >= 1, got {requested}")
-        if requested < default:
-            self.warnings.append(
-                f"up-sampling x{requested} is below the x{default} this geometry needs (a beam filling the detector's "
-                f"window, {geometry.widest_sampled_beam_m * 1e6:.2f} um along p1, at a rocking step of "
-                f"{geometry.rocking_step_deg:g} deg): the probe's tails alias along the rocking direction; "
-                f"drop --upsampling to use x{default}")
-        return requested
-
     def _slab(self, iteration: int) -> np.ndarray:
         c = self.config
         return slab_support(self.layout, c.slab_factor_at(iteration) * self.geometry.thickness_m, *self.slab_tilt_deg)
@@ -213,7 +198,7 @@ class Reconstructor:
         return (self.probe_op.extrude(section),
                 (self.probe_op.extrude(i2) if box_intensity else None, i2[self.probe_op.rows_used].max()))
 
-    # --- one position ------------------------------------------------------------------------
+    # --- one position (the update equations: :mod:`bp_plugin.recon.updates`) -------------------
     def fourier(self, js, psi, update_background: bool, gradient: bool = False):
         """Exit-wave correction of positions ``js`` (int or 1D array) with exit waves ``psi``
         (``(N3, N1, N2)`` or ``(B, N3, N1, N2)``, batched in one FFT call).
@@ -241,47 +226,6 @@ class Reconstructor:
             self.background = self.background * mean
         d = self.fft.adjoint(dbig, self.exposure.used)
         return (d[0] if single else d), cost, norm
-
-    def _object_step(self, probe, rho_v, support_v, d, intensity=None):
-        """Eqs. 5, 7, 9 on one view; returns the new view. ``intensity``: ``(|P|^2, max |P|^2)``
-        when the caller has them (:meth:`probe3d_with_intensity`). In-place passes: on a CPU the
-        step is bound by memory traffic, not arithmetic."""
-        xp, c = self.backend.xp, self.config
-        if intensity is None:
-            p2 = probe.real ** 2 + probe.imag ** 2
-            intensity = (p2, p2.max())
-        p2, pmax = intensity
-        reg = (1 - support_v) * (c.mu * pmax)                     # mu_j outside the support
-        num = d * xp.conj(probe)
-        num -= reg * rho_v
-        lam = p2 * np.float32(1 - c.beta)
-        lam += reg
-        lam += c.beta * pmax
-        num /= lam
-        num += rho_v
-        return num
-
-    def _probe_increment(self, j: int, rho_v, d):
-        """Eqs. 6, 8, 10 for position ``j``: the change of the (unshifted) section, before NA.
-
-        ``probe_norm="paper"``: ``R[rho* d / lam_P]`` with ``lam_P`` of Eq. 10 per voxel.
-        ``"line"``: ``R[rho* d] / lam`` with ``lam`` built from ``R[|rho|^2]``, the object's
-        intensity averaged along the same lines parallel to ``k_i`` (the least-squares step for a
-        probe invariant along the beam; the per-voxel form is diluted by the share of each line
-        that crosses the crystal, a quarter for the paper's foil).
-        """
-        xp, c = self.backend.xp, self.config
-        r2 = rho_v.real ** 2 + rho_v.imag ** 2
-        line = c.probe_norm == "line"
-        if line:
-            r2 = self.probe_op.project_real(r2)
-        lam = xp.maximum((1 - c.alpha) * r2 + c.alpha * r2.max(), 1e-20)
-        if line:
-            inc = self.probe_op.project(xp.conj(rho_v) * d) / lam
-        else:
-            inc = self.probe_op.project(xp.conj(rho_v) * d / lam)
-        s1, s2 = self.probe_op.subvoxel_shift_m(self.layout.subvoxel[j])
-        return self.probe_op.shift(inc, -s1, -s2)
 
     # --- iterations --------------------------------------------------------------------------
     @property
@@ -359,7 +303,7 @@ class Reconstructor:
     def _step_sequential(self, update_probe: bool):
         cost = norm = 0.0
         sup = self.support.astype(np.float32)
-        c = self.config
+        xp, c = self.backend.xp, self.config
         for j in self._positions():
             if self.pause_hook is not None:
                 self.pause_hook()
@@ -370,12 +314,12 @@ class Reconstructor:
             d, cj, nj = self.fourier(j, probe * rho_v, c.background_update)
             cost, norm = cost + cj, norm + nj
             if update_probe:                            # from the object before its update
-                inc = self._probe_increment(j, rho_v, d)
+                inc = probe_increment(xp, self.probe_op, self.layout.subvoxel[j], rho_v, d, c.alpha, c.probe_norm)
                 self.probe2d = self.probe_op.na_constraint(self.probe2d + inc)
             if self._fused:
                 cpu_kernels.object_update(rho_v, probe, d, sup[v], intensity[1], c.beta, c.mu)
             else:
-                self._obj[v] = self._object_step(probe, rho_v, sup[v], d, intensity)
+                self._obj[v] = object_step(xp, probe, rho_v, sup[v], d, c.mu, c.beta, intensity)
         return cost, norm
 
     def _step_batched(self, update_probe: bool):
@@ -408,7 +352,8 @@ class Reconstructor:
             den = (1 - c.batched_beta) * den + c.batched_beta * den.max()
             step = (num - reg * outside * self._obj) / xp.where(touched, den + reg * outside, 1)
             if update_probe:
-                pinc = sum(self._probe_increment(j, rho_b[k], d[k]) for k, j in enumerate(batch))
+                pinc = sum(probe_increment(xp, self.probe_op, self.layout.subvoxel[j], rho_b[k], d[k], c.alpha,
+                                           c.probe_norm) for k, j in enumerate(batch))
                 self.probe2d = self.probe_op.na_constraint(self.probe2d + pinc / len(batch))
             self._obj = self._obj + xp.where(touched, step, 0).astype(np.complex64)
         return cost, norm
