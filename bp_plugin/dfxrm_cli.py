@@ -19,7 +19,8 @@ def cmd_acquire(a) -> int:
 
     callbacks, senders = None, []
     if a.stream:
-        from streaming.sender import DetectorFrameTap, DfxrmFrameStreamer, FrameSender
+        from streaming.dfxrm_sender import DfxrmFrameStreamer
+        from streaming.sender import DetectorFrameTap, FrameSender
 
         def callbacks(mic):
             senders.append(FrameSender(a.stream))

@@ -36,7 +36,8 @@ def run_dfxrm_demo(opts: DfxrmDemoOptions) -> dict:
     from plans.dfxrm_acquire import DfxrmAcquireOptions, acquire_dfxrm
 
     from .demo import DemoRun, run_streamed_demo
-    from .sender import DetectorFrameTap, DfxrmFrameStreamer
+    from .dfxrm_sender import DfxrmFrameStreamer
+    from .sender import DetectorFrameTap
 
     return run_streamed_demo(DemoRun(
         title=f"DF-XRM {opts.scan} scan of the simulated '{opts.preset}' grain; frames stream to the service",
