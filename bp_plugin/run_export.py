@@ -77,7 +77,7 @@ def run_to_dataset(run, path, *, overwrite: bool = False, mask: np.ndarray | Non
     n_a, n_p = scan.n_angles, scan.n_positions
     x = cols[scan.x_motor][:n] * scan.x_unit_m
     y = cols[scan.y_motor][:n] * scan.y_unit_m
-    eta = cols[scan.rocking_motor][:n]
+    eta = cols[scan.rocking_motor][:n] * scan.rocking_unit_deg
     translations = np.zeros((n_p, 3))
     seen = np.zeros(n_p, bool)
     for j in range(n_p):

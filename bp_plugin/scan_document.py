@@ -6,9 +6,10 @@ frame streamer, the export to a scan file, the replay of a recorded run, the liv
 Together with ``bp_geometry`` (:class:`bp_plugin.geometry.ExperimentGeometry`) it is enough to
 place every frame of the run in the ``[n_angles, n_positions]`` dataset.
 
-Units: motor setpoints are in the motors' own units (``x_unit_m`` / ``y_unit_m`` metres per unit);
-rocking angles in degrees; ``raster_shape`` is ``(n_y, n_x)``, like every raster array; the ROI
-origin is the (row, column) of the crop's first pixel on the detector.
+Units: raster setpoints are in the motors' own units (``x_unit_m`` / ``y_unit_m`` metres per unit);
+rocking angles in degrees (the rocking motor's readbacks times ``rocking_unit_deg``);
+``raster_shape`` is ``(n_y, n_x)``, like every raster array; the ROI origin is the (row, column) of
+the crop's first pixel on the detector.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class ScanDocument:
         order: ``"angle-outer"`` or ``"position-outer"``; snake: every other raster row reversed.
         rocking_motor, x_motor, y_motor: the motors' names (their readbacks' keys in the events).
         x_unit_m, y_unit_m: metres per unit of the raster motors.
+        rocking_unit_deg: degrees per unit of the rocking motor (1 for a motor in deg; readbacks
+            times it are degrees; absent from documents written before it, which were in deg).
         x_centre, y_centre: raster centre (motor units); eta_centre_deg: rocking angle of index ``n_angles // 2``.
         eta_setpoints_deg: ``[n_angles]`` planned rocking angles (deg).
         x_setpoints, y_setpoints: ``[n_positions]`` planned raster positions (motor units).
@@ -69,6 +72,7 @@ class ScanDocument:
     frame_shape: tuple[int, int]
     roi_origin: tuple[int, int]
     count_time_s: float | None = None
+    rocking_unit_deg: float = 1.0
     version: int = SCAN_DOCUMENT_VERSION
 
     def __post_init__(self):
@@ -79,6 +83,7 @@ class ScanDocument:
         for name in ("n_points", "n_angles", "n_positions", "version"):
             object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "snake", bool(self.snake))
+        object.__setattr__(self, "rocking_unit_deg", float(self.rocking_unit_deg))
         problems = []
         if len(self.eta_setpoints_deg) != self.n_angles:
             problems.append(f"{len(self.eta_setpoints_deg)} rocking setpoints for n_angles = {self.n_angles}")
@@ -94,7 +99,7 @@ class ScanDocument:
     def from_dict(cls, d: dict) -> "ScanDocument":
         """From a ``bp_scan`` dict (keys of a newer layout that this code does not know are ignored)."""
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names - set(d) if n not in ("count_time_s", "version"))
+        missing = sorted(n for n in names - set(d) if n not in ("count_time_s", "rocking_unit_deg", "version"))
         if missing:
             raise RunDocumentError(f"bp_scan lacks {', '.join(missing)}: the run was not written by "
                                    "bragg_ptycho_scan of this plug-in (or an older one); re-record or replay it")
@@ -111,6 +116,10 @@ class ScanDocument:
         t[:, 0] = np.asarray(self.x_setpoints) * self.x_unit_m
         t[:, 1] = np.asarray(self.y_setpoints) * self.y_unit_m
         return t
+
+    def rocking_deg(self, data: dict) -> float:
+        """The rocking readback in degrees from an event's ``data`` (NaN where absent)."""
+        return float(data.get(self.rocking_motor, np.nan)) * self.rocking_unit_deg
 
     def positions_m(self, data: dict) -> tuple[float, float]:
         """Raster readbacks ``(x, y)`` in metres from an event's ``data`` (NaN where absent)."""

@@ -13,7 +13,7 @@ import numpy as np
 from bluesky.callbacks.core import CallbackBase
 from bluesky.callbacks.fitting import PeakStats
 
-from .checks import PlanError, check_angle_motor, check_targets
+from .checks import PlanError, angle_unit_deg, check_targets
 
 
 def _total_key(detector) -> str:
@@ -32,24 +32,25 @@ def find_bragg_peak(detector, rocking, *, centre: float | None = None, half_rang
     centre of mass when the fit fails. Refuses to move when no peak stands out of the background
     (maximum under 3 times the median), since then the crystal is not in the beam.
     """
-    check_angle_motor(rocking)
+    u = angle_unit_deg(rocking)                             # degrees per motor unit
     key = _total_key(detector)
-    c = float(rocking.position if centre is None else centre)
+    c = float(rocking.position) * u if centre is None else float(centre)
     if num < 5 or not half_range > 0:
         raise PlanError(f"num={num}, half_range={half_range}: use at least 5 points over a positive range")
-    check_targets(rocking, [c - half_range, c + half_range], "the rocking scan")
+    lo, hi = (c - half_range) / u, (c + half_range) / u     # in the motor's units
+    check_targets(rocking, [lo, hi], "the rocking scan")
     ps = PeakStats(rocking.name, key)
     _md = {"plan_name": "find_bragg_peak", "purpose": "alignment", **(md or {})}
-    yield from bpp.subs_wrapper(bp.scan([detector], rocking, c - half_range, c + half_range, num, md=_md), ps)
+    yield from bpp.subs_wrapper(bp.scan([detector], rocking, lo, hi, num, md=_md), ps)
     y = np.asarray(ps.y_data, float)
     if y.size == 0 or y.max() < 3 * max(np.median(y), 1.0):
         raise PlanError(f"no Bragg peak between {c - half_range:g} and {c + half_range:g} deg (max "
                         f"{y.max() if y.size else 0:g} counts vs median {np.median(y) if y.size else 0:g}); "
                         "widen half_range, check the energy, or move the crystal into the beam")
-    peak = ps.cen if ps.cen is not None and abs(ps.cen - c) <= half_range else ps.com
+    peak = ps.cen if ps.cen is not None and abs(ps.cen * u - c) <= half_range else ps.com
     peak = float(peak)
     yield from bps.mv(rocking, peak)
-    return peak
+    return peak * u
 
 
 class _MapCollector(CallbackBase):

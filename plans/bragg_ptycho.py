@@ -22,7 +22,7 @@ from ophyd import Device, Signal
 
 from bp_plugin.scan_document import ScanDocument
 
-from .checks import (PlanError, check_angle_motor, check_detector, check_sampling, check_targets, length_unit_m,
+from .checks import (PlanError, angle_unit_deg, check_detector, check_sampling, check_targets, length_unit_m,
                      resolve_geometry, scan_points)
 
 
@@ -64,7 +64,7 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
     if not detectors:
         raise PlanError("no detector given: pass the area detector first in the list")
     geo = resolve_geometry(geometry)
-    check_angle_motor(rocking)
+    ueta = angle_unit_deg(rocking)                  # degrees per rocking-motor unit
     ux, uy = length_unit_m(x), length_unit_m(y)
     check_sampling(geo)
     key, frame_shape, roi = check_detector(detectors[0], geo, roi_origin)
@@ -77,7 +77,8 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
         raise PlanError(f"count_time {count_time} s: give a positive exposure")
     pts = scan_points(geo, x_centre=x_centre, y_centre=y_centre, x_unit_m=ux, y_unit_m=uy, eta_centre_deg=eta_c,
                       order=order, snake=snake)
-    check_targets(rocking, pts.eta, "the rocking curve")
+    eta_motor = [float(v) / ueta for v in pts.eta]    # the rocking setpoints in the motor's units
+    check_targets(rocking, eta_motor, "the rocking curve")
     check_targets(x, pts.x, "the raster")
     check_targets(y, pts.y, "the raster")
 
@@ -89,7 +90,7 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
         n_points=n_points, n_angles=geo.n_angles, n_positions=len(pts.x), raster_shape=geo.raster_shape,
         order=order, snake=snake, rocking_motor=rocking.name, x_motor=x.name, y_motor=y.name,
         x_unit_m=ux, y_unit_m=uy, x_centre=x_centre, y_centre=y_centre, eta_centre_deg=eta_c,
-        eta_setpoints_deg=pts.eta, x_setpoints=pts.x, y_setpoints=pts.y, detector=det.name, image_key=key,
+        rocking_unit_deg=ueta, eta_setpoints_deg=pts.eta, x_setpoints=pts.x, y_setpoints=pts.y, detector=det.name, image_key=key,
         frame_shape=frame_shape, roi_origin=roi, count_time_s=ct).to_dict()
     _md = {
         "plan_name": "bragg_ptycho_scan", "technique": "bragg-ptychography",
@@ -115,7 +116,7 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
             # scan repeats only the point it was at
             yield from bps.checkpoint()
             moves = []
-            for motor, target in ((rocking, pts.eta[ia]), (x, pts.x[ip]), (y, pts.y[ip])):
+            for motor, target in ((rocking, eta_motor[ia]), (x, pts.x[ip]), (y, pts.y[ip])):
                 if last.get(motor.name) != target:
                     moves += [motor, float(target)]
                     last[motor.name] = target

@@ -13,27 +13,33 @@ import numpy as np
 
 from bp_plugin.geometry import ExperimentGeometry
 
-UNIT_TO_M = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "micron": 1e-6, "nm": 1e-9}
+from .units import unit_scale
 
 
 class PlanError(ValueError):
     """A scan that cannot run as asked; the message says why and what to change."""
 
 
+def _egu(motor) -> str:
+    return str(getattr(motor, "egu", "") or "")
+
+
 def length_unit_m(motor) -> float:
-    """Metres per unit of a translation motor (from its ``egu``)."""
-    egu = str(getattr(motor, "egu", "") or "").strip()
-    if egu not in UNIT_TO_M:
-        raise PlanError(f"motor {motor.name!r} has units {egu!r}; a raster axis needs a length unit, one of "
-                        f"{sorted(UNIT_TO_M)} (set the motor's egu)")
-    return UNIT_TO_M[egu]
+    """Metres per unit of a translation motor (from its ``egu``, any length unit, any case)."""
+    v = unit_scale(_egu(motor), "length")
+    if v is None:
+        raise PlanError(f"motor {motor.name!r} has units {_egu(motor)!r}, which is no length; a raster axis needs "
+                        "one (m, mm, um, nm, in any case: set the motor's EGU)")
+    return v
 
 
-def check_angle_motor(motor):
-    egu = str(getattr(motor, "egu", "") or "").strip()
-    if egu not in ("deg", "degree", "degrees"):
-        raise PlanError(f"rocking motor {motor.name!r} has units {egu!r}; it must be an angle in degrees "
-                        "(pass the goniometer's rocking axis, e.g. eta)")
+def angle_unit_deg(motor, role: str = "rocking") -> float:
+    """Degrees per unit of an angle motor (from its ``egu``: deg, mdeg, rad, mrad, urad, any case)."""
+    v = unit_scale(_egu(motor), "angle")
+    if v is None:
+        raise PlanError(f"{role} motor {motor.name!r} has units {_egu(motor)!r}, which is no angle; pass the "
+                        "goniometer's rocking axis (deg, mdeg, rad, mrad, in any case: set the motor's EGU)")
+    return v
 
 
 def resolve_geometry(geometry) -> ExperimentGeometry:

@@ -20,7 +20,7 @@ from bluesky import plans as bp
 
 from bp_plugin.dfxrm.geometry import DfxrmGeometry
 
-from .checks import PlanError, check_targets
+from .checks import PlanError, angle_unit_deg, check_targets
 
 PLAN_VERSION = 1
 MAX_STEP_PER_SIGMA = 2.5
@@ -55,9 +55,9 @@ def _check_camera(detectors) -> tuple:
 def _check_axis(motor, what: str, rng, n: int, centre: float, resolution: float | None) -> np.ndarray:
     if isinstance(motor, str) or not hasattr(motor, "name"):
         raise PlanError(f"{what}: {motor!r} is not a motor; pass the ophyd positioner (e.g. microscope.phi)")
-    egu = str(getattr(motor, "egu", "") or "").strip()
-    if egu not in ("deg", "degree", "degrees"):
-        raise PlanError(f"{what} motor {motor.name!r} has units {egu!r}; DF-XRM angles must be in degrees")
+    if angle_unit_deg(motor, what) != 1.0:        # any spelling of deg; not yet converted from mrad etc.
+        raise PlanError(f"{what} motor {motor.name!r} has units {getattr(motor, 'egu', '')!r}; DF-XRM angles "
+                        "must be in degrees (deg, DEG, degrees)")
     lo, hi = (float(v) for v in rng)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise PlanError(f"{what} range {rng!r}: give (start, stop) offsets in deg with start < stop")

@@ -108,7 +108,7 @@ def tiled_documents(run, *, rate: float | None = None, original: bool = False) -
             for k in range(a, b):
                 yield (col["time"][k], col["bp_index_angle"][k], col["bp_index_pos"][k],
                        col[s.x_motor][k] * s.x_unit_m * 1e6, col[s.y_motor][k] * s.y_unit_m * 1e6,
-                       col[s.rocking_motor][k], frames[k - a])
+                       col[s.rocking_motor][k] * s.rocking_unit_deg, frames[k - a])
     yield from _emit(geo, scan_md, extra, points(), rate, original)
 
 

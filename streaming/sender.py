@@ -244,7 +244,7 @@ class BlueskyFrameStreamer:
         s, data = self._scan, doc["data"]
         ia, ip = int(data["bp_index_angle"]), int(data["bp_index_pos"])
         x_m, y_m = s.positions_m(data)
-        motors = {"eta_deg": float(data.get(s.rocking_motor, np.nan)), "x_m": x_m, "y_m": y_m}
+        motors = {"eta_deg": s.rocking_deg(data), "x_m": x_m, "y_m": y_m}
         motors = {k: v for k, v in motors.items() if np.isfinite(v)}
         img = data.get(s.image_key)
         source = None

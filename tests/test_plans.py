@@ -319,3 +319,53 @@ def test_motor_limits_and_speed():
     fast.set(0.0).wait(1)
     fast.set(0.5).wait(1)
     assert fast.position == first != 0.5     # repeatable readback error at the same target
+
+
+@pytest.mark.parametrize("egu, dimension, scale", [
+    ("UM", "length", 1e-6), ("MM", "length", 1e-3), ("microns", "length", 1e-6), ("\u03bcm", "length", 1e-6),
+    ("\u00b5m", "length", 1e-6), ("nm", "length", 1e-9), ("M", "length", 1.0),
+    ("DEG", "angle", 1.0), ("degrees", "angle", 1.0), ("\u00b0", "angle", 1.0), ("mdeg", "angle", 1e-3),
+    ("rad", "angle", 180 / math.pi), ("mrad", "angle", 0.18 / math.pi), ("urad", "angle", 1.8e-4 / math.pi),
+    ("counts", "angle", None), ("deg", "length", None), ("um", "angle", None), ("", "length", None),
+    ("kg", "length", None), ("mm/s", "length", None)])
+def test_motor_units_are_read_as_epics_writes_them(egu, dimension, scale):
+    from plans.units import unit_scale
+
+    got = unit_scale(egu, dimension)
+    assert (got is None) if scale is None else got == pytest.approx(scale, rel=1e-12)
+
+
+def test_a_scan_on_motors_in_mdeg_and_nm_moves_them_in_their_units(tmp_path):
+    """The rocking axis in mdeg and the raster in nm (as an EPICS IOC may give them): the motors
+    move to the same physical setpoints, the start document says the units, and every reader turns
+    the readbacks back into degrees and metres."""
+    from bp_plugin.scan_document import run_scan
+    from plans.checks import scan_points
+    from sim_devices.motors import SimAxis
+
+    bl = build_beamline("tiny", write_dir=tmp_path)
+    geo = bl.geometry
+    tb = math.degrees(geo.theta_bragg_rad)
+    eta = SimAxis(name="eta_m", egu="mdeg", limits=(-5e3, 95e3), init_pos=tb * 1e3)
+    px = SimAxis(name="px", egu="NM", limits=(-5e4, 5e4))
+    py = SimAxis(name="py", egu="nm", limits=(-5e4, 5e4))
+    RE = RunEngine({})
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE(bragg_ptycho_scan([bl.detector], eta, px, py, geo))
+    _, s = run_scan(docs[0][1])
+    pts = scan_points(geo, x_centre=0.0, y_centre=0.0, x_unit_m=1e-6, y_unit_m=1e-6, eta_centre_deg=tb,
+                      order="angle-outer", snake=False)
+    assert s.rocking_unit_deg == pytest.approx(1e-3) and s.x_unit_m == pytest.approx(1e-9)
+    np.testing.assert_allclose(s.eta_setpoints_deg, pts.eta, rtol=1e-12)           # degrees in the document
+    np.testing.assert_allclose(s.translations_m[:, :2], np.stack([pts.x, pts.y], 1) * 1e-6, rtol=1e-9, atol=1e-15)
+    events = [d for n, d in docs if n == "event"]
+    assert len(events) == 300
+    for ev in events[::29]:
+        d = ev["data"]
+        ia, ip = d["bp_index_angle"], d["bp_index_pos"]
+        assert d["eta_m"] == pytest.approx(pts.eta[ia] * 1e3)                   # the motor moved in mdeg
+        assert s.rocking_deg(d) == pytest.approx(pts.eta[ia])
+        assert s.positions_m(d) == pytest.approx((pts.x[ip] * 1e-6, pts.y[ip] * 1e-6))
+    with pytest.raises(PlanError, match="which is no angle"):
+        RE(bragg_ptycho_scan([bl.detector], SimAxis(name="enc", egu="counts", limits=(0, 1e9)), px, py, geo))
