@@ -131,6 +131,11 @@ class FrameSender:
         self._sock.close(linger=int(linger_s * 1000))
 
 
+#: resource specs of ophyd's areaDetector HDF5 plug-in, and the dataset its frames are in
+AD_HDF5_SPECS = ("AD_HDF5", "AD_HDF5_SWMR")
+AD_HDF5_DATASET = "/entry/data/data"
+
+
 class DetectorFrameTap:
     """Detector-side hook: keeps the frames a detector has written until the streamer takes them.
 
@@ -141,6 +146,11 @@ class DetectorFrameTap:
     """
 
     def __init__(self, detector, *, max_bytes: float = 512e6):
+        if not isinstance(getattr(detector, "frame_listeners", None), list):
+            raise ValueError(f"detector {getattr(detector, 'name', detector)!r} offers no frame_listeners, so no tap "
+                             "can take its frames as they are written: stream it without a tap (inline frames are "
+                             "sent, file-backed ones are read back from the files by the reconstructor at the "
+                             "run's stop)")
         self.detector = detector
         self.max_bytes = float(max_bytes)
         self._bytes = 0
@@ -179,10 +189,17 @@ def _uri_path(uri: str) -> str:
 class BlueskyFrameStreamer:
     """Bluesky callback streaming the frames of ``bragg_ptycho_scan`` runs (live or replayed).
 
+    Frames come from any detector: inline in the events (cropped here to the run's ROI when they
+    are whole detector frames), or written to HDF5 files and announced by ``stream_resource`` /
+    ``stream_datum`` (ophyd-async) or ``resource`` / ``datum`` (ophyd's areaDetector HDF5 plug-in,
+    spec ``AD_HDF5``). File-backed frames go out when a :class:`DetectorFrameTap` holds them; else
+    the stop message lists their files and the reconstructor reads them back.
+
     Args:
         sender: the :class:`FrameSender`.
         tap: frames of a live detector (events that reference a file); None for inline frames.
-        mask: valid-pixel mask of the full detector frame (default: the tap's detector mask).
+        mask: valid-pixel mask ``(rows, cols)`` of the whole detector frame, or of the crop
+            (default: the tap's detector mask; none: the reconstructor derives one from the frames).
     """
 
     def __init__(self, sender: FrameSender, tap: DetectorFrameTap | None = None, mask: np.ndarray | None = None):
@@ -200,6 +217,7 @@ class BlueskyFrameStreamer:
         self._resources: dict[str, dict] = {}
         self._datums: list[tuple[dict, dict]] = []   # (stream datum, resource)
         self._res_frames: dict[str, list] = {}       # resource uid -> [[ia, ip, index in file], ...]
+        self._ad_datums: dict[str, tuple[dict, int]] = {}   # AD_HDF5 datum id -> (resource, frame index)
         self._n_frames = 0
         self._mask_sent = False
 
@@ -229,6 +247,28 @@ class BlueskyFrameStreamer:
         if self.uid:
             self._datums.append((doc, self._resources.get(doc["stream_resource"])))
 
+    def _resource(self, doc):
+        """ophyd's areaDetector HDF5 plug-in: one resource per file, one datum per point."""
+        if self.uid and doc.get("spec") in AD_HDF5_SPECS:
+            path = str(Path(doc.get("root") or "/") / doc["resource_path"])
+            self._resources[doc["uid"]] = {"uid": doc["uid"], "uri": path,
+                                           "parameters": {"dataset": AD_HDF5_DATASET}, "frame_per_point":
+                                           int((doc.get("resource_kwargs") or {}).get("frame_per_point", 1))}
+
+    def _datum(self, doc):
+        res = self._resources.get(doc.get("resource"))
+        if self.uid and res is not None and "frame_per_point" in res:
+            k = int(doc["datum_kwargs"].get("point_number", 0)) * res["frame_per_point"]
+            self._ad_datums[doc["datum_id"]] = (res, k)
+
+    def _send_mask(self) -> None:
+        m = self.mask if self.mask is not None else (self.tap.mask if self.tap is not None else None)
+        if m is not None and not self._mask_sent:
+            m = np.asarray(m, bool)
+            self.sender.send(protocol.encode_mask(self.uid, self.sender.next_seq(self.uid),
+                                                  self._crop(m) if m.shape != self._crop_shape else m))
+        self._mask_sent = True
+
     def _file_index(self, seq_num: int):
         for datum, res in reversed(self._datums):
             if datum["seq_nums"]["start"] <= seq_num < datum["seq_nums"]["stop"] and res is not None:
@@ -249,9 +289,14 @@ class BlueskyFrameStreamer:
         img = data.get(s.image_key)
         source = None
         if isinstance(img, (np.ndarray, list)):
-            frame = np.asarray(img)                 # inline (replay): already cropped
+            frame = np.asarray(img)                 # inline: a replay's crop, or a whole detector frame
+            if frame.shape != self._crop_shape:
+                frame = self._crop(frame)
+            self._send_mask()
         else:
-            res, k = self._file_index(doc["seq_num"])
+            res, k = self._ad_datums.get(img, (None, None)) if isinstance(img, str) else (None, None)
+            if res is None:
+                res, k = self._file_index(doc["seq_num"])
             frame = None
             if res is not None:
                 source = {"file": _uri_path(res["uri"]), "dataset": res["parameters"]["dataset"], "index": [int(k)],
@@ -260,10 +305,7 @@ class BlueskyFrameStreamer:
                 full = self.tap.take(res["uri"], k) if self.tap is not None else None
                 if full is not None:
                     frame = self._crop(full)
-                    if not self._mask_sent:
-                        m = self.mask if self.mask is not None else self.tap.mask
-                        self.sender.send(protocol.encode_mask(self.uid, self.sender.next_seq(self.uid), self._crop(m)))
-                        self._mask_sent = True
+                self._send_mask()
             if frame is None:
                 return                              # the receiver recovers it from the file at stop
         if frame.dtype.str not in protocol.FRAME_DTYPES:
