@@ -273,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "else a new random key, written there)")
     pv.set_defaults(func=cmd_serve)
 
+    pl = sub.add_parser("viewer", help="serve the live viewer (a browser page of the runs and results in Tiled)")
+    from streaming.viewer_server import add_viewer_args, run_viewer
+    _add_tiled_args(pl)
+    add_viewer_args(pl, tiled=False)
+    pl.set_defaults(func=run_viewer)
+
     pa = sub.add_parser("acquire", help="run a Bragg ptychography scan on the simulated beamline, recorded in Tiled")
     pa.add_argument("--preset", default="small", help="tiny | small | paper")
     pa.add_argument("--out", default="out/acquire", help="folder for detector files, the Tiled catalog and PNGs")

@@ -10,8 +10,9 @@ checkpoint) and recovers the frames it never got from the files listed in the ``
 
 Accounting, published with the status: every frame message of the run is ``received`` and ends up
 exactly one of ``placed``, ``duplicates`` (its seq or its (angle, position) was already placed) or
-``rejected`` (wrong shape, index out of range, NaN / negative values, ...): ``received = placed +
-duplicates + rejected``. These counters are those of the current process (a restarted one starts
+``rejected`` (wrong shape, index out of range, NaN / negative values, ...; the first reasons are
+published as ``rejection_reasons``): ``received = placed + duplicates + rejected``. These counters
+are those of the current process (a restarted one starts
 them at 0; ``frames_measured`` counts the spool). ``missing`` counts the frames whose seq number was
 never seen (kept on disk, so it survives a restart), ``recovered`` the frames read back from files.
 """
@@ -32,6 +33,10 @@ from bp_plugin.geometry import ExperimentGeometry
 from .protocol import Message, crop_roi
 
 log = logging.getLogger(__name__)
+
+
+#: distinct rejection reasons kept per run (published with the status, shown by the viewer)
+MAX_REASONS = 5
 
 
 def _bad_values(f: np.ndarray) -> str | None:
@@ -82,6 +87,8 @@ class RunAssembly:
         self.counters = {"received": 0, "placed": 0, "duplicates": 0, "rejected": 0, "recovered": 0,
                          "out_of_order": 0}
         self.pending: list[tuple[int, int, float]] = []     # (ia, ip, time.monotonic() placed), not yet in the engine
+        #: why frames were rejected: the first distinct reasons (then "other reasons") -> count
+        self.rejections: dict[str, int] = {}
         self.stop: dict | None = None
         self.t_first_frame = self.t_last_frame = None     # wall clock (unix s) of the first / last placed frame
         self.t_created = time.time()
@@ -143,6 +150,8 @@ class RunAssembly:
                 why = f"{type(exc).__name__}: {exc}"
             if why:
                 c["rejected"] += 1
+                key = why[:200] if why[:200] in self.rejections or len(self.rejections) < MAX_REASONS else "other reasons"
+                self.rejections[key] = self.rejections.get(key, 0) + 1
                 log.warning("run %s: frame seq %d rejected: %s", self.uid[:8], seq, why)
                 return f"rejected: {why}"
             c["placed"] += 1
@@ -216,7 +225,8 @@ class RunAssembly:
         with self.lock:
             return {**self.counters, "frames_expected": self.n_frames_expected, "frames_measured": self.n_measured,
                     "missing": self.missing_seq, "pending": len(self.pending),
-                    "first_frame_time": self.t_first_frame, "last_frame_time": self.t_last_frame}
+                    "first_frame_time": self.t_first_frame, "last_frame_time": self.t_last_frame,
+                    **({"rejection_reasons": dict(self.rejections)} if self.rejections else {})}
 
     def flush(self) -> None:
         self._seen_disk.flush()

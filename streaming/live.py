@@ -146,7 +146,9 @@ class LiveReconstruction:
         self.ingest()
         if not self.rec.measured.any():
             md = self.metadata("failed")
-            md["status"]["message"] = "the run ended without a single frame"
+            why = self.asm.rejections
+            md["status"]["message"] = "the run ended without a single frame" + (
+                f": {sum(why.values())} rejected, first because {next(iter(why))}" if why else "")
             if pub:
                 pub.close(md)
             return md["status"]

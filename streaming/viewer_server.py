@@ -20,9 +20,10 @@ every request without it is answered 401. The browse key opens reading only; the
 writes) stays on the server side.
 
 Bodies are streamed (``httpx`` ``iter_raw``, compressed bytes passed through untouched), so a large
-slice costs no extra copy or latency. Run by hand (the Tiled key from ``$BP_TILED_API_KEY`` or a file)::
+slice costs no extra copy or latency. Run by hand (the read-only Tiled key from a file, or
+``$BP_TILED_API_KEY``)::
 
-    BP_TILED_API_KEY=$(cat out/tiled/api_key) python -m streaming.viewer_server --tiled-url http://127.0.0.1:8000
+    bp-plugin viewer --tiled-url http://127.0.0.1:8000 --api-key-file out/tiled/read_key
 """
 from __future__ import annotations
 
@@ -267,22 +268,26 @@ def start_viewer(tiled_url: str, api_key: str | None, *, host: str = "127.0.0.1"
     return ViewerServer(tiled_url, api_key, host, port, browse_key)
 
 
-def main(argv=None) -> None:
-    """``python -m streaming.viewer_server``: serve the viewer until Ctrl-C."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tiled-url", required=True, help="Tiled server URL, e.g. http://127.0.0.1:8000")
-    add_key_args(ap)
+def add_viewer_args(ap: argparse.ArgumentParser, *, tiled: bool = True) -> None:
+    """The viewer's options (``bp-plugin viewer`` gives its own ``--tiled-url`` when ``tiled`` is False)."""
+    if tiled:
+        ap.add_argument("--tiled-url", required=True, help="Tiled server URL, e.g. http://127.0.0.1:8000")
+        add_key_args(ap)
     ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines (needs a browse key)")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--viewer-key-file", default=None, metavar="PATH",
                     help=f"file holding the browse key browsers must give (default: ${BROWSE_KEY_ENV})")
-    args = ap.parse_args(argv)
+
+
+def run_viewer(args: argparse.Namespace) -> int:
+    """Serve the viewer until Ctrl-C; a bad option or a taken port is a ValueError with one line."""
     try:
         browse = read_key_file(args.viewer_key_file) if args.viewer_key_file else os.environ.get(BROWSE_KEY_ENV)
         viewer = start_viewer(args.tiled_url, resolve_key(args.api_key_file), host=args.host, port=args.port,
                               browse_key=browse)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        raise SystemExit(f"viewer: error: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot serve the viewer on {args.host}:{args.port} ({exc.strerror or exc}); choose "
+                         "another --port") from None
     with viewer as v:
         print(f"live viewer at {v.url} (reading {v.tiled_url}){'; browsers open it with ?key=...' if browse else ''}"
               "; Ctrl-C to stop", flush=True)
@@ -291,6 +296,17 @@ def main(argv=None) -> None:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def main(argv=None) -> None:
+    """``python -m streaming.viewer_server`` (the same as ``bp-plugin viewer``): serve until Ctrl-C."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_viewer_args(ap)
+    try:
+        run_viewer(ap.parse_args(argv))
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"viewer: error: {exc}") from None
 
 
 if __name__ == "__main__":

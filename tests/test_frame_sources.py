@@ -95,3 +95,27 @@ def test_a_detector_without_a_frame_hook_gets_one_line(tmp_path):
     with pytest.raises(ValueError, match="offers no frame_listeners") as e:
         DetectorFrameTap(det)
     assert "\n" not in str(e.value)
+
+
+def test_a_run_whose_every_frame_is_refused_fails_saying_why(tiny_dataset, tmp_path):
+    import zmq
+
+    from streaming import protocol
+
+    ds, _ = tiny_dataset
+    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", max_runs=1,
+                                              device="cpu", live=LiveOptions(figures=False)))
+    th = svc.start()
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(svc.address)
+    uid = "all-refused"
+    push.send_multipart(protocol.encode_start(uid, 0, ds.geometry.to_dict(), ds.translations_m, 6))
+    for k in range(6):                       # a camera's whole frames, sent with no ROI to crop them by
+        push.send_multipart(protocol.encode_frame(uid, k + 1, np.ones((172, 172), np.uint32), frame_index=k,
+                                                  angle_index=0, position_index=k))
+    push.send_multipart(protocol.encode_stop(uid, 7, exit_status="success", n_frames=6))
+    th.join(120)
+    push.close(0)
+    st = svc.finished[uid]
+    assert st["state"] == "failed" and st["rejected"] == 6
+    assert "6 rejected, first because frame shape (172, 172), the run's ROI is" in st["message"], st["message"]

@@ -93,3 +93,31 @@ def test_off_loopback_the_viewer_wants_a_browse_key_and_checks_it(tiled_server):
             assert c.get("/api/v1/metadata/").status_code == 200          # reads, with the Tiled key server-side
             assert c.post("/api/v1/metadata/", json={}).status_code == 405  # and never writes
         assert httpx.get(v.url, headers={"Authorization": "Bearer look-only"}).status_code == 200
+
+
+def test_bp_plugin_viewer_serves_with_the_read_key_and_a_taken_port_is_one_line(tiled_server):
+    import socket
+    import subprocess
+    import sys
+
+    from streaming.processes import free_tcp_address
+
+    port = int(free_tcp_address().rsplit(":", 1)[1])
+    cmd = [sys.executable, "-m", "bp_plugin.cli", "viewer", "--tiled-url", tiled_server.url,
+           "--api-key-file", str(tiled_server.read_key_file), "--port", str(port)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = p.stdout.readline()
+        assert f"live viewer at http://127.0.0.1:{port}/" in line, line
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/metadata/").status_code == 200   # reads through it
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = [*cmd[:-1], str(taken.getsockname()[1])]
+            r = subprocess.run(busy, capture_output=True, text=True, timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "choose another --port" in lines[0], r.stderr
+    finally:
+        p.terminate()
+        p.wait(10)

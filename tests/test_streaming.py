@@ -104,6 +104,8 @@ def test_duplicates_out_of_order_gaps_and_garbage_are_counted_never_fatal(tiny_f
     assert st["received"] == st["placed"] + st["duplicates"] + st["rejected"]
     assert st["placed"] == len(msgs) - len(skipped)
     assert st["duplicates"] == n_dup and st["rejected"] == 2
+    why = st["rejection_reasons"]                            # what the viewer shows beside the count
+    assert sum(why.values()) == 2 and any("frame shape (5, 5)" in r for r in why) and any("NaN" in r for r in why)
     assert st["out_of_order"] > 0 and st["recovered"] == len(skipped) and st["missing"] == len(skipped)
     assert st["frames_measured"] == len(msgs)
     assert svc.counters["malformed"] == n_dup                # every garbage message counted, none fatal

@@ -355,8 +355,11 @@ function renderStatus() {
   document.body.dataset.state = st.state || "";
   $("behind").hidden = !st.behind;
   // what to know before trusting the run: queued behind another, frames missing, a refusal, NaN
-  $("status-msg").textContent = st.message || "";
-  $("status-msg").hidden = !st.message;
+  const why = Object.entries(st.rejection_reasons || {});
+  const msg = st.message || (why.length ? `${st.rejected} frame(s) rejected, first because ${why[0][0]}` : "");
+  $("status-msg").textContent = msg;
+  $("status-msg").hidden = !msg;
+  $("c-rejected").title = why.map(([r, n]) => `${n} x ${r}`).join("\n");
   for (const k of ["placed", "duplicates", "rejected", "missing", "recovered", "iteration", "stage"])
     $("c-" + k).textContent = st[k] ?? "–";
   $("c-error").textContent = typeof st.error === "number" ? st.error.toPrecision(4) : "–";
