@@ -34,7 +34,7 @@ class ScanIndex(Device):
     pos = Cpt(Signal, value=0, kind="normal")
 
 
-def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float | None = None,
+def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float | str | None = None,
                       x_centre: float = 0.0, y_centre: float = 0.0, order: str = "angle-outer",
                       snake: bool = False, count_time: float | None = None, roi_origin=None, md: dict | None = None):
     """Raster ``x`` x ``y`` at each angle of a rocking curve of ``rocking`` (or the other way round).
@@ -47,7 +47,9 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
             experiment's, never a simulated preset's); its raster
             (shape, step), rocking (n_angles, step), crop and intended up-sampling define the scan.
         eta_centre: rocking angle (deg) of the central angle index (``n_angles // 2``); default the
-            computed Bragg angle (use :func:`plans.alignment.find_bragg_peak` to measure it).
+            computed Bragg angle; ``"current"``: where the rocking motor is now (after
+            :func:`plans.alignment.find_bragg_peak` moved it to the measured peak, as a queue's
+            previous item does).
         x_centre, y_centre: raster centre in the motors' units.
         order: "angle-outer" (a full raster per angle, the paper's order) or "position-outer"
             (a full rocking curve per position).
@@ -69,7 +71,11 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
     check_sampling(geo)
     key, frame_shape, roi = check_detector(detectors[0], geo, roi_origin)
     tb_deg = math.degrees(geo.theta_bragg_rad)
-    eta_c = tb_deg if eta_centre is None else float(eta_centre)
+    if isinstance(eta_centre, str) and eta_centre != "current":
+        raise PlanError(f"eta_centre {eta_centre!r}: give an angle in deg, 'current' (where {rocking.name} is) "
+                        "or nothing (the computed Bragg angle)")
+    eta_c = (tb_deg if eta_centre is None else float(rocking.position) * ueta if eta_centre == "current"
+             else float(eta_centre))
     if abs(eta_c - tb_deg) > 5.0:
         raise PlanError(f"eta_centre {eta_c:g} deg is {eta_c - tb_deg:+.2f} deg from the computed Bragg angle "
                         f"{tb_deg:.4f} deg; check the energy and reflection or re-run find_bragg_peak")

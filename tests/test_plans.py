@@ -5,6 +5,7 @@ recorded frame can be compared exactly with the simulator evaluated at the recor
 (rounded expected counts). The export / reconstruction test uses a noisy scan.
 """
 import math
+from pathlib import Path
 import subprocess
 import sys
 import threading
@@ -282,8 +283,45 @@ def test_queueserver_lists_the_plans_and_devices(tmp_path):
     import yaml
 
     listed = yaml.safe_load((tmp_path / "existing_plans_and_devices.yaml").read_text())
-    assert {"bragg_ptycho_scan", "find_bragg_peak", "centre_raster"} <= set(listed["existing_plans"])
-    assert {"eta", "piezo_x", "piezo_y", "tth", "maxipix"} <= set(listed["existing_devices"])
+    ours = {"bragg_ptycho_scan", "find_bragg_peak", "centre_raster", "mosaicity_scan", "strain_scan", "combined_scan",
+            "weak_beam_series"}
+    assert ours <= set(listed["existing_plans"])
+    assert {"eta", "piezo_x", "piezo_y", "tth", "maxipix", "phi", "chi", "dfxrm_tth", "dfxrm_cam"} \
+        <= set(listed["existing_devices"])
+    # the shipped permissions let the default group of queue users run every plan of ours
+    from bluesky_queueserver.manager.profile_ops import load_allowed_plans_and_devices
+
+    import plans
+    allowed, _ = load_allowed_plans_and_devices(
+        path_existing_plans_and_devices=str(tmp_path / "existing_plans_and_devices.yaml"),
+        path_user_group_permissions=str(Path(plans.__file__).parent / "qserver_permissions.yaml"))
+    assert ours <= set(allowed["primary"]), sorted(allowed["primary"])
+
+
+def test_the_queue_servers_runengine_records_and_hands_the_peak_on(tiled_server, tmp_path):
+    """The startup module's RE (call_returns_result) records in the Tiled server of $BP_TILED_URL; an
+    alignment item leaves eta on the peak and the next item's scan centres there ('current')."""
+    import os
+
+    code = """
+from plans.qserver_startup import RE, _callbacks, bragg_ptycho_scan, eta, find_bragg_peak, maxipix, piezo_x, piezo_y
+from plans.qserver_startup import _beamline
+peak = RE(find_bragg_peak(maxipix, eta, half_range=0.2)).plan_result
+r = RE(bragg_ptycho_scan([maxipix], eta, piezo_x, piezo_y, _beamline.geometry.to_dict(), eta_centre="current"))
+for cb in _callbacks:
+    cb.shutdown(wait=True)
+print("RESULT", peak, r.run_start_uids[0], r.exit_status)
+"""
+    env = dict(os.environ, BP_SIM_PRESET="tiny", BP_DETECTOR_DIR=str(tiled_server.detector_dir),
+               BP_TILED_URL=tiled_server.url, BP_TILED_API_KEY=tiled_server.api_key)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, peak, uid, status = r.stdout.strip().splitlines()[-1].split()
+    assert status == "success"
+    run = tiled_server.client()[uid]
+    s = run_scan(run.metadata["start"])[1]
+    assert s.eta_centre_deg == pytest.approx(float(peak))               # centred where the alignment left eta
+    assert run["primary"]["maxipix_image"].shape[0] == 300
 
 
 def test_detector_file_is_readable_while_open(tmp_path):
