@@ -15,7 +15,10 @@ plans.qserver_startup`` to list what it offers). What it sets up, from the envir
   beamline and DF-XRM microscope. At a real beamline, replace these devices by the beamline's
   ophyd devices and keep the rest.
 
-A queue item hands its alignment on to the next one: ``find_bragg_peak`` leaves ``eta`` on the
+A plan refuses a bad item before anything moves (its message is in the queue's history); the queue
+server then stops with the item back at the queue's front, unless the queue mode says
+``ignore_failures`` (``qserver queue mode set ignore_failures True``): then it goes on with the next
+item, as ``tests/test_queue_server.py`` runs it. A queue item hands its alignment on to the next one: ``find_bragg_peak`` leaves ``eta`` on the
 peak and ``bragg_ptycho_scan(..., eta_centre="current")`` centres the rocking curve there.
 The geometry of an item is a dict of :class:`bp_plugin.geometry.ExperimentGeometry` fields
 (``bp-plugin geometry --json`` prints one under ``geometry``).
