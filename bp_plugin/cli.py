@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.set_defaults(func=cmd_serve)
 
     pl = sub.add_parser("viewer", help="serve the live viewer (a browser page of the runs and results in Tiled)")
-    from streaming.viewer_server import add_viewer_args, run_viewer
+    from streaming.viewer_cli import add_viewer_args, run_viewer
     _add_tiled_args(pl)
     add_viewer_args(pl, tiled=False)
     pl.set_defaults(func=run_viewer)

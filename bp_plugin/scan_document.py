@@ -126,12 +126,6 @@ class ScanDocument:
         return (float(data.get(self.x_motor, np.nan)) * self.x_unit_m,
                 float(data.get(self.y_motor, np.nan)) * self.y_unit_m)
 
-    def crop(self, frame: np.ndarray, crop_shape) -> np.ndarray:
-        """The crop ``[..., n1, n2]`` (``crop_shape``, the geometry's ``crop``) of whole detector
-        frames ``[..., rows, cols]`` (a view)."""
-        (r0, c0), (n1, n2) = self.roi_origin, crop_shape
-        return frame[..., r0:r0 + n1, c0:c0 + n2]
-
 
 def run_scan(start: dict) -> tuple[ExperimentGeometry, ScanDocument]:
     """The geometry and scan of a run's start document, or a :class:`RunDocumentError` naming the run."""

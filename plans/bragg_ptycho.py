@@ -96,7 +96,8 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
         n_points=n_points, n_angles=geo.n_angles, n_positions=len(pts.x), raster_shape=geo.raster_shape,
         order=order, snake=snake, rocking_motor=rocking.name, x_motor=x.name, y_motor=y.name,
         x_unit_m=ux, y_unit_m=uy, x_centre=x_centre, y_centre=y_centre, eta_centre_deg=eta_c,
-        rocking_unit_deg=ueta, eta_setpoints_deg=pts.eta, x_setpoints=pts.x, y_setpoints=pts.y, detector=det.name, image_key=key,
+        rocking_unit_deg=ueta, eta_setpoints_deg=pts.eta, x_setpoints=pts.x, y_setpoints=pts.y,
+        detector=det.name, image_key=key,
         frame_shape=frame_shape, roi_origin=roi, count_time_s=ct).to_dict()
     _md = {
         "plan_name": "bragg_ptycho_scan", "technique": "bragg-ptychography",

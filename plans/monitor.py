@@ -47,7 +47,7 @@ class LiveScanMonitor(CallbackBase):
         self.active = "bp_scan" in doc and "bp_geometry" in doc
         if not self.active:
             return
-        self.geometry, self.scan = run_scan(doc)
+        _, self.scan = run_scan(doc)
         s = self.scan
         self.uid = doc["uid"]
         self.total_key = f"{s.detector}_total"

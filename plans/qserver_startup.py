@@ -59,7 +59,8 @@ if os.environ.get("BP_TILED_URL"):
 
     from bp_plugin.tiled_server import connect
 
-    _subscribe(TiledWriter(connect(os.environ["BP_TILED_URL"], os.environ.get("BP_TILED_API_KEY")), batch_size=10))
+    _client = connect(os.environ["BP_TILED_URL"], os.environ.get("BP_TILED_API_KEY"))
+    _subscribe(TiledWriter(_client, batch_size=10))
 
 if os.environ.get("BP_RECONSTRUCTOR"):
     from streaming.dfxrm_sender import DfxrmFrameStreamer

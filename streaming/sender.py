@@ -276,7 +276,7 @@ class BlueskyFrameStreamer:
         return None, None
 
     def _crop(self, frame: np.ndarray) -> np.ndarray:
-        return self._scan.crop(frame, self._crop_shape)
+        return protocol.crop_roi(frame, self._scan.roi_origin, self._crop_shape)
 
     def _event(self, doc):
         if not self.uid or doc["descriptor"] != self._primary:

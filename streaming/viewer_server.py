@@ -32,17 +32,15 @@ import hmac
 import ipaddress
 import logging
 import mimetypes
-import os
 import posixpath
 import threading
-import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 
-from bp_plugin.keys import add_key_args, read_key_file, resolve_key
+from .viewer_cli import BROWSE_KEY_ENV
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,6 @@ REQUEST_HEADERS = ("accept", "accept-encoding", "if-none-match")
 # Tiled's CSRF cookie and hop-by-hop headers make no sense to the browser: only these are relayed.
 COOKIE = "bp_viewer_key"
 #: where the viewer's browse key comes from when it is bound off loopback
-BROWSE_KEY_ENV = "BP_VIEWER_KEY"
 RESPONSE_HEADERS = ("content-type", "content-encoding", "content-length", "etag", "cache-control",
                     "retry-after")
 
@@ -268,39 +265,10 @@ def start_viewer(tiled_url: str, api_key: str | None, *, host: str = "127.0.0.1"
     return ViewerServer(tiled_url, api_key, host, port, browse_key)
 
 
-def add_viewer_args(ap: argparse.ArgumentParser, *, tiled: bool = True) -> None:
-    """The viewer's options (``bp-plugin viewer`` gives its own ``--tiled-url`` when ``tiled`` is False)."""
-    if tiled:
-        ap.add_argument("--tiled-url", required=True, help="Tiled server URL, e.g. http://127.0.0.1:8000")
-        add_key_args(ap)
-    ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines (needs a browse key)")
-    ap.add_argument("--port", type=int, default=8765)
-    ap.add_argument("--viewer-key-file", default=None, metavar="PATH",
-                    help=f"file holding the browse key browsers must give (default: ${BROWSE_KEY_ENV})")
-
-
-def run_viewer(args: argparse.Namespace) -> int:
-    """Serve the viewer until Ctrl-C; a bad option or a taken port is a ValueError with one line."""
-    try:
-        browse = read_key_file(args.viewer_key_file) if args.viewer_key_file else os.environ.get(BROWSE_KEY_ENV)
-        viewer = start_viewer(args.tiled_url, resolve_key(args.api_key_file), host=args.host, port=args.port,
-                              browse_key=browse)
-    except OSError as exc:
-        raise ValueError(f"cannot serve the viewer on {args.host}:{args.port} ({exc.strerror or exc}); choose "
-                         "another --port") from None
-    with viewer as v:
-        print(f"live viewer at {v.url} (reading {v.tiled_url}){'; browsers open it with ?key=...' if browse else ''}"
-              "; Ctrl-C to stop", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    return 0
-
-
 def main(argv=None) -> None:
     """``python -m streaming.viewer_server`` (the same as ``bp-plugin viewer``): serve until Ctrl-C."""
+    from .viewer_cli import add_viewer_args, run_viewer
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_viewer_args(ap)
     try:
