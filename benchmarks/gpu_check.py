@@ -18,7 +18,9 @@ What it measures, in order (each section times itself and records its failure in
    iteration; the table says how many iterations ran), its errors against the ground truth;
 5. ``dfxrm``: the DF-XRM moment accumulator on the device at 2048 x 2048 (ms per frame, frames
    uploaded from the host as the service receives them) and its agreement with the CPU;
-6. ``memory``: the device memory pool's size after each section (its peak, as CuPy keeps blocks).
+6. ``mpi``: strong scaling over 1, 2 and 4 CPU ranks (``benchmarks/bench_mpi.py``, ``small``, 6
+   iterations, speed only), where an MPI runtime is (skipped, with the reason, where not).
+7. ``memory``: the device memory pool's size after each section (its peak, as CuPy keeps blocks).
 
 Needs only numpy, scipy, h5py and (for the GPU) CuPy on ``PYTHONPATH=.``; ``--device cpu --quick``
 runs the same sections at tiny sizes here, to check the script before the device call:
@@ -88,7 +90,7 @@ class Check:
         print(f"--- {name}", flush=True)
         try:
             res = fn(*args)
-            res["status"] = "ok"
+            res.setdefault("status", "ok")
         except Exception as err:  # a failed section is a finding: record it and go on
             res = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
             print(res["traceback"], flush=True)
@@ -287,6 +289,22 @@ def dfxrm(backend, quick: bool, repeats: int) -> dict:
             "max_rel_diff_vs_cpu": worst}
 
 
+def mpi_scaling(quick: bool) -> dict:
+    """Strong scaling over CPU ranks (benchmarks/bench_mpi.py, speed only), where an MPI runtime is."""
+    import shutil
+
+    if not (shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))):
+        return {"status": "skipped", "error": "no mpiexec on this machine"}
+    root = Path(__file__).resolve().parent
+    out = Path(tempfile.mkdtemp()) / "bench_mpi.json"
+    cmd = [sys.executable, str(root / "bench_mpi.py"), "--preset", "tiny" if quick else "small",
+           "--iterations", "3" if quick else "6", "--ranks", *(["2"] if quick else ["2", "4"]), "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=80)
+    if p.returncode:
+        raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}")
+    return json.loads(out.read_text())
+
+
 SUMMARY = {   # one line per section of the table, from its JSON
     "schedule": lambda p: (f"paper schedule ({p['positions']} positions, box {tuple(p['box'])}): {p['joint_done']} joint "
                            f"x {p['s_per_joint_iteration']:.3f} s + {p['ml_done']} ML x {p['s_per_ml_iteration']:.3f} s; "
@@ -296,6 +314,9 @@ SUMMARY = {   # one line per section of the table, from its JSON
     "paper_quality": lambda q: (f"{q['preset']} preset: simulated in {q['simulate_s']:.0f} s on the {q['simulate_device']}; "
                                 f"{q['joint']} + {q['ml']} iterations in {q['reconstruct_s']:.0f} s: object "
                                 f"{q['object_error']:.3f}, probe {q['probe_error']:.3f}, eps_zz rms {q['strain_rms_error']:.2e}"),
+    "mpi": lambda m: (f"MPI strong scaling ({m['preset']}, {m['iterations']} iterations, CPU): " + ", ".join(
+        f"{r['ranks']}x{r['threads']} {r['s_per_iteration']:.2f} s/it (x{r['speedup']:.2f}, merge "
+        f"{r['merge_s_per_iteration']:.2f} s)" for r in m["rows"])),
     "dfxrm": lambda d: (f"DF-XRM accumulator {d['frame'][0]} x {d['frame'][1]}: {d['ms_per_frame']:.3f} ms/frame "
                         f"({d['frames_per_s']:.0f} frames/s), max rel diff vs CPU {d['max_rel_diff_vs_cpu']:.1e}"),
 }
@@ -350,7 +371,7 @@ def main() -> int:
     sections = {"tests": (run_tests, a.quick), "engine": (engine_rows, backend, a.quick, repeats),
                 "schedule": (paper_schedule, backend, a.quick, iterations, budget),
                 "quality": (quality, backend, a.quick), "dfxrm": (dfxrm, backend, a.quick, repeats),
-                "paper_quality": (paper_quality, backend, a.quick, budget)}
+                "paper_quality": (paper_quality, backend, a.quick, budget), "mpi": (mpi_scaling, a.quick)}
     for name, (fn, *args) in sections.items():
         if name in a.skip:
             check.result["sections"][name] = {"status": "skipped"}

@@ -9,7 +9,7 @@ export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
 command -v nvidia-smi >/dev/null && nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-# under 8 minutes whatever happens: each section saves gpu_check.json as it ends
+# under 9 minutes whatever happens: each section saves gpu_check.json as it ends
 # the project's venv where there is one (here), else the machine's python3 (the GPU machine)
 py="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
-timeout 470 "$py" benchmarks/gpu_check.py --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
+timeout 520 "$py" benchmarks/gpu_check.py --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from . import defaults
 from .geometry_cli import add_geometry_parser, format_geometry
@@ -14,6 +15,7 @@ def _simulate(out, preset: str, seed: int, *, device: str = "auto", progress: bo
               max_positions: int | None = None, overwrite: bool = False) -> None:
     from sim_devices.experiment import simulate_to_file
 
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     info = simulate_to_file(out, preset=preset, seed=seed, device=device, progress=progress,
                             max_positions=max_positions, overwrite=overwrite)
@@ -43,6 +45,8 @@ def _reconstruct(scan, out, opts) -> None:
     from .recon.run import reconstruct_file
 
     m = reconstruct_file(scan, out, opts)
+    if m.get("rank", 0):
+        return                                  # rank 0 speaks for an MPI run
     print(f"wrote {out}: {m['iterations']} iterations in {m['seconds']:.1f} s on {m['device']}, "
           f"final error {m['final_error']:.4g}")
     for w in m.get("warnings", []):
@@ -60,7 +64,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
         fixed_probe=a.fixed_probe,
         probe_warmup=a.probe_warmup, angle_curriculum=a.angle_curriculum,
         sample_tilt_deg=tuple(a.sample_tilt) if a.sample_tilt else None, mode=a.mode, device=a.device, resume=a.resume, progress=not a.no_progress, figures=not a.no_figures,
-        seed=a.seed))
+        seed=a.seed, mpi=True if a.mpi else None))
     return 0
 
 
@@ -183,7 +187,8 @@ def cmd_reconstructor(a: argparse.Namespace) -> int:
                              device=a.device,
                              max_runs=a.max_runs, final_iterations=a.iterations, ml_iterations=a.ml_iterations,
                              publish_interval_s=a.publish_interval, checkpoint_interval_s=a.checkpoint_interval,
-                             catch_up_per_angle=a.catch_up_per_angle, quiet=a.quiet, idle_timeout_s=a.idle_timeout)
+                             catch_up_per_angle=a.catch_up_per_angle, quiet=a.quiet, idle_timeout_s=a.idle_timeout,
+                             mpi=True if a.mpi else None)
 
 
 def cmd_stream(a: argparse.Namespace) -> int:
@@ -248,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     pr.add_argument("--resume", action="store_true", help="continue from the state in --out")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--mpi", action="store_true",
+                    help="run on the processes of an MPI launch (default when started by mpirun or srun with "
+                         "more than one process): mpirun -n N bp-plugin reconstruct ...")
     pr.add_argument("--no-progress", action="store_true")
     pr.add_argument("--no-figures", action="store_true")
     pr.set_defaults(func=cmd_reconstruct)
@@ -337,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a run without its stop message and without a frame for S seconds is finished with "
                          "the frames it has, once a newer run waits or when no sender is left (adopted at start-up)")
     pc.add_argument("--quiet", action="store_true", help="no status lines")
+    pc.add_argument("--mpi", action="store_true",
+                    help="spread each Bragg run's engine over the processes of an MPI launch (default when started "
+                         "by mpirun or srun with more than one): mpirun -n N bp-plugin reconstructor ...")
     pc.set_defaults(func=cmd_reconstructor)
 
     pt = sub.add_parser("stream", help="stream a recorded dataset file to an online reconstructor")

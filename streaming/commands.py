@@ -29,13 +29,28 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
                       ml_iterations=defaults.STREAM_FINAL.ml_iterations,
                       publish_interval_s=defaults.PUBLISH_INTERVAL_S, checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S,
                       catch_up_per_angle=defaults.CATCH_UP_PER_ANGLE, quiet=False,
-                      idle_timeout_s=defaults.IDLE_TIMEOUT_S) -> int:
-    """``bp-plugin reconstructor``: serve until Ctrl-C / SIGTERM (or ``max_runs`` runs)."""
+                      idle_timeout_s=defaults.IDLE_TIMEOUT_S, mpi=None) -> int:
+    """``bp-plugin reconstructor``: serve until Ctrl-C / SIGTERM (or ``max_runs`` runs). Launched by
+    ``mpirun -n N`` (or with ``mpi``), rank 0 serves and ranks 1..N-1 hold their shares of each Bragg
+    run's engine (:mod:`streaming.engine_ranks`)."""
+    from bp_plugin.recon.mpi import use_local_gpu, world
+
+    from .engine_ranks import Leader, follow
     from .live import LiveOptions
     from .service import ReconstructorService, ServiceOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
+    comm = world(mpi)
+    if comm is not None and device != "cpu":
+        use_local_gpu(comm)
+    if comm is not None and comm.rank > 0:
+        # the followers only compute; Ctrl-C and SIGTERM reach rank 0, which checkpoints and ends them
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        from bp_plugin.backend import get_backend
+        return follow(comm, get_backend(device))
+    ranks = Leader(comm) if comm is not None else None
     logging.getLogger("httpx").setLevel(logging.WARNING)        # one line per HTTP request otherwise
     last = [0.0]
 
@@ -50,7 +65,7 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
                                                               publish_interval_s=publish_interval_s,
                                                               checkpoint_interval_s=checkpoint_interval_s,
                                                               catch_up_per_angle=catch_up_per_angle))
-    svc = ReconstructorService(opts, progress=progress)
+    svc = ReconstructorService(opts, progress=progress, ranks=ranks)
 
     def stop(signum, frame):
         print(f"signal {signum}: checkpointing the current run and stopping", flush=True)
@@ -59,10 +74,15 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-    print(f"reconstructor listening on {svc.address} (device {svc.backend.device}, work folder {opts.workdir}"
+    spread = f", engine on {comm.size} MPI ranks" if comm is not None else ""
+    print(f"reconstructor listening on {svc.address} (device {svc.backend.device}{spread}, work folder {opts.workdir}"
           f"{', publishing to ' + tiled_url if tiled_url else ', not publishing'})", flush=True)
     (Path(workdir) / "ready").write_text(svc.address)
-    svc.serve()
+    try:
+        svc.serve()
+    finally:
+        if ranks is not None:
+            ranks.end()
     for uid, st in svc.finished.items():
         print(f"run {uid[:8]}: {st.get('state')}; result {st.get('result', '-')}", flush=True)
     return 0

@@ -31,6 +31,7 @@ from bp_plugin.recon.engine import Reconstructor
 from bp_plugin.recon.results import default_lab_grid, lab_maps
 
 from .assembly import RunAssembly
+from .engine_ranks import open_engine, place_frames
 from .publish import HISTORY_MAX, PUBLICATION_VERSION, UNITS, json_safe
 
 log = logging.getLogger(__name__)
@@ -95,23 +96,45 @@ def full_illumination(rec: Reconstructor) -> np.ndarray:
     return rec.backend.asnumpy(out)
 
 
+def final_schedule(rec: Reconstructor, config: ReconConfig, restart_object: bool, catch_up: bool, per_angle: int,
+                   probe_after_fraction: float, callback=None, on_stage=None) -> None:
+    """The engine's part of the final phase (every rank of a spread engine runs it): ``config``'s
+    schedule from the live state, after the catch-up (object, probe restarted, the angle curriculum
+    at ``per_angle``) when ``catch_up``; ``on_stage(name)`` when the stage changes."""
+    rec.begin_schedule(config, keep_history=False)
+    if restart_object or catch_up:
+        rec.restart_object()
+    if catch_up:
+        # the offline start as well: a probe learned from too few iterations per angle led the
+        # restarted object to a wrong minimum (emulated small, 4 per angle: object error 0.87)
+        rec.restart_probe()
+        if on_stage:
+            on_stage("catch-up")
+        angle_curriculum(rec, per_angle, callback, probe_after_fraction=probe_after_fraction)
+        if on_stage:
+            on_stage("final-schedule")
+    rec.run(callback)
+
+
 class LiveReconstruction:
     """Engine state of one run, driven by the service's one run loop (:mod:`streaming.techniques`)."""
 
     idle_s = 0.02                       # the loop's pause when no frame is measured yet
     stage = "live"                      # then catch-up, final-schedule, final
 
-    def __init__(self, asm: RunAssembly, opts: LiveOptions, backend: Backend):
+    def __init__(self, asm: RunAssembly, opts: LiveOptions, backend: Backend, ranks=None):
         self.asm, self.opts = asm, opts
-        geo = asm.geometry
+        #: the other MPI ranks the engine is spread over (a :class:`streaming.engine_ranks.Leader`), or None
+        self.ranks = ranks
         self.final_config = ReconConfig(mode=opts.mode, upsampling=opts.upsampling).scaled(opts.final_iterations,
                                                                                             opts.ml_iterations)
         # the live configuration: first slab only, no shrink-wrap; the probe is held until enough
         # frames are in (live_step)
         self.live_config = self.final_config.on_first_slab()
-        empty = np.zeros(asm.shape, np.float32)
-        self.rec = Reconstructor(geo, empty, asm.translations_m, asm.mask(), np.zeros(asm.shape[:2], bool),
-                                 config=self.live_config, backend=backend)
+        args = dict(geometry=asm.geometry, translations_m=asm.translations_m, mask=asm.mask(), shape=asm.shape,
+                    config=self.live_config)
+        self._tell("open", args)
+        self.rec: Reconstructor = open_engine(args, backend, ranks.comm if ranks else None)
         self._scaled = False
         self.grid = default_lab_grid(self.rec.layout, full_illumination(self.rec))
         self.stage = "live"
@@ -119,13 +142,26 @@ class LiveReconstruction:
         self.behind = False
         self._mask_version = None
         if asm.resumed:                              # a restart: the spool holds the old process's frames
-            for ia, ip in zip(*np.nonzero(asm.measured_disk)):
-                self.rec.set_frame(ia, ip, asm.frames[ia, ip])
+            self._place([(ia, ip, asm.frames[ia, ip]) for ia, ip in zip(*np.nonzero(asm.measured_disk))])
         ck = asm.folder / "checkpoint.npz"
         if ck.exists():
             self._load_checkpoint(ck)
         self.in_engine = 0
         self._live_history: list[dict] = []   # set aside while the final schedule counts from 0
+
+    def _tell(self, command: str, arg=None) -> None:
+        if self.ranks is not None:
+            self.ranks.tell(command, arg)
+
+    def _place(self, frames, mask=None, scale: bool = False) -> None:
+        if self.ranks is None:
+            place_frames(self.rec, frames, mask, scale)
+        elif frames or mask is not None or scale:
+            self.ranks.place(self.rec, frames, mask, scale)
+
+    def release(self) -> None:
+        """The run is over (finished, interrupted or failed): the other ranks drop its engine."""
+        self._tell("close")
 
     @property
     def pending(self):
@@ -168,17 +204,15 @@ class LiveReconstruction:
         new = asm.take_pending()
         # behind: the oldest frame of this batch waited longer than allowed for the engine
         self.behind = bool(new) and (time.monotonic() - min(t for _, _, t in new)) > self.opts.behind_after_s
-        for ia, ip, _ in new:
-            rec.set_frame(ia, ip, asm.frames[ia, ip])
+        frames = [(ia, ip, asm.frames[ia, ip]) for ia, ip, _ in new]
+        mask, scale = None, False
         if new or (rec.measured.any() and not self._scaled):
-            mask = asm.mask()
-            key = (asm.mask_sent is not None, int(mask.sum()))
+            key = (asm.mask_sent is not None, int(asm.mask().sum()))
             if key != self._mask_version:            # the sent mask, or the derived one when it changes
-                rec.mask = rec.backend.xp.asarray(mask.astype(np.float32))
+                mask = asm.mask()
                 self._mask_version = key
-            if not self._scaled:
-                rec.scale_probe_to_data()
-                self._scaled = True
+            scale, self._scaled = not self._scaled, True
+        self._place(frames, mask, scale)
         self.in_engine = int(rec.measured.sum())
         return len(new)
 
@@ -187,7 +221,9 @@ class LiveReconstruction:
         rec = self.rec
         if not rec.measured.any():
             return None
-        err = rec.step(hold_probe=rec.measured.mean() < self.opts.probe_after_fraction, stage="live")
+        hold = bool(rec.measured.mean() < self.opts.probe_after_fraction)
+        self._tell("step", hold)
+        err = rec.step(hold_probe=hold, stage="live")
         rec.history[-1]["angles_seen"] = int(rec.measured.any(axis=1).sum())
         return err
 
@@ -206,19 +242,13 @@ class LiveReconstruction:
         rec = self.rec
         self.stage = "final-schedule"
         self._live_history = list(rec.history)
-        rec.begin_schedule(self.final_config, keep_history=False)
         per = self.opts.catch_up_per_angle
         catch_up = per > 0 and self.live_iterations_per_angle(self._live_history) < per
-        if self.opts.restart_object or catch_up:
-            rec.restart_object()
-        if catch_up:
-            # the offline start as well: a probe learned from too few iterations per angle led the
-            # restarted object to a wrong minimum (emulated small, 4 per angle: object error 0.87)
-            rec.restart_probe()
-            self.stage = "catch-up"
-            angle_curriculum(rec, per, callback, probe_after_fraction=self.opts.probe_after_fraction)
-            self.stage = "final-schedule"
-        rec.run(callback)
+        args = (self.final_config, self.opts.restart_object, catch_up, per, self.opts.probe_after_fraction)
+        self._tell("final", args)
+        if self.ranks is not None:
+            callback = self.ranks.lockstep(callback)
+        final_schedule(rec, *args, callback=callback, on_stage=lambda stage: setattr(self, "stage", stage))
         for h in rec.history:
             h.setdefault("stage", "joint")
         rec.history = self._live_history + rec.history
@@ -238,11 +268,13 @@ class LiveReconstruction:
 
         asm, rec = self.asm, self.rec
         gt, gt_attrs, truth_note = truth_from_start(asm.start.get("sim"))
+        self._tell("finish")
         metrics, maps, grid, arrays, illum = summarize(rec, gt, gt_attrs)
         metrics["warnings"] = list(rec.warnings) + metrics.get("warnings", []) + ([truth_note] if truth_note else [])
         if truth_note:
             log.warning("run %s: %s", asm.uid[:8], truth_note)
         metrics["seconds"] = time.time() - self.started
+        metrics["processes"] = rec.comm.size
         t_last = asm.t_last_frame or time.time()          # wall clock of the last frame placed
         metrics["counters"] = asm.status()
         out = asm.folder / "result.h5"
@@ -290,6 +322,7 @@ class LiveReconstruction:
             angles = z["history_angles"] if "history_angles" in z.files else [0] * n
             st["history"] = [{"iteration": i, "error": float(e), "seconds": 0.0, "stage": str(g), "angles_seen": int(k)}
                              for i, (e, g, k) in enumerate(zip(z["history_error"], stages, angles))]
+        self._tell("load", st)
         self.rec.load_state(st)
         self._scaled = True
         log.info("run %s: resumed from checkpoint at iteration %d", self.asm.uid[:8], st["iteration"])

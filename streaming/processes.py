@@ -72,8 +72,10 @@ class ReconstructorProcess:
 
 def start_reconstructor(workdir, *, address: str | None = None, tiled_url: str | None = None,
                         api_key: str | None = None, extra_args=(), max_runs: int | None = None,
-                        ready_timeout: float = 60.0) -> ReconstructorProcess:
+                        ready_timeout: float = 60.0, launcher=()) -> ReconstructorProcess:
     """Start ``bp-plugin reconstructor`` and wait until it listens (it writes ``ready`` in ``workdir``).
+
+    ``launcher``: a command in front, e.g. ``("mpiexec", "-n", "2")`` for an engine on two MPI ranks.
 
     The API key goes through the environment, not the command line (other users can read argv).
     """
@@ -82,7 +84,7 @@ def start_reconstructor(workdir, *, address: str | None = None, tiled_url: str |
     address = address or free_tcp_address()
     ready = workdir / "ready"
     ready.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bp_plugin.cli", "reconstructor", "--listen", address, "--workdir", str(workdir),
+    cmd = [*map(str, launcher), sys.executable, "-m", "bp_plugin.cli", "reconstructor", "--listen", address, "--workdir", str(workdir),
            *extra_args]
     if tiled_url:
         cmd += ["--tiled-url", tiled_url]

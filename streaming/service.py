@@ -87,8 +87,10 @@ class _Stopped(Exception):
 class ReconstructorService:
     """Receiver and worker of the online reconstruction (see the module docstring)."""
 
-    def __init__(self, opts: ServiceOptions, *, progress=None):
+    def __init__(self, opts: ServiceOptions, *, progress=None, ranks=None):
         self.opts = opts
+        #: the MPI ranks a Bragg run's engine is spread over (streaming.engine_ranks.Leader), or None
+        self.ranks = ranks
         self.workdir = Path(opts.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.client = None
@@ -336,7 +338,7 @@ class ReconstructorService:
         pub = work = None
         t_ck = self._t_pub = 0.0
         try:
-            work = tech.work(asm, opts, self.backend, self._yield_to_receiver)
+            work = tech.work(asm, opts, self.backend, self._yield_to_receiver, ranks=self.ranks)
             pub = self._publisher(asm.uid, technique=tech)
             if pub:
                 pub.submit(*work.first_snapshot())
@@ -368,11 +370,16 @@ class ReconstructorService:
             return {"state": "interrupted"}
         except Exception as exc:
             log.exception("%s run %s failed", tech.name, asm.uid[:8])
+            if getattr(work, "ranks", None) is not None:
+                work.ranks.fail(asm.uid, exc)
             if pub:
                 md = work.metadata("failed")
                 md["status"]["message"] = f"{type(exc).__name__}: {exc}"
                 pub.close(md)
             return {"state": "failed", "message": f"{type(exc).__name__}: {exc}"}
+        finally:
+            if work is not None and hasattr(work, "release"):
+                work.release()
 
     def _publish_live(self, work, pub) -> None:
         """A live snapshot to Tiled once per publish interval (maps cost: only when published)."""

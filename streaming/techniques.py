@@ -43,7 +43,8 @@ class Technique:
         open: ``open(header, folder, workdir, backend)``: a new run's assembly from its start message
             (raises ValueError with the reason when the machine cannot take it).
         resume: ``resume(folder, backend)``: the assembly an earlier process spooled, or None.
-        work: ``work(assembly, live_options, backend, pause_hook)``: what the loop drives.
+        work: ``work(assembly, live_options, backend, pause_hook, ranks=None)``: what the loop drives
+            (``ranks``: the MPI ranks an engine may be spread over, :mod:`streaming.engine_ranks`).
         publication: keyword arguments of :class:`streaming.publish.TiledPublisher` (where in
             Tiled, units, dims).
     """
@@ -63,8 +64,8 @@ def _bragg_open(header: dict, folder: Path, workdir: Path, backend) -> RunAssemb
     return RunAssembly(header, folder)
 
 
-def _bragg_work(asm: RunAssembly, opts, backend, pause_hook) -> LiveReconstruction:
-    live = LiveReconstruction(asm, opts, backend)
+def _bragg_work(asm: RunAssembly, opts, backend, pause_hook, ranks=None) -> LiveReconstruction:
+    live = LiveReconstruction(asm, opts, backend, ranks=ranks)
     live.rec.pause_hook = pause_hook
     log.info("run %s: %s", asm.uid[:8], live.rec.layout.describe())
     return live
@@ -78,7 +79,7 @@ TECHNIQUES = {t.name: t for t in (
     Technique("bragg-ptychography", "start.json", _bragg_open, lambda folder, backend: RunAssembly.resume(folder),
               _bragg_work),
     Technique("dfxrm", "dfxrm_start.json", _dfxrm_open, lambda folder, backend: DfxrmRun.resume(folder, xp=backend.xp),
-              lambda run, opts, backend, pause_hook: DfxrmLive(run, figures=opts.figures),
+              lambda run, opts, backend, pause_hook, ranks=None: DfxrmLive(run, figures=opts.figures),
               publication=dict(root=ROOT, units=UNITS, dims=DIMS,
                                description="DF-XRM maps, one container per raw run uid")),
 )}

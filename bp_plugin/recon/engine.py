@@ -13,7 +13,9 @@ Updates (Eqs. 5-11), with ``d = psi' - psi``:
 ``P2 <- P2 + R[rho* d / ((1 - alpha)|rho|^2 + alpha max|rho|^2)]`` then the NA constraint,
 ``b <- b ((1 - gamma) + gamma sqrt(I / h))^2``. ``mu_j = mu max|P|^2``.
 
-The engine takes arrays and returns arrays; it never imports bluesky, ZeroMQ or Tiled.
+On several processes (``comm``, :mod:`bp_plugin.recon.comm`) each holds a block of positions and
+runs the iteration on them; :mod:`bp_plugin.recon.merge` then takes the ranks' consensus. The
+engine takes arrays and returns arrays; it never imports bluesky, ZeroMQ, Tiled or mpi4py.
 """
 from __future__ import annotations
 
@@ -26,9 +28,12 @@ from ..backend import Backend, get_backend
 from ..geometry import ExperimentGeometry
 from ..sheared_fft import ShearedFFT, modulation
 from . import cpu_kernels
+from .batched import batched_pass
+from .comm import SERIAL
 from .config import ReconConfig
 from .exposure import RockingExposure
 from .layout import ScanLayout, slab_support
+from .merge import IterationStart
 from .probe_ops import ProbeOperator, na_focus
 from .updates import object_step, probe_increment, upsampling_ratio
 
@@ -47,20 +52,24 @@ class Reconstructor:
         probe2d: initial probe section on the operator's grid ``(np1, N2)``; default: the
             aberration-free focus of the geometry's NA.
         backend: array backend (default: CuPy if a GPU is usable, else NumPy).
+        comm: the processes this reconstruction runs on (:mod:`bp_plugin.recon.comm`; default one).
+            Each holds its share of the positions (their frames only) and the whole object; the
+            iterations end with the merge of :mod:`bp_plugin.recon.merge`.
     """
 
     @classmethod
     def from_scan(cls, scan, *, config: ReconConfig | None = None, probe2d=None,
-                  backend: Backend | None = None) -> "Reconstructor":
+                  backend: Backend | None = None, comm=None) -> "Reconstructor":
         """From one scan: anything with ``geometry``, ``frames``, ``translations_m``, ``mask`` and
         ``measured`` as above (:class:`bp_plugin.dataset.ScanDataset` is one; the engine reads the
         fields and never imports the I/O layer)."""
         return cls(scan.geometry, scan.frames, scan.translations_m, scan.mask, scan.measured, config=config,
-                   probe2d=probe2d, backend=backend)
+                   probe2d=probe2d, backend=backend, comm=comm)
 
     def __init__(self, geometry: ExperimentGeometry, frames, translations_m, mask, measured=None, *,
-                 config: ReconConfig | None = None, probe2d=None, backend: Backend | None = None):
+                 config: ReconConfig | None = None, probe2d=None, backend: Backend | None = None, comm=None):
         self.config = config or ReconConfig()
+        self.comm = comm or SERIAL
         #: one line per doubtful choice (forced up-sampling below the need, ...), for the user
         self.warnings: list[str] = []
         ratio, why = upsampling_ratio(geometry, self.config.upsampling)
@@ -94,7 +103,13 @@ class Reconstructor:
         self.fft = ShearedFFT.from_geometry(geometry, self.backend, layout="modulated")
         g = [modulation(nb, no) for nb, no in zip(self.layout.box_shape, self.layout.object_shape)]
         self._mod = xp.asarray(np.einsum("i,j,k->ijk", *g).astype(np.complex64))
-        self.amp = xp.asarray(np.sqrt(frames.astype(np.float32)).transpose(1, 0, 2, 3).copy())  # (n_p, n_a, N1, N2)
+        own = self.comm.share(n_p)
+        self.owned = np.zeros(n_p, bool)
+        self.owned[own] = True
+        self._slot = np.full(n_p, -1)                 # a position's row in amp (its own positions only)
+        self._slot[own] = np.arange(len(own))
+        # (n_own, n_a, N1, N2)
+        self.amp = xp.asarray(np.sqrt(frames[:, own].astype(np.float32)).transpose(1, 0, 2, 3).copy())
         self.mask = xp.asarray(np.asarray(mask, bool).astype(np.float32))
         self.measured = np.ones((n_a, n_p), bool) if measured is None else np.asarray(measured, bool).copy()
         self._measured_seen = None                    # the host mask behind _measured_dev (see weights)
@@ -130,7 +145,7 @@ class Reconstructor:
             _, _, inten, _, a, w = self.model(j, (self.probe3d(j) * self._obj[self.layout.view(j)])[None])
             model = model + self.total(w * inten)
             data = data + self.total(w * a ** 2)
-        model, data = float(model), float(data)                    # the one wait for the device
+        model, data = float(self.comm.sum(model)), float(self.comm.sum(data))   # the one wait for the device
         if model > 0 and data > 0:
             self.probe2d *= np.float32(np.sqrt(data / model))
 
@@ -140,8 +155,17 @@ class Reconstructor:
         return self.backend.xp.sum(a).astype(np.float64)
 
     def active_positions(self) -> np.ndarray:
-        """Indices of the positions with at least one measured frame."""
+        """Indices of this process's positions with at least one measured frame (all processes':
+        :meth:`measured_positions`)."""
+        return np.nonzero(self.measured.any(0) & self.owned)[0]
+
+    def measured_positions(self) -> np.ndarray:
+        """Indices of every position with at least one measured frame, whichever process holds it."""
         return np.nonzero(self.measured.any(0))[0]
+
+    def amplitudes(self, j: int):
+        """The measured amplitudes of position ``j`` (one of this process's), ``(n_a, N1, N2)``."""
+        return self.amp[self._slot[j]]
 
     def weights(self, js):
         """``w`` of the measured planes: ``(n_a, N1, N2)`` for position ``js`` (an int), ``(B, n_a, N1, N2)``
@@ -177,8 +201,8 @@ class Reconstructor:
         sqrt_h = xp.sqrt(xp.maximum(inten + self.background, 1e-12))
         if np.ndim(js) == 0:
             j = int(js)
-            return big, bm, inten, sqrt_h, self.amp[j:j + 1], self.weights(j)[None]
-        return big, bm, inten, sqrt_h, self._rows(self.amp, js), self.weights(js)
+            return big, bm, inten, sqrt_h, self.amplitudes(j)[None], self.weights(j)[None]
+        return big, bm, inten, sqrt_h, self._rows(self.amp, self._slot[js]), self.weights(js)
 
     def _section_at(self, j: int):
         """The probe section shifted by position ``j``'s sub-voxel remainder."""
@@ -211,7 +235,7 @@ class Reconstructor:
         single = np.ndim(js) == 0
         if single and self._fused_modulus:
             big = self.fft.forward(psi[None], self.exposure.used)
-            cost, norm = cpu_kernels.modulus(big, self.amp[int(js)], self.mask, self._measured_rows()[int(js)],
+            cost, norm = cpu_kernels.modulus(big, self.amplitudes(int(js)), self.mask, self._measured_rows()[int(js)],
                                              self.background, self.config.gamma, update_background)
             return self.fft.adjoint(big, self.exposure.used)[0], cost, norm
         big, bm, _, sqrt_h, a, w = self.model(js, psi[None] if single else psi)
@@ -259,7 +283,8 @@ class Reconstructor:
             a = xp.abs(self._obj)
             self.support = self.support & (a > c.shrinkwrap_threshold * a.max())
 
-    def _positions(self) -> np.ndarray:
+    def position_order(self) -> np.ndarray:
+        """This iteration's order of this process's measured positions."""
         # the order depends only on (seed, iteration), so a resumed run repeats an uninterrupted one
         return np.random.default_rng((self.config.seed, self.iteration)).permutation(self.active_positions())
 
@@ -288,14 +313,20 @@ class Reconstructor:
         update_probe = (self.config.probe_update and not hold_probe
                         and (it if it >= 0 else self.iteration) >= self.config.probe_freeze)
         t0 = time.perf_counter()
+        start = IterationStart(self) if self.comm.size > 1 else None
+        t_start = time.perf_counter() - t0
         if self.config.mode == "sequential":
             cost, norm = self._step_sequential(update_probe)
         else:
-            cost, norm = self._step_batched(update_probe)
-        cost, norm = float(cost), float(norm)                 # the iteration's one wait for the device
+            cost, norm = batched_pass(self, update_probe)
+        t_merge = time.perf_counter()
+        if start is not None:
+            start.merge(self)
+        cost, norm = float(self.comm.sum(cost)), float(self.comm.sum(norm))   # the iteration's one wait
+        merge = {"merge_seconds": t_start + time.perf_counter() - t_merge} if start is not None else {}
         err = cost / norm if norm > 0 else float("nan")
         self.history.append({"iteration": self.iteration, "error": err, "seconds": time.perf_counter() - t0,
-                             "probe_update": bool(update_probe),
+                             "probe_update": bool(update_probe), **merge,
                              **({"stage": stage} if stage else {"stage": "warmup"} if it < 0 else {})})
         self.iteration += 1
         return err
@@ -304,7 +335,7 @@ class Reconstructor:
         cost = norm = 0.0
         sup = self.support.astype(np.float32)
         xp, c = self.backend.xp, self.config
-        for j in self._positions():
+        for j in self.position_order():
             if self.pause_hook is not None:
                 self.pause_hook()
             v = self.layout.view(j)
@@ -320,42 +351,6 @@ class Reconstructor:
                 cpu_kernels.object_update(rho_v, probe, d, sup[v], intensity[1], c.beta, c.mu)
             else:
                 self._obj[v] = object_step(xp, probe, rho_v, sup[v], d, c.mu, c.beta, intensity)
-        return cost, norm
-
-    def _step_batched(self, update_probe: bool):
-        """Accumulated updates over ``batch_size`` positions at a time: one batched FFT per
-        batch keeps a GPU busy; the object step divides the summed ``P* d`` by the summed
-        illumination (the ``lam_rho`` of Eq. 9 applied to the batch)."""
-        xp, c = self.backend.xp, self.config
-        cost = norm = 0.0
-        sup = self.support.astype(np.float32)
-        outside = 1 - sup
-        order = self._positions()
-        for b0 in range(0, len(order), c.batch_size):
-            if self.pause_hook is not None:
-                self.pause_hook()
-            batch = order[b0:b0 + c.batch_size]
-            views = [self.layout.view(j) for j in batch]
-            probes = xp.stack([self.probe3d(j) for j in batch])
-            rho_b = xp.stack([self._obj[v] for v in views])
-            d, cb, nb = self.fourier(batch, probes * rho_b, c.background_update)
-            cost, norm = cost + cb, norm + nb
-            num = xp.zeros_like(self._obj)
-            den = xp.zeros(self._obj.shape, np.float32)
-            reg = xp.zeros(self._obj.shape, np.float32)
-            p2 = xp.abs(probes) ** 2
-            for k, v in enumerate(views):
-                num[v] += xp.conj(probes[k]) * d[k]
-                den[v] += p2[k]
-                reg[v] += c.mu * p2[k].max()
-            touched = den > 0
-            den = (1 - c.batched_beta) * den + c.batched_beta * den.max()
-            step = (num - reg * outside * self._obj) / xp.where(touched, den + reg * outside, 1)
-            if update_probe:
-                pinc = sum(probe_increment(xp, self.probe_op, self.layout.subvoxel[j], rho_b[k], d[k], c.alpha,
-                                           c.probe_norm) for k, j in enumerate(batch))
-                self.probe2d = self.probe_op.na_constraint(self.probe2d + pinc / len(batch))
-            self._obj = self._obj + xp.where(touched, step, 0).astype(np.complex64)
         return cost, norm
 
     def run(self, callback=None) -> None:
@@ -381,7 +376,8 @@ class Reconstructor:
     def set_frame(self, angle_index: int, position_index: int, frame) -> None:
         """Place a newly measured frame (streaming): it joins the next iteration."""
         xp = self.backend.xp
-        self.amp[position_index, angle_index] = xp.sqrt(xp.asarray(frame, dtype=np.float32))
+        if self.owned[position_index]:               # another process's frame: only its mark here
+            self.amp[self._slot[position_index], angle_index] = xp.sqrt(xp.asarray(frame, dtype=np.float32))
         self.measured[angle_index, position_index] = True
 
     @property
@@ -403,13 +399,14 @@ class Reconstructor:
     def modulated(self, value) -> None:
         self._obj = value
 
-    def illumination(self):
-        """``sum_j |P_j|^2`` over the measured positions, on the object grid (float32, device array)."""
+    def illumination(self, local: bool = False):
+        """``sum_j |P_j|^2`` over the measured positions, on the object grid (float32, device array);
+        ``local``: over this process's positions only (else summed over the processes: collective)."""
         xp = self.backend.xp
         out = xp.zeros(self._obj.shape, np.float32)
         for j in self.active_positions():
             out[self.layout.view(j)] += xp.abs(self.probe3d(j)) ** 2
-        return out
+        return out if local else self.comm.sum(out)
 
     def state(self) -> dict:
         """Host copies of everything needed to resume or analyse: object, probe, background, support."""

@@ -4,7 +4,9 @@ Gaussian noise model on the amplitudes (the same cost the joint updates decrease
 
     L(rho) = sum_j sum_q w (sqrt(I_j) - sqrt(h_j))^2 + sum_j mu_j sum_{r in view_j, outside S} |rho|^2,
 
-with probe, background and support fixed. Its gradient with respect to ``conj(rho)`` is
+with probe, background and support fixed. On several processes each sums its own positions' terms
+and the sums are taken across them (costs, gradient, regulariser, illumination), so every process
+takes the same steps: the ML stage does not depend on the number of processes (to rounding). Its gradient with respect to ``conj(rho)`` is
 ``-sum_j P_j* d_j + (sum_j mu_j) (1 - S) rho`` (``d_j`` the exit-wave correction of the joint
 updates), preconditioned by ``1 / (sum_j |P_j|^2 + eps)``. Directions are Polak-Ribiere (reset
 when negative); the step comes from a parabola through the cost at 0, its slope at 0 and the
@@ -32,7 +34,7 @@ class MLObjective:
         for j in rec.active_positions():        # mu * max|P|^2 in float64, added in float32 (as a host float was)
             mu_j = (xp.abs(rec.probe3d(j)).max() ** 2).astype(np.float64) * rec.config.mu
             mu_sum[rec.layout.view(j)] += mu_j.astype(np.float32)
-        self.mu_out = mu_sum * (~rec.support).astype(np.float32)
+        self.mu_out = rec.comm.sum(mu_sum) * (~rec.support).astype(np.float32)
 
     def penalty(self, rho):
         """The support penalty at ``rho``, a float64 device scalar."""
@@ -46,7 +48,7 @@ class MLObjective:
         for j in rec.active_positions():
             _, _, _, sqrt_h, a, w = rec.model(j, (rec.probe3d(j) * rho[rec.layout.view(j)])[None])
             total = total + rec.total(w * (a - sqrt_h) ** 2)
-        return float(total + self.penalty(rho))
+        return float(rec.comm.sum(total) + self.penalty(rho))
 
     def cost_grad(self, rho):
         """``(data cost, total cost, gradient with respect to conj(rho))`` (object-shaped, complex64):
@@ -62,8 +64,8 @@ class MLObjective:
             d, cj, _ = rec.fourier(j, probe * rho[v], False, gradient=True)
             total += cj
             grad[v] -= xp.conj(probe) * d
-        grad += self.mu_out * rho
-        total, penalty = float(total), float(self.penalty(rho))
+        grad = rec.comm.sum(grad) + self.mu_out * rho
+        total, penalty = float(rec.comm.sum(total)), float(self.penalty(rho))
         return total, total + penalty, grad
 
 
@@ -77,8 +79,8 @@ def ml_refine(rec, iterations: int, callback=None) -> None:
     active = rec.active_positions()
     norm = 0.0
     for j in active:
-        norm = norm + rec.total(rec.weights(j) * rec.amp[j] ** 2)
-    norm = float(norm)
+        norm = norm + rec.total(rec.weights(j) * rec.amplitudes(j) ** 2)
+    norm = float(rec.comm.sum(norm))
     illum = rec.illumination()
     objective = MLObjective(rec)
     precond = 1.0 / (illum + 1e-3 * illum.max())

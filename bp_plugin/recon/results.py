@@ -171,7 +171,7 @@ def save_result(path, rec, maps: dict, lab_grid, illumination: np.ndarray, *, me
         f["probe2d"] = st["probe2d"]
         f["probe_p1_m"] = rec.probe_op.p1_m
         f["probe_r2_m"] = rec.probe_op.r2_m
-        f["probe_coverage"] = crystal_coverage(rec.probe_op, st["object"], rec.active_positions())
+        f["probe_coverage"] = crystal_coverage(rec.probe_op, st["object"], rec.measured_positions())
         f["background"] = st["background"]
         g = f.create_group("lab")
         g.attrs.update(origin_m=list(origin), voxel_m=voxel, axes="z, y, x")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,6 +49,8 @@ class ReconstructOptions:
     ``angle_curriculum`` (iterations per angle) adds the angles one by one before the schedule
     (:mod:`bp_plugin.recon.curriculum`); ``None`` chooses :data:`AUTO_CURRICULUM_PER_ANGLE` for a
     new run of a scan with at least :data:`AUTO_CURRICULUM_MIN_ANGLES` measured angles, 0 otherwise.
+    ``mpi``: run on the processes of an MPI launch (:mod:`bp_plugin.recon.mpi`); ``None`` does when
+    launched by ``mpirun`` / ``srun`` with more than one process.
     """
 
     schedule: str = PAPER.name
@@ -64,6 +67,7 @@ class ReconstructOptions:
     progress: bool = True
     figures: bool = True
     seed: int = 0
+    mpi: bool | None = None
 
 
 def make_config(opts: ReconstructOptions, base: dict | None = None) -> ReconConfig:
@@ -90,29 +94,50 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     """Reconstruct a scan file; write ``out_path`` (result), ``metrics.json`` and PNGs beside it.
 
     With ``opts.resume`` the state in ``out_path`` is loaded and the schedule continues (the
-    configuration stored there is used; ``ml_iterations`` may extend it).
-    Returns the metrics (quality entries only when the scan has ground truth).
+    configuration stored there is used; ``ml_iterations`` may extend it). On several MPI processes
+    each reconstructs its share of the positions (:mod:`bp_plugin.recon.merge`); rank 0 alone shows
+    progress and writes the outputs, and a rank that fails ends them all.
+    Returns the metrics (quality entries only when the scan has ground truth), on every rank (with
+    ``"rank"`` on ranks other than 0).
     """
-    from tqdm import tqdm
+    from .mpi import world
 
     opts = opts or ReconstructOptions()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)   # before hours of work, not after
+    comm = world(opts.mpi)
+    try:
+        return _reconstruct_file(scan_path, Path(out_path), opts, comm)
+    except Exception as exc:
+        if comm is not None and comm.size > 1:    # the other ranks would wait in a sum forever
+            print(f"bp-plugin reconstruct: rank {comm.rank}: error: {exc}", file=sys.stderr, flush=True)
+            comm.abort(2)
+        raise
+
+
+def _reconstruct_file(scan_path, out_path: Path, opts: ReconstructOptions, comm) -> dict:
+    from tqdm import tqdm
+
+    from .mpi import use_local_gpu
+
+    root = comm is None or comm.rank == 0
+    if root:
+        out_path.parent.mkdir(parents=True, exist_ok=True)   # before hours of work, not after
     if opts.resume and not out_path.exists():
         raise FileNotFoundError(f"--resume: no result file {out_path} to continue from")
     ds = read_dataset(scan_path, allow_partial=True)
     state = load_state(out_path) if opts.resume else None
     cfg = make_config(opts, state["config"] if state else None)
+    if comm is not None and opts.device != "cpu":
+        use_local_gpu(comm)                    # one GPU per rank, before the backend takes one
     backend = get_backend(opts.device)
     t0 = time.perf_counter()
-    rec = Reconstructor.from_scan(ds, config=cfg, backend=backend)
+    rec = Reconstructor.from_scan(ds, config=cfg, backend=backend, comm=comm)
     if state:
         rec.load_state(state)
     n_angles = int(rec.measured.any(axis=1).sum())
     per_angle = curriculum_per_angle(opts.angle_curriculum, n_angles, bool(state))
     n_curr = n_angles * per_angle
     bar = tqdm(total=rec.total_iterations + n_curr, initial=rec.iteration, desc="reconstruct", unit="it",
-               disable=not opts.progress)
+               disable=not (opts.progress and root))
 
     def tick(r):
         h = r.history[-1]
@@ -125,12 +150,25 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     rec.run(tick)
     bar.close()
     seconds = time.perf_counter() - t0
+    if not root:
+        rec.illumination()                     # the one collective of the summary
+        return {**comm.bcast(None), "rank": comm.rank}
     metrics, maps, grid, arrays, illum = summarize(rec, ds.ground_truth, ds.ground_truth_attrs)
     metrics["seconds"] = seconds
     metrics.update(slab_tilt_deg=list(rec.slab_tilt_deg), slab_tilt_source=rec.slab_tilt_source,
-                   upsampling=rec.geometry.upsampling, warnings=list(rec.warnings) + metrics.get("warnings", []))
+                   upsampling=rec.geometry.upsampling, processes=rec.comm.size,
+                   **_per_iteration(rec.history),
+                   warnings=list(rec.warnings) + metrics.get("warnings", []))
     write_outputs(rec, out_path, metrics, maps, grid, arrays, illum, source=str(scan_path), figures=opts.figures)
-    return metrics
+    return metrics if comm is None else comm.bcast(metrics)
+
+
+def _per_iteration(history: list[dict]) -> dict:
+    """Median seconds per joint iteration, and of the ranks' merge within it (several processes)."""
+    joint = [h for h in history if h.get("stage") != "ml"]
+    out = {"seconds_per_iteration": float(np.median([h["seconds"] for h in joint])) if joint else float("nan")}
+    merges = [h["merge_seconds"] for h in joint if "merge_seconds" in h]
+    return {**out, "merge_seconds_per_iteration": float(np.median(merges))} if merges else out
 
 
 class Summary(NamedTuple):
@@ -207,6 +245,6 @@ def _figures(rec, maps, grid, arrays, folder: Path, stem: str, illum) -> None:
     if truth is not None:
         scale = np.vdot(truth, a(rec.probe2d))
         truth = truth * (scale / abs(scale)) if abs(scale) > 0 else truth
-    coverage = crystal_coverage(rec.probe_op, rec.object, rec.active_positions())
+    coverage = crystal_coverage(rec.probe_op, rec.object, rec.measured_positions())
     probe_and_convergence_figure(a(rec.probe2d), rec.probe_op.p1_m, rec.probe_op.r2_m, rec.history,
                                  folder / f"{stem}_probe.png", truth=truth, coverage=coverage)
