@@ -20,14 +20,15 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from bp_plugin.recon.mpi import mpiexec  # noqa: E402
 
 
 def run(scan: Path, out: Path, ranks: int, threads: int, schedule: str, device: str, iterations=None) -> dict:
@@ -39,10 +40,10 @@ def run(scan: Path, out: Path, ranks: int, threads: int, schedule: str, device: 
     if iterations:                              # speed only: no curriculum, no ML
         cmd += ["--iterations", str(iterations), "--ml-iterations", "0", "--angle-curriculum", "0"]
     if ranks > 1:
-        mpiexec = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
-        if not mpiexec:
+        launcher = mpiexec()
+        if not launcher:
             raise SystemExit("mpiexec not found: pip install -e '.[mpi]' (make install does)")
-        cmd = [mpiexec, "-n", str(ranks)] + cmd
+        cmd = [launcher, "-n", str(ranks)] + cmd
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
@@ -65,7 +66,6 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         scan = a.scan
         if scan is None:
-            sys.path.insert(0, str(ROOT))
             from sim_devices.experiment import simulate_to_file
 
             scan = tmp / f"{a.preset}.h5"

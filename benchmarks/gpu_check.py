@@ -291,9 +291,9 @@ def dfxrm(backend, quick: bool, repeats: int) -> dict:
 
 def mpi_scaling(quick: bool) -> dict:
     """Strong scaling over CPU ranks (benchmarks/bench_mpi.py, speed only), where an MPI runtime is."""
-    import shutil
+    from bp_plugin.recon.mpi import mpiexec
 
-    if not (shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))):
+    if not mpiexec():
         return {"status": "skipped", "error": "no mpiexec on this machine"}
     root = Path(__file__).resolve().parent
     out = Path(tempfile.mkdtemp()) / "bench_mpi.json"

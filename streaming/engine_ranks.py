@@ -33,7 +33,8 @@ class StopFinal(Exception):
 
 
 def open_engine(args: dict, backend, comm) -> Reconstructor:
-    """A run's engine with no frame measured: ``args`` as :meth:`LiveReconstruction.engine_args` gives."""
+    """A run's engine with no frame measured; ``args``: ``geometry``, ``translations_m``, ``mask``,
+    ``shape`` (n_angles, n_positions, N1, N2) and ``config``, as :class:`streaming.live.LiveReconstruction` sends."""
     shape = tuple(args["shape"])
     return Reconstructor(args["geometry"], np.zeros(shape, np.float32), args["translations_m"], args["mask"],
                          np.zeros(shape[:2], bool), config=args["config"], backend=backend, comm=comm)
@@ -56,10 +57,6 @@ class Leader:
     def __init__(self, comm):
         self.comm = comm
 
-    @property
-    def size(self) -> int:
-        return self.comm.size
-
     def tell(self, command: str, arg=None) -> None:
         self.comm.bcast((command, arg))
 
@@ -68,7 +65,7 @@ class Leader:
         self.tell("frames", (mask, scale))
         share = [[] for _ in range(self.comm.size)]
         for r in range(self.comm.size):
-            mine = set(self.comm.share_of(rec.layout.n_positions, r).tolist())
+            mine = set(self.comm.share(rec.layout.n_positions, r).tolist())
             share[r] = [(ia, ip, f if ip in mine else None) for ia, ip, f in frames]
         place_frames(rec, self.comm.scatter(share), mask, scale)
 

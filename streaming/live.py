@@ -207,10 +207,10 @@ class LiveReconstruction:
         frames = [(ia, ip, asm.frames[ia, ip]) for ia, ip, _ in new]
         mask, scale = None, False
         if new or (rec.measured.any() and not self._scaled):
-            key = (asm.mask_sent is not None, int(asm.mask().sum()))
+            current = asm.mask()
+            key = (asm.mask_sent is not None, int(current.sum()))
             if key != self._mask_version:            # the sent mask, or the derived one when it changes
-                mask = asm.mask()
-                self._mask_version = key
+                mask, self._mask_version = current, key
             scale, self._scaled = not self._scaled, True
         self._place(frames, mask, scale)
         self.in_engine = int(rec.measured.sum())

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,18 @@ import numpy as np
 import pytest
 
 from bp_plugin.recon.comm import SERIAL, block_share
-from bp_plugin.recon.mpi import launched_by_mpi
+from bp_plugin.recon.mpi import launched_by_mpi, mpiexec as find_mpiexec
 from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent
-MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+MPIEXEC = find_mpiexec()
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC),
                                reason="mpi4py and mpiexec are needed: pip install -e '.[mpi]' (make install does)")
 # two ranks on a 2-core machine: one thread each (each rank would otherwise take every core)
-ENV = {**os.environ, "NUMBA_NUM_THREADS": "1", "BP_FFT_WORKERS": "1", "PYTHONPATH": str(HERE.parent)}
+ONE_THREAD = {"NUMBA_NUM_THREADS": "1", "BP_FFT_WORKERS": "1", "PYTHONPATH": str(HERE.parent)}
+ENV = {**os.environ, **ONE_THREAD}
 
 
 def mpiexec(n: int, *args, cwd=None, timeout=900) -> subprocess.CompletedProcess:
@@ -120,9 +120,8 @@ def test_online_reconstructor_on_two_ranks_finishes_a_streamed_run(tiny_dataset,
     from streaming.processes import start_reconstructor
 
     _, path = tiny_dataset
-    for name, value in ENV.items():
-        if name in ("NUMBA_NUM_THREADS", "BP_FFT_WORKERS", "PYTHONPATH"):
-            monkeypatch.setenv(name, value)
+    for name, value in ONE_THREAD.items():
+        monkeypatch.setenv(name, value)
     rp = start_reconstructor(tmp_path / "w", launcher=(MPIEXEC, "-n", 2), max_runs=1,
                              extra_args=["--quiet"])
     try:

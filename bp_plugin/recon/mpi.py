@@ -12,6 +12,9 @@ picks the rank's device from its rank on the node.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -48,8 +51,9 @@ class MPIComm:
         node.Free()
         self.cuda_aware = os.environ.get("BP_MPI_CUDA_AWARE") == "1"
 
-    def share(self, n_positions: int) -> np.ndarray:
-        return block_share(n_positions, self.rank, self.size)
+    def share(self, n_positions: int, rank: int | None = None) -> np.ndarray:
+        """The positions this rank holds (or ``rank`` does)."""
+        return block_share(n_positions, self.rank if rank is None else rank, self.size)
 
     def sum(self, value):
         """The sum over the ranks of a Python / NumPy number (a float back) or of an array (a new
@@ -71,10 +75,6 @@ class MPIComm:
         self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
         return host
 
-    def share_of(self, n_positions: int, rank: int) -> np.ndarray:
-        """The positions of another rank."""
-        return block_share(n_positions, rank, self.size)
-
     def scatter(self, objs, root: int = 0):
         """``objs[r]`` (a list of ``size`` picklable objects on ``root``, None elsewhere) to rank r."""
         return self.comm.scatter(objs, root=root)
@@ -86,6 +86,11 @@ class MPIComm:
     def abort(self, code: int = 1) -> None:
         """End every rank: one that failed must not leave the others waiting in a sum forever."""
         self.comm.Abort(code)
+
+
+def mpiexec() -> str | None:
+    """The launcher beside this Python (the ``mpi`` extra puts MPICH's in the venv), else on the PATH."""
+    return shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 
 
 def world(requested: bool | None = None) -> MPIComm | None:
