@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"bp-plugin {args.command}: error: {exc}", file=sys.stderr)
+        # one write: ranks of an MPI run share the launcher's stderr, and print's two writes interleave
+        sys.stderr.write(f"bp-plugin {args.command}: error: {exc}\n")
         return 2
 
 

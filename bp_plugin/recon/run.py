@@ -107,8 +107,10 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     try:
         return _reconstruct_file(scan_path, Path(out_path), opts, comm)
     except Exception as exc:
-        if comm is not None and comm.size > 1:    # the other ranks would wait in a sum forever
-            print(f"bp-plugin reconstruct: rank {comm.rank}: error: {exc}", file=sys.stderr, flush=True)
+        if comm is not None and comm.size > 1 and not getattr(exc, "every_rank", False):
+            # the other ranks would wait in a sum forever
+            sys.stderr.write(f"bp-plugin reconstruct: rank {comm.rank}: error: {exc}\n")
+            sys.stderr.flush()
             comm.abort(2)
         raise
 
@@ -119,20 +121,24 @@ def _reconstruct_file(scan_path, out_path: Path, opts: ReconstructOptions, comm)
     from .mpi import use_local_gpu
 
     root = comm is None or comm.rank == 0
-    if root:
-        out_path.parent.mkdir(parents=True, exist_ok=True)   # before hours of work, not after
-    if opts.resume and not out_path.exists():
-        raise FileNotFoundError(f"--resume: no result file {out_path} to continue from")
-    ds = read_dataset(scan_path, allow_partial=True)
-    state = load_state(out_path) if opts.resume else None
-    cfg = make_config(opts, state["config"] if state else None)
-    if comm is not None and opts.device != "cpu":
-        use_local_gpu(comm)                    # one GPU per rank, before the backend takes one
-    backend = get_backend(opts.device)
     t0 = time.perf_counter()
-    rec = Reconstructor.from_scan(ds, config=cfg, backend=backend, comm=comm)
-    if state:
-        rec.load_state(state)
+
+    def open_():
+        if root:
+            out_path.parent.mkdir(parents=True, exist_ok=True)   # before hours of work, not after
+        if opts.resume and not out_path.exists():
+            raise FileNotFoundError(f"--resume: no result file {out_path} to continue from")
+        ds = read_dataset(scan_path, allow_partial=True)
+        state = load_state(out_path) if opts.resume else None
+        cfg = make_config(opts, state["config"] if state else None)
+        if comm is not None and opts.device != "cpu":
+            use_local_gpu(comm)                    # one GPU per rank, before the backend takes one
+        rec = Reconstructor.from_scan(ds, config=cfg, backend=get_backend(opts.device), comm=comm)
+        if state:
+            rec.load_state(state)
+        return ds, state, rec
+
+    ds, state, rec = _open_together(comm, open_)
     n_angles = int(rec.measured.any(axis=1).sum())
     per_angle = curriculum_per_angle(opts.angle_curriculum, n_angles, bool(state))
     n_curr = n_angles * per_angle
@@ -161,6 +167,27 @@ def _reconstruct_file(scan_path, out_path: Path, opts: ReconstructOptions, comm)
                    warnings=list(rec.warnings) + metrics.get("warnings", []))
     write_outputs(rec, out_path, metrics, maps, grid, arrays, illum, source=str(scan_path), figures=opts.figures)
     return metrics if comm is None else comm.bcast(metrics)
+
+
+def _open_together(comm, open_):
+    """``open_()`` on every rank, and the ranks agree on whether it failed before any of them goes on.
+
+    A failure every rank sees (a file that is not a scan) is raised on each, marked ``every_rank``,
+    so that each prints its line and exits: no ``MPI_Abort``, whose kill races the ranks' error lines
+    to the launcher (on CI they were lost). Ranks that opened while another failed raise too."""
+    try:
+        opened, failed = open_(), None
+    except Exception as exc:
+        opened, failed = None, exc
+    if comm is not None and comm.size > 1:
+        n_failed = int(comm.sum(failed is not None))
+        if n_failed and failed is None:
+            failed = RuntimeError(f"{n_failed} other rank(s) could not open the scan (their lines say why)")
+        if failed is not None:
+            failed.every_rank = True
+    if failed is not None:
+        raise failed
+    return opened
 
 
 def _per_iteration(history: list[dict]) -> dict:
