@@ -32,10 +32,11 @@ from .batched import batched_pass
 from .comm import SERIAL
 from .config import ReconConfig
 from .exposure import RockingExposure
-from .layout import ScanLayout, slab_support
+from .layout import ScanLayout, slab_orientation, slab_support
 from .merge import IterationStart
 from .probe_ops import ProbeOperator, na_focus
-from .updates import object_step, probe_increment, upsampling_ratio
+from .sequential import sequential_pass
+from .updates import upsampling_ratio
 
 
 class Reconstructor:
@@ -86,16 +87,9 @@ class Reconstructor:
         if not np.isfinite(frames).all() or (frames < 0).any():
             raise ValueError("frames hold NaN, infinite or negative values: fix or mask them before reconstructing")
         self.layout = ScanLayout.from_scan(geometry, translations_m)
-        # the slab's orientation is the sample's: what the user states (configuration, then
-        # geometry), else a specular reflection (normal along Q), said in a warning
-        tilt, self.slab_tilt_source = ((self.config.slab_tilt_deg, "config") if self.config.slab_tilt_deg is not None
-                                       else (geometry.sample_tilt_deg, "geometry") if geometry.sample_tilt_deg is not None
-                                       else ((0.0, 0.0), "assumed specular"))
-        self.slab_tilt_deg = tuple(float(t) for t in tilt)
-        if self.slab_tilt_source == "assumed specular":
-            self.warnings.append("the sample's tilt is unknown: the slab supports assume its surface normal along Q "
-                                 "(a specular reflection); a foil tilted by more than a degree or two reconstructs "
-                                 "better when the tilt is stated (--sample-tilt TX TY, or sample_tilt_deg in the geometry)")
+        self.slab_tilt_deg, self.slab_tilt_source, why = slab_orientation(self.config.slab_tilt_deg,
+                                                                          geometry.sample_tilt_deg)
+        self.warnings += [why] if why else []
         self.probe_op = ProbeOperator(self.layout, self.backend, subsample=self.config.probe_subsample,
                                       na_factor=self.config.na_factor)
         # the "modulated" layout: no shifts on the hot path; the object is stored times the
@@ -123,9 +117,9 @@ class Reconstructor:
         if self._initial_probe2d.shape != self.probe_op.shape2d:
             raise ValueError(f"probe2d must have the section shape {self.probe_op.shape2d}, "
                              f"got {self._initial_probe2d.shape}")
-        # one pass per step on a CPU where numba is there (the same to float32 rounding; see cpu_kernels)
-        self._fused = fast and self.backend.device == "cpu" and cpu_kernels.available
-        self._fused_modulus = self._fused and not self.exposure.integrated and self.exposure.frames_are_planes
+        #: one pass per step on a CPU where numba is there (the same to float32 rounding; see cpu_kernels)
+        self.fused = fast and self.backend.device == "cpu" and cpu_kernels.available
+        self._fused_modulus = self.fused and not self.exposure.integrated and self.exposure.frames_are_planes
         self.restart_probe()
         self.iteration = 0
         self.history: list[dict] = []
@@ -316,7 +310,7 @@ class Reconstructor:
         start = IterationStart(self) if self.comm.size > 1 else None
         t_start = time.perf_counter() - t0
         if self.config.mode == "sequential":
-            cost, norm = self._step_sequential(update_probe)
+            cost, norm = sequential_pass(self, update_probe)
         else:
             cost, norm = batched_pass(self, update_probe)
         t_merge = time.perf_counter()
@@ -330,28 +324,6 @@ class Reconstructor:
                              **({"stage": stage} if stage else {"stage": "warmup"} if it < 0 else {})})
         self.iteration += 1
         return err
-
-    def _step_sequential(self, update_probe: bool):
-        cost = norm = 0.0
-        sup = self.support.astype(np.float32)
-        xp, c = self.backend.xp, self.config
-        for j in self.position_order():
-            if self.pause_hook is not None:
-                self.pause_hook()
-            v = self.layout.view(j)
-            # the fused kernel squares the probe itself: no |P|^2 box for it
-            probe, intensity = self.probe3d_with_intensity(j, box_intensity=not self._fused)
-            rho_v = self._obj[v]
-            d, cj, nj = self.fourier(j, probe * rho_v, c.background_update)
-            cost, norm = cost + cj, norm + nj
-            if update_probe:                            # from the object before its update
-                inc = probe_increment(xp, self.probe_op, self.layout.subvoxel[j], rho_v, d, c.alpha, c.probe_norm)
-                self.probe2d = self.probe_op.na_constraint(self.probe2d + inc)
-            if self._fused:
-                cpu_kernels.object_update(rho_v, probe, d, sup[v], intensity[1], c.beta, c.mu)
-            else:
-                self._obj[v] = object_step(xp, probe, rho_v, sup[v], d, c.mu, c.beta, intensity)
-        return cost, norm
 
     def run(self, callback=None) -> None:
         """The whole schedule from where the state is: the joint updates up to

@@ -112,3 +112,26 @@ def slab_support(layout: ScanLayout, thickness_m: float, tilt_x_deg: float, tilt
     if lateral_limit_m is not None:
         s &= (np.abs(xyz[..., 0]) <= lateral_limit_m) & (np.abs(xyz[..., 1]) <= lateral_limit_m)
     return s
+
+
+#: the warning of a reconstruction that had to assume the sample's orientation
+ASSUMED_SPECULAR = ("the sample's tilt is unknown: the slab supports assume its surface normal along Q "
+                    "(a specular reflection); a foil tilted by more than a degree or two reconstructs "
+                    "better when the tilt is stated (--sample-tilt TX TY, or sample_tilt_deg in the geometry)")
+
+
+def slab_orientation(configured, from_geometry) -> tuple[tuple[float, float], str, str | None]:
+    """The slab's tilt (deg, about x and y) is the sample's, from what the user states: the
+    reconstruction's configuration, then the geometry (the scan's metadata), else a specular
+    reflection (normal along Q), never a constant of a test sample.
+
+    Returns ``(tilt, source, warning)``, source one of ``"config"``, ``"geometry"``,
+    ``"assumed specular"`` (the one with a warning; None otherwise)."""
+    if configured is not None:
+        tilt, source = configured, "config"
+    elif from_geometry is not None:
+        tilt, source = from_geometry, "geometry"
+    else:
+        tilt, source = (0.0, 0.0), "assumed specular"
+    return (tuple(float(t) for t in tilt), source,
+            ASSUMED_SPECULAR if source == "assumed specular" else None)
