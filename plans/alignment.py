@@ -6,7 +6,6 @@ the peak and ``bragg_ptycho_scan(..., eta_centre=<returned value>)`` is centred 
 """
 from __future__ import annotations
 
-import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import bluesky.preprocessors as bpp
 import numpy as np
@@ -14,6 +13,7 @@ from bluesky.callbacks.core import CallbackBase
 from bluesky.callbacks.fitting import PeakStats
 
 from .checks import PlanError, angle_unit_deg, check_targets
+from .moves import move, timed_step
 
 
 def _total_key(detector) -> str:
@@ -41,7 +41,7 @@ def find_bragg_peak(detector, rocking, *, centre: float | None = None, half_rang
     check_targets(rocking, [lo, hi], "the rocking scan")
     ps = PeakStats(rocking.name, key)
     _md = {"plan_name": "find_bragg_peak", "purpose": "alignment", **(md or {})}
-    yield from bpp.subs_wrapper(bp.scan([detector], rocking, lo, hi, num, md=_md), ps)
+    yield from bpp.subs_wrapper(bp.scan([detector], rocking, lo, hi, num, per_step=timed_step(what="the rocking scan"), md=_md), ps)
     y = np.asarray(ps.y_data, float)
     if y.size == 0 or y.max() < 3 * max(np.median(y), 1.0):
         raise PlanError(f"no Bragg peak between {c - half_range:g} and {c + half_range:g} deg (max "
@@ -49,7 +49,7 @@ def find_bragg_peak(detector, rocking, *, centre: float | None = None, half_rang
                         "widen half_range, check the energy, or move the crystal into the beam")
     peak = ps.cen if ps.cen is not None and abs(ps.cen * u - c) <= half_range else ps.com
     peak = float(peak)
-    yield from bps.mv(rocking, peak)
+    yield from move(rocking, peak, what="the move to the Bragg peak")
     return peak * u
 
 
@@ -75,7 +75,8 @@ def centre_raster(detector, x, y, *, x_range: tuple[float, float], y_range: tupl
     col = _MapCollector([x.name, y.name, key])
     _md = {"plan_name": "centre_raster", "purpose": "alignment", **(md or {})}
     yield from bpp.subs_wrapper(
-        bp.grid_scan([detector], y, y_range[0], y_range[1], num, x, x_range[0], x_range[1], num, md=_md), col)
+        bp.grid_scan([detector], y, y_range[0], y_range[1], num, x, x_range[0], x_range[1], num,
+                     per_step=timed_step(what="the alignment map"), md=_md), col)
     a = np.asarray(col.rows, float)
     w = a[:, 2] - np.median(a[:, 2])
     bright = w >= 0.5 * w.max() if w.max() > 0 else np.zeros(len(w), bool)
@@ -83,5 +84,5 @@ def centre_raster(detector, x, y, *, x_range: tuple[float, float], y_range: tupl
         raise PlanError("the intensity map is flat: no crystal in the mapped area; map a wider area")
     cx = float(np.average(a[bright, 0], weights=w[bright]))
     cy = float(np.average(a[bright, 1], weights=w[bright]))
-    yield from bps.mv(x, cx, y, cy)
+    yield from move(x, cx, y, cy, what="the move to the crystal's centre")
     return cx, cy

@@ -24,6 +24,7 @@ from bp_plugin.scan_document import ScanDocument
 
 from .checks import (PlanError, angle_unit_deg, check_detector, check_sampling, check_targets, length_unit_m,
                      resolve_geometry, scan_points)
+from .moves import MOVE_TIMEOUT_S, move
 
 
 
@@ -36,7 +37,8 @@ class ScanIndex(Device):
 
 def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float | str | None = None,
                       x_centre: float = 0.0, y_centre: float = 0.0, order: str = "angle-outer",
-                      snake: bool = False, count_time: float | None = None, roi_origin=None, md: dict | None = None):
+                      snake: bool = False, count_time: float | None = None, roi_origin=None,
+                      move_timeout: float = MOVE_TIMEOUT_S, md: dict | None = None):
     """Raster ``x`` x ``y`` at each angle of a rocking curve of ``rocking`` (or the other way round).
 
     Args:
@@ -56,10 +58,13 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
         snake: reverse every other raster row.
         count_time: exposure (s) set on the detector before the scan; default: as it is.
         roi_origin: (row, col) of the crop's corner on the detector; default centred.
+        move_timeout: seconds a point's move may take; a motor that has not arrived by then ends
+            the run as failed, with a reason naming it, its target and where it is
+            (:func:`plans.moves.move`; frames measured before stay on disk).
         md: extra start-document metadata.
 
     Raises:
-        PlanError: before any motion, for limits, sampling, an unreachable Bragg angle, a wrong
+        PlanError: before any motion, for limits (as the control system has them now), sampling, an unreachable Bragg angle, a wrong
             detector or inconsistent arguments.
     """
     detectors = list(detectors)
@@ -81,6 +86,8 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
                         f"{tb_deg:.4f} deg; check the energy and reflection or re-run find_bragg_peak")
     if count_time is not None and not count_time > 0:
         raise PlanError(f"count_time {count_time} s: give a positive exposure")
+    if not move_timeout > 0:
+        raise PlanError(f"move_timeout {move_timeout} s: give a positive time")
     pts = scan_points(geo, x_centre=x_centre, y_centre=y_centre, x_unit_m=ux, y_unit_m=uy, eta_centre_deg=eta_c,
                       order=order, snake=snake)
     eta_motor = [float(v) / ueta for v in pts.eta]    # the rocking setpoints in the motor's units
@@ -128,7 +135,7 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
                     moves += [motor, float(target)]
                     last[motor.name] = target
             if moves:
-                yield from bps.mv(*moves)
+                yield from move(*moves, timeout=move_timeout, what=f"point {ia}, {ip} of the scan")
             yield from bps.mv(index.angle, int(ia), index.pos, int(ip))
             yield from bps.trigger_and_read([*detectors, rocking, x, y, index])
 

@@ -94,18 +94,45 @@ def check_detector(detector, geo: ExperimentGeometry, roi_origin: tuple[int, int
     return key, shape, (r0, c0)
 
 
+def _record_limits(motor):
+    """An EPICS motor record's LLM / HLM signals (ophyd ``EpicsMotor``), else None."""
+    lo, hi = getattr(motor, "low_limit_travel", None), getattr(motor, "high_limit_travel", None)
+    return (lo, hi) if hasattr(lo, "get") and hasattr(hi, "get") else None
+
+
+def motor_limits(motor) -> tuple[float, float]:
+    """The motor's soft limits ``(low, high)`` in its units, ``(0, 0)`` for none.
+
+    An EPICS motor record's (LLM / HLM) are asked for again now, and ophyd's cache of VAL's control
+    limits is refreshed with them: ophyd caches them at connection, so a limit lowered on the IOC
+    since would pass the check and hang the move, and a limit raised would refuse a good one.
+    Other devices give their ``limits``."""
+    signals = _record_limits(motor)
+    if signals is not None:
+        try:
+            setpoint = getattr(motor, "user_setpoint", None)
+            if hasattr(setpoint, "get"):        # ophyd checks every move against these: refresh them too
+                setpoint.get(form="ctrl", use_monitor=False)
+            return float(signals[0].get(use_monitor=False)), float(signals[1].get(use_monitor=False))
+        except Exception as exc:
+            raise PlanError(f"cannot read the limits of {motor.name!r} ({exc}); check that its IOC is up") from None
+    return tuple(float(v) for v in (getattr(motor, "limits", None) or (0.0, 0.0)))
+
+
 def check_targets(motor, targets, what: str):
-    """Every target inside the motor's limits (the motor's own check_value where it has one)."""
+    """Every target inside the motor's limits as they are now (:func:`motor_limits`), and accepted
+    by the motor's own check_value where it has one."""
     targets = np.asarray(targets, float)
     if not np.all(np.isfinite(targets)):
         raise PlanError(f"{what}: non-finite target positions for {motor.name!r}")
     lo, hi = float(targets.min()), float(targets.max())
-    limits = getattr(motor, "limits", (0, 0))
-    if limits and limits[0] < limits[1] and (lo < limits[0] or hi > limits[1]):
+    limits = motor_limits(motor)
+    if limits[0] < limits[1] and (lo < limits[0] or hi > limits[1]):
         egu = getattr(motor, "egu", "")
         raise PlanError(f"{what} needs {motor.name} from {lo:g} to {hi:g} {egu}, outside its limits "
                         f"[{limits[0]:g}, {limits[1]:g}] {egu}; move the scan centre or shrink the scan")
-    check = getattr(motor, "check_value", None)
+    # an EPICS motor's check_value compares with the cached limits: those just read are the truth
+    check = getattr(motor, "check_value", None) if _record_limits(motor) is None else None
     if check is not None:
         for t in (lo, hi):
             try:

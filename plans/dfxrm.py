@@ -21,6 +21,7 @@ from bluesky import plans as bp
 from bp_plugin.dfxrm.geometry import DfxrmGeometry
 
 from .checks import PlanError, angle_unit_deg, check_targets
+from .moves import timed_step
 
 PLAN_VERSION = 1
 MAX_STEP_PER_SIGMA = 2.5
@@ -149,7 +150,7 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
                     (geo.phi0_deg, geo.chi0_deg), (n_phi, n_chi), count_time=count_time,
                     background=background_counts, resolution=res, order=order, md=md)
     plan = bp.grid_scan(detectors, phi, p[0], p[-1], len(p), chi, c[0], c[-1], len(c),
-                        snake_axes=[chi] if snake else False, md=_md)
+                        snake_axes=[chi] if snake else False, per_step=timed_step(), md=_md)
     return (yield from _with_exposure(det, count_time, plan))
 
 
@@ -164,7 +165,7 @@ def strain_scan(detectors, tth, geometry, *, tth_range_deg=(-0.02, 0.02), n_tth:
     t = _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
     _md = _metadata("strain", det, key, frame_shape, geo, ("tth",), (tth,), (geo.tth_ref_deg,), (n_tth,),
                     count_time=count_time, background=background_counts, resolution=res, order=order, md=md)
-    return (yield from _with_exposure(det, count_time, bp.scan(detectors, tth, t[0], t[-1], len(t), md=_md)))
+    return (yield from _with_exposure(det, count_time, bp.scan(detectors, tth, t[0], t[-1], len(t), per_step=timed_step(), md=_md)))
 
 
 def combined_scan(detectors, phi, chi, tth, geometry, *, phi_range_deg=(-0.07, 0.07), n_phi: int = 29,
@@ -183,7 +184,7 @@ def combined_scan(detectors, phi, chi, tth, geometry, *, phi_range_deg=(-0.07, 0
                     (geo.tth_ref_deg, geo.phi0_deg, geo.chi0_deg), (n_tth, n_phi, n_chi), count_time=count_time,
                     background=background_counts, resolution=res, order=order, md=md)
     plan = bp.grid_scan(detectors, tth, t[0], t[-1], len(t), phi, p[0], p[-1], len(p), chi, c[0], c[-1], len(c),
-                        snake_axes=False, md=_md)
+                        snake_axes=False, per_step=timed_step(), md=_md)
     return (yield from _with_exposure(det, count_time, plan))
 
 
@@ -205,5 +206,6 @@ def weak_beam_series(detectors, phi, chi, tth, geometry, offsets_deg, *, count_t
     _md = _metadata("weak_beam", det, key, frame_shape, geo, ("phi", "chi", "tth"), (phi, chi, tth), ref,
                     (len(off),), count_time=count_time, background=background_counts, resolution={},
                     extra={"offsets_deg": off.tolist()}, md=md)
-    plan = bp.list_scan(detectors, phi, list(pos[:, 0]), chi, list(pos[:, 1]), tth, list(pos[:, 2]), md=_md)
+    plan = bp.list_scan(detectors, phi, list(pos[:, 0]), chi, list(pos[:, 1]), tth, list(pos[:, 2]),
+                        per_step=timed_step(), md=_md)
     return (yield from _with_exposure(det, count_time, plan))

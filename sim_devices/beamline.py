@@ -68,6 +68,9 @@ class BeamlineOptions:
 class SimBraggBeamline:
     """Motors and detector of one simulated experiment (see the module docstring for the axes)."""
 
+    #: the axes, by attribute
+    AXES = ("sample_x", "sample_y", "sample_z", "piezo_x", "piezo_y", "eta", "tth", "det_dist")
+
     def __init__(self, preset: str | Preset = "small", options: BeamlineOptions | None = None):
         self.options = opt = options or BeamlineOptions()
         p = get_preset(preset) if isinstance(preset, str) else preset
@@ -105,6 +108,16 @@ class SimBraggBeamline:
         self.detector.sim_metadata = {"preset": p.name, "seed": opt.seed, "noise": opt.noise,
                                       "truth_file": str(truth.resolve())}
 
+    def drive_with(self, **motors) -> None:
+        """Compute the frames from other motors' readbacks, by role (``eta=``, ``piezo_x=``,
+        ``sample_x=``, ... each with the units of the axis it stands for): EPICS motors on an IOC,
+        say, so that a plan drives real control-system devices and the simulated detector sees
+        where they are."""
+        for role, motor in motors.items():
+            if role not in self.AXES:
+                raise ValueError(f"no axis {role!r} to drive: one of {self.AXES}")
+            setattr(self, role, motor)
+
     # --- description --------------------------------------------------------------------------
     @property
     def geometry(self) -> ExperimentGeometry:
@@ -112,8 +125,7 @@ class SimBraggBeamline:
 
     @property
     def motors(self) -> dict[str, SimAxis]:
-        return {m.name: m for m in (self.sample_x, self.sample_y, self.sample_z, self.piezo_x, self.piezo_y,
-                                    self.eta, self.tth, self.det_dist)}
+        return {m.name: m for m in (getattr(self, a) for a in self.AXES)}
 
     @property
     def devices(self) -> dict:
