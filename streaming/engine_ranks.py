@@ -14,8 +14,10 @@ first told to the other ranks (:class:`Leader`), which make the same call (:func
   iteration ends with rank 0 saying whether to go on, so an interrupted run stops all ranks
   between iterations), ``finish`` (the sums of the summary), ``close``, ``end``.
 
-DF-XRM runs stay on rank 0. A failure inside a spread engine ends every rank (MPI_Abort): the
-spool and the last checkpoint are on disk, and the next start of the service resumes the run.
+DF-XRM runs stay on rank 0. A run whose engine cannot be opened on some rank fails on all of them
+(they agree, :func:`open_engine`) and the service goes on with the next run. A failure inside a
+spread engine once it runs ends every rank (MPI_Abort): the spool and the last checkpoint are on
+disk, and the next start of the service resumes the run.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import logging
 
 import numpy as np
 
+from bp_plugin.recon.comm import together
 from bp_plugin.recon.engine import Reconstructor
 
 log = logging.getLogger(__name__)
@@ -34,10 +37,16 @@ class StopFinal(Exception):
 
 def open_engine(args: dict, backend, comm) -> Reconstructor:
     """A run's engine with no frame measured; ``args``: ``geometry``, ``translations_m``, ``mask``,
-    ``shape`` (n_angles, n_positions, N1, N2) and ``config``, as :class:`streaming.live.LiveReconstruction` sends."""
+    ``shape`` (n_angles, n_positions, N1, N2) and ``config``, as :class:`streaming.live.LiveReconstruction` sends.
+
+    On several ranks every rank opens it and they agree first (:func:`bp_plugin.recon.comm.together`):
+    a run whose engine cannot be opened on some rank fails on every rank, and the service goes on."""
     shape = tuple(args["shape"])
-    return Reconstructor(args["geometry"], np.zeros(shape, np.float32), args["translations_m"], args["mask"],
-                         np.zeros(shape[:2], bool), config=args["config"], backend=backend, comm=comm)
+    rec = together(comm, lambda: Reconstructor(
+        args["geometry"], np.zeros(shape, np.float32), args["translations_m"], args["mask"],
+        np.zeros(shape[:2], bool), config=args["config"], backend=backend, comm=comm, scale_probe=False))
+    rec.scale_probe_to_data()
+    return rec
 
 
 def place_frames(rec: Reconstructor, frames, mask=None, scale: bool = False) -> None:
@@ -108,7 +117,11 @@ def follow(comm, backend) -> int:
             if command == "end":
                 return 0
             if command == "open":
-                rec = open_engine(arg, backend, comm)
+                rec = None
+                try:
+                    rec = open_engine(arg, backend, comm)
+                except Exception as exc:              # every rank knows (together): the run fails, we go on
+                    log.error("rank %d: the run's engine could not be opened: %s", comm.rank, exc)
             elif command == "frames":
                 place_frames(rec, comm.scatter(None), *arg)
             elif command == "load":

@@ -66,6 +66,19 @@ def test_ml_stage_on_two_ranks_equals_one_process(tiny_dataset):
     assert r["object_rel_diff"] < 1e-4 and r["error_rel_diff"] < 1e-5, r
 
 
+@needs_mpi
+def test_an_engine_that_cannot_open_on_one_rank_fails_on_both_and_they_go_on(tiny_dataset):
+    """The online service's ranks agree on a run's engine (streaming.engine_ranks.open_engine): a
+    failure on rank 1 alone fails the run on both, with no MPI_Abort, and both open the next one."""
+    _, path = tiny_dataset
+    p = mpiexec(2, sys.executable, HERE / "mpi_open_check.py", path, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0, r1 = json.loads(p.stdout.strip().splitlines()[-1])
+    assert "1 other process(es) failed" in r0["first"] and "every_rank=True" in r0["first"], r0
+    assert "every_rank=True" in r1["first"] and "opened" not in r1["first"], r1
+    assert (r0["positions"], r1["positions"]) == (13, 12)
+
+
 def _readme_mpi_block() -> str:
     text = (HERE.parent / "README.md").read_text()
     blocks = [b for b in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M) if "mpirun -n 2" in b]

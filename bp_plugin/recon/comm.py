@@ -40,3 +40,26 @@ def block_share(n_positions: int, rank: int, size: int) -> np.ndarray:
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} is not in 0..{size - 1}")
     return np.array_split(np.arange(n_positions), size)[rank]
+
+
+def together(comm, fn):
+    """``fn()`` on every process, which then agree on whether it failed before any goes on (one sum).
+
+    A failure is raised on every process, marked ``every_rank = True``: on the one that failed as
+    itself, on the others as a RuntimeError that says how many failed. So no process is left
+    waiting in a sum the others will not make, and none needs to end them all (``MPI_Abort``
+    races the processes' error lines to the launcher). ``fn`` must make no collective call.
+    ``comm`` None or of one process: ``fn()`` as it is."""
+    try:
+        value, failed = fn(), None
+    except Exception as exc:
+        value, failed = None, exc
+    if comm is not None and comm.size > 1:
+        n_failed = int(comm.sum(failed is not None))
+        if n_failed and failed is None:
+            failed = RuntimeError(f"{n_failed} other process(es) failed (their lines say why)")
+        if failed is not None:
+            failed.every_rank = True
+    if failed is not None:
+        raise failed
+    return value

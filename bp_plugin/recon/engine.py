@@ -32,6 +32,7 @@ from .batched import batched_pass
 from .comm import SERIAL
 from .config import ReconConfig
 from .exposure import RockingExposure
+from .inputs import check_scan_arrays
 from .layout import ScanLayout, slab_orientation, slab_support
 from .merge import IterationStart
 from .probe_ops import ProbeOperator, na_focus
@@ -56,19 +57,23 @@ class Reconstructor:
         comm: the processes this reconstruction runs on (:mod:`bp_plugin.recon.comm`; default one).
             Each holds its share of the positions (their frames only) and the whole object; the
             iterations end with the merge of :mod:`bp_plugin.recon.merge`.
+        scale_probe: scale the probe to the data now (:meth:`scale_probe_to_data`, a sum over the
+            processes); False leaves it to the caller, so that the constructor makes no collective
+            call (the ranks first agree that every one opened: :func:`bp_plugin.recon.comm.together`).
     """
 
     @classmethod
     def from_scan(cls, scan, *, config: ReconConfig | None = None, probe2d=None,
-                  backend: Backend | None = None, comm=None) -> "Reconstructor":
+                  backend: Backend | None = None, comm=None, scale_probe: bool = True) -> "Reconstructor":
         """From one scan: anything with ``geometry``, ``frames``, ``translations_m``, ``mask`` and
         ``measured`` as above (:class:`bp_plugin.dataset.ScanDataset` is one; the engine reads the
         fields and never imports the I/O layer)."""
         return cls(scan.geometry, scan.frames, scan.translations_m, scan.mask, scan.measured, config=config,
-                   probe2d=probe2d, backend=backend, comm=comm)
+                   probe2d=probe2d, backend=backend, comm=comm, scale_probe=scale_probe)
 
     def __init__(self, geometry: ExperimentGeometry, frames, translations_m, mask, measured=None, *,
-                 config: ReconConfig | None = None, probe2d=None, backend: Backend | None = None, comm=None):
+                 config: ReconConfig | None = None, probe2d=None, backend: Backend | None = None, comm=None,
+                 scale_probe: bool = True):
         self.config = config or ReconConfig()
         self.comm = comm or SERIAL
         #: one line per doubtful choice (forced up-sampling below the need, ...), for the user
@@ -79,13 +84,8 @@ class Reconstructor:
         self.geometry = geometry
         self.backend = backend or get_backend("auto")
         xp = self.backend.xp
-        frames = np.asarray(frames)
-        n_a, n_p = geometry.n_angles, len(translations_m)
-        if frames.shape != (n_a, n_p) + tuple(geometry.crop):
-            raise ValueError(f"frames must be (n_angles, n_positions, N1, N2) = {(n_a, n_p) + tuple(geometry.crop)}, "
-                             f"got {frames.shape}")
-        if not np.isfinite(frames).all() or (frames < 0).any():
-            raise ValueError("frames hold NaN, infinite or negative values: fix or mask them before reconstructing")
+        frames = check_scan_arrays(geometry, frames, translations_m, mask)
+        n_a, n_p = frames.shape[:2]
         self.layout = ScanLayout.from_scan(geometry, translations_m)
         self.slab_tilt_deg, self.slab_tilt_source, why = slab_orientation(self.config.slab_tilt_deg,
                                                                           geometry.sample_tilt_deg)
@@ -120,7 +120,7 @@ class Reconstructor:
         #: one pass per step on a CPU where numba is there (the same to float32 rounding; see cpu_kernels)
         self.fused = fast and self.backend.device == "cpu" and cpu_kernels.available
         self._fused_modulus = self.fused and not self.exposure.integrated and self.exposure.frames_are_planes
-        self.restart_probe()
+        self.restart_probe(scale=scale_probe)
         self.iteration = 0
         self.history: list[dict] = []
         # called between positions (and batches, and ML gradient terms): a host that must stay
@@ -251,10 +251,12 @@ class Reconstructor:
         """The iteration within the schedule: negative during the probe warm-up."""
         return self.iteration - self.config.probe_warmup
 
-    def restart_probe(self) -> None:
-        """The probe given at construction (else the NA focus) again, scaled to the data measured so far."""
+    def restart_probe(self, scale: bool = True) -> None:
+        """The probe given at construction (else the NA focus) again, scaled to the data measured so
+        far (``scale``; a sum over the processes)."""
         self.probe2d = self.backend.xp.array(self._initial_probe2d)     # a copy: the scaling is in place
-        self.scale_probe_to_data()
+        if scale:
+            self.scale_probe_to_data()
 
     def restart_object(self) -> None:
         """Object, support and background back to their initial state (the probe is kept): the end

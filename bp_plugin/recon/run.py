@@ -14,6 +14,7 @@ from ..backend import get_backend
 from ..dataset import read_dataset
 from ..defaults import PAPER, schedule
 from .config import ReconConfig
+from .comm import together
 from .engine import Reconstructor
 from .results import default_lab_grid, evaluate, lab_maps, load_state, save_result
 
@@ -133,12 +134,14 @@ def _reconstruct_file(scan_path, out_path: Path, opts: ReconstructOptions, comm)
         cfg = make_config(opts, state["config"] if state else None)
         if comm is not None and opts.device != "cpu":
             use_local_gpu(comm)                    # one GPU per rank, before the backend takes one
-        rec = Reconstructor.from_scan(ds, config=cfg, backend=get_backend(opts.device), comm=comm)
-        if state:
-            rec.load_state(state)
-        return ds, state, rec
+        return ds, state, Reconstructor.from_scan(ds, config=cfg, backend=get_backend(opts.device), comm=comm,
+                                                  scale_probe=False)
 
-    ds, state, rec = _open_together(comm, open_)
+    # every rank sees a bad file: they agree and each prints its line (no MPI_Abort, see together)
+    ds, state, rec = together(comm, open_)
+    rec.scale_probe_to_data()                      # the constructor's one sum, once all opened
+    if state:
+        rec.load_state(state)
     n_angles = int(rec.measured.any(axis=1).sum())
     per_angle = curriculum_per_angle(opts.angle_curriculum, n_angles, bool(state))
     n_curr = n_angles * per_angle
@@ -167,27 +170,6 @@ def _reconstruct_file(scan_path, out_path: Path, opts: ReconstructOptions, comm)
                    warnings=list(rec.warnings) + metrics.get("warnings", []))
     write_outputs(rec, out_path, metrics, maps, grid, arrays, illum, source=str(scan_path), figures=opts.figures)
     return metrics if comm is None else comm.bcast(metrics)
-
-
-def _open_together(comm, open_):
-    """``open_()`` on every rank, and the ranks agree on whether it failed before any of them goes on.
-
-    A failure every rank sees (a file that is not a scan) is raised on each, marked ``every_rank``,
-    so that each prints its line and exits: no ``MPI_Abort``, whose kill races the ranks' error lines
-    to the launcher (on CI they were lost). Ranks that opened while another failed raise too."""
-    try:
-        opened, failed = open_(), None
-    except Exception as exc:
-        opened, failed = None, exc
-    if comm is not None and comm.size > 1:
-        n_failed = int(comm.sum(failed is not None))
-        if n_failed and failed is None:
-            failed = RuntimeError(f"{n_failed} other rank(s) could not open the scan (their lines say why)")
-        if failed is not None:
-            failed.every_rank = True
-    if failed is not None:
-        raise failed
-    return opened
 
 
 def _per_iteration(history: list[dict]) -> dict:
