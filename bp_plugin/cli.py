@@ -106,7 +106,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from .tiled_server import start_tiled_server
 
-    server = start_tiled_server(a.dir, readable=a.read, port=a.port, api_key=resolve_key(a.api_key_file))
+    server = start_tiled_server(a.dir, readable=a.read, port=a.port, api_key=resolve_key(a.api_key_file),
+                                catalog=a.catalog)
     keys = (f"writer key in {server.key_file}, read-only key in {server.read_key_file}" if server.read_key
             else f"API key in {server.key_file}")
     print(f"Tiled server at {server.url}, catalog in {server.directory}; {keys} "
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--dir", default="out/tiled", help="server home (catalog, data, log)")
     pv.add_argument("--read", action="append", default=[], help="extra readable folder (detector files); repeatable")
     pv.add_argument("--port", type=int, default=8000)
+    pv.add_argument("--catalog", default=None,
+                    help="catalog database, e.g. postgresql+asyncpg://tiled@db:5432/tiled (password from PGPASSWORD "
+                         "or ~/.pgpass, never in the URI); default: SQLite in --dir")
     add_key_args(pv, "the key clients must give (default: $BP_TILED_API_KEY, else the home's api_key file, "
                      "else a new random key, written there)")
     pv.set_defaults(func=cmd_serve)

@@ -38,10 +38,12 @@ def auth_environment(directory: Path) -> dict:
     return {"BP_TILED_ADMIN_PASSWORD": s["admin_password"], "BP_TILED_SECRET": s["secret_key"]}
 
 
-def write_config(directory: Path, readable) -> Path:
+def write_config(directory: Path, readable, catalog: str | None = None) -> Path:
     """``config.yml`` of a scoped server in ``directory`` (catalog, data, tables as ``serve catalog``
-    had them; the secrets only as ``${...}`` references)."""
+    had them; the secrets only as ``${...}`` references). ``catalog``: the catalog database's URI
+    (PostgreSQL, :func:`bp_plugin.tiled_server.start_tiled_server`); default SQLite in ``directory``."""
     d = Path(directory)
+    catalog = catalog or f"sqlite:///{d / 'catalog.db'}"
     reads = "".join(f"        - {Path(r).resolve()}\n" for r in [d, *readable])
     text = f"""# written by bp_plugin.tiled_auth; secrets come from the environment
 authentication:
@@ -64,7 +66,7 @@ trees:
   - path: /
     tree: catalog
     args:
-      uri: sqlite:///{d / 'catalog.db'}
+      uri: {catalog}
       writable_storage:
         - {d / 'data'}
         - duckdb:///{d / 'tables.duckdb'}

@@ -92,8 +92,24 @@ def _tiled_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "tiled"]
 
 
+def check_catalog_uri(uri: str) -> str:
+    """A catalog database URI as Tiled takes it (SQLAlchemy, async driver), with no password in it:
+    the server's command line and configuration file are readable by other local users, so the
+    password comes from ``PGPASSWORD`` or ``~/.pgpass`` (asyncpg reads both)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("postgresql+asyncpg", "sqlite+aiosqlite", "sqlite"):
+        raise TiledServerError(f"catalog {uri!r}: give postgresql+asyncpg://USER@HOST:PORT/DATABASE "
+                               "(or a sqlite:/// file)")
+    if parts.password:
+        raise TiledServerError("the catalog URI holds a password: leave it out and put it in PGPASSWORD or "
+                               "~/.pgpass (command lines and config files are readable by other local users)")
+    return uri
+
+
 def start_tiled_server(directory, *, readable=(), port: int | None = None, api_key: str | None = None,
-                       timeout: float = 90.0) -> TiledServer:
+                       catalog: str | None = None, timeout: float = 90.0) -> TiledServer:
     """Start a Tiled server on 127.0.0.1 and wait until it answers.
 
     Args:
@@ -109,6 +125,11 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
             (:attr:`TiledServer.api_key`, file ``directory/api_key``) and a read-only key
             (:attr:`TiledServer.read_key`, file ``directory/read_key``), both files mode 0600 and
             reused at the next start.
+        catalog: the catalog database, a facility's PostgreSQL
+            (``postgresql+asyncpg://tiled@db.example:5432/tiled``; password from ``PGPASSWORD`` or
+            ``~/.pgpass``, never in the URI: :func:`check_catalog_uri`), created there on first
+            use; default: ``directory/catalog.db`` (SQLite). Arrays and event tables stay in
+            ``directory`` either way.
         timeout: seconds to wait for the server to answer.
 
     Returns:
@@ -119,6 +140,7 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
     from .tiled_auth import READ_KEY_FILE, auth_environment, issue_keys, write_config
 
     directory = Path(directory).resolve()
+    catalog = check_catalog_uri(catalog) if catalog else None
     (directory / "data").mkdir(parents=True, exist_ok=True)
     key_file = directory / KEY_FILE
     api_key = api_key or os.environ.get(ENV)
@@ -132,20 +154,20 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
                HDF5_USE_FILE_LOCKING="FALSE")
     env.pop("TILED_SINGLE_USER_API_KEY", None)
     if scoped:
-        cmd = [*_tiled_command(), "serve", "config", str(write_config(directory, readable)),
+        cmd = [*_tiled_command(), "serve", "config", str(write_config(directory, readable, catalog)),
                "--host", "127.0.0.1", "--port", str(port)]
         env.update(auth_environment(directory))
     else:
         write_key_file(key_file, api_key)
-        catalog = directory / "catalog.db"
+        db = catalog or str(directory / "catalog.db")
         # arrays go to files under data/, tables (the runs' event streams) to an embedded DuckDB
-        cmd = [*_tiled_command(), "serve", "catalog", str(catalog), "--write", str(directory / "data"),
+        cmd = [*_tiled_command(), "serve", "catalog", db, "--write", str(directory / "data"),
                "--write", f"duckdb:///{directory / 'tables.duckdb'}",
                "--read", str(directory), "--host", "127.0.0.1", "--port", str(port)]
         for r in readable:
             cmd += ["--read", str(Path(r).resolve())]
-        if not catalog.exists():
-            cmd.append("--init")
+        if catalog or not Path(db).exists():
+            cmd.append("--init")                   # creates the catalog's tables where they are not yet
         env["TILED_SINGLE_USER_API_KEY"] = api_key
     log_path = directory / "server.log"
     log = open(log_path, "ab")
