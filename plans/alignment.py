@@ -13,6 +13,7 @@ from bluesky.callbacks.core import CallbackBase
 from bluesky.callbacks.fitting import PeakStats
 
 from .checks import PlanError, angle_unit_deg, check_targets
+from .axes import read_axis
 from .moves import move, timed_step
 
 
@@ -32,13 +33,14 @@ def find_bragg_peak(detector, rocking, *, centre: float | None = None, half_rang
     centre of mass when the fit fails. Refuses to move when no peak stands out of the background
     (maximum under 3 times the median), since then the crystal is not in the beam.
     """
-    u = angle_unit_deg(rocking)                             # degrees per motor unit
+    ax = yield from read_axis(rocking)                      # ophyd or ophyd-async
+    u = angle_unit_deg(ax)                                  # degrees per motor unit
     key = _total_key(detector)
-    c = float(rocking.position) * u if centre is None else float(centre)
+    c = ax.position * u if centre is None else float(centre)
     if num < 5 or not half_range > 0:
         raise PlanError(f"num={num}, half_range={half_range}: use at least 5 points over a positive range")
     lo, hi = (c - half_range) / u, (c + half_range) / u     # in the motor's units
-    check_targets(rocking, [lo, hi], "the rocking scan")
+    check_targets(ax, [lo, hi], "the rocking scan")
     ps = PeakStats(rocking.name, key)
     _md = {"plan_name": "find_bragg_peak", "purpose": "alignment", **(md or {})}
     yield from bpp.subs_wrapper(bp.scan([detector], rocking, lo, hi, num, per_step=timed_step(what="the rocking scan"), md=_md), ps)
@@ -71,7 +73,7 @@ def centre_raster(detector, x, y, *, x_range: tuple[float, float], y_range: tupl
     """
     key = _total_key(detector)
     for m, r in ((x, x_range), (y, y_range)):
-        check_targets(m, r, "the alignment map")
+        check_targets((yield from read_axis(m)), r, "the alignment map")
     col = _MapCollector([x.name, y.name, key])
     _md = {"plan_name": "centre_raster", "purpose": "alignment", **(md or {})}
     yield from bpp.subs_wrapper(

@@ -24,6 +24,7 @@ from bp_plugin.scan_document import ScanDocument
 
 from .checks import (PlanError, angle_unit_deg, check_detector, check_sampling, check_targets, length_unit_m,
                      resolve_geometry, scan_points)
+from .axes import read_axis
 from .moves import MOVE_TIMEOUT_S, move
 
 
@@ -43,8 +44,9 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
 
     Args:
         detectors: list of detectors; the first one must give 2D frames (the diffraction).
-        rocking: the goniometer rocking axis (degrees).
-        x, y: raster axes (any length unit: um, mm, nm, m), lab x and y of the sample.
+        rocking: the goniometer rocking axis (any angle unit its EGU names).
+        x, y: raster axes (any length unit: um, mm, nm, m), lab x and y of the sample. The three
+            are ophyd or ophyd-async motors (:mod:`plans.axes`).
         geometry: ``ExperimentGeometry`` or a dict of its fields (no default: it is the
             experiment's, never a simulated preset's); its raster
             (shape, step), rocking (n_angles, step), crop and intended up-sampling define the scan.
@@ -71,15 +73,19 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
     if not detectors:
         raise PlanError("no detector given: pass the area detector first in the list")
     geo = resolve_geometry(geometry)
-    ueta = angle_unit_deg(rocking)                  # degrees per rocking-motor unit
-    ux, uy = length_unit_m(x), length_unit_m(y)
+    # units, limits and positions as the control system has them now (ophyd or ophyd-async)
+    ax_eta = yield from read_axis(rocking)
+    ax_x = yield from read_axis(x)
+    ax_y = yield from read_axis(y)
+    ueta = angle_unit_deg(ax_eta)                   # degrees per rocking-motor unit
+    ux, uy = length_unit_m(ax_x), length_unit_m(ax_y)
     check_sampling(geo)
     key, frame_shape, roi = check_detector(detectors[0], geo, roi_origin)
     tb_deg = math.degrees(geo.theta_bragg_rad)
     if isinstance(eta_centre, str) and eta_centre != "current":
         raise PlanError(f"eta_centre {eta_centre!r}: give an angle in deg, 'current' (where {rocking.name} is) "
                         "or nothing (the computed Bragg angle)")
-    eta_c = (tb_deg if eta_centre is None else float(rocking.position) * ueta if eta_centre == "current"
+    eta_c = (tb_deg if eta_centre is None else ax_eta.position * ueta if eta_centre == "current"
              else float(eta_centre))
     if abs(eta_c - tb_deg) > 5.0:
         raise PlanError(f"eta_centre {eta_c:g} deg is {eta_c - tb_deg:+.2f} deg from the computed Bragg angle "
@@ -91,9 +97,9 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
     pts = scan_points(geo, x_centre=x_centre, y_centre=y_centre, x_unit_m=ux, y_unit_m=uy, eta_centre_deg=eta_c,
                       order=order, snake=snake)
     eta_motor = [float(v) / ueta for v in pts.eta]    # the rocking setpoints in the motor's units
-    check_targets(rocking, eta_motor, "the rocking curve")
-    check_targets(x, pts.x, "the raster")
-    check_targets(y, pts.y, "the raster")
+    check_targets(ax_eta, eta_motor, "the rocking curve")
+    check_targets(ax_x, pts.x, "the raster")
+    check_targets(ax_y, pts.y, "the raster")
 
     index = ScanIndex(name="bp_index")
     n_points = len(pts.angle_index)

@@ -21,6 +21,7 @@ from bluesky import plans as bp
 from bp_plugin.dfxrm.geometry import DfxrmGeometry
 
 from .checks import PlanError, angle_unit_deg, check_targets
+from .axes import read_axis
 from .moves import timed_step
 
 PLAN_VERSION = 1
@@ -53,11 +54,13 @@ def _check_camera(detectors) -> tuple:
     return detectors, det, key, tuple(int(n) for n in d["shape"])
 
 
-def _check_axis(motor, what: str, rng, n: int, centre: float, resolution: float | None) -> np.ndarray:
+def _check_axis(motor, what: str, rng, n: int, centre: float, resolution: float | None):
+    """Plan stub: the axis's targets (deg) after its checks (ophyd or ophyd-async, :mod:`plans.axes`)."""
     if isinstance(motor, str) or not hasattr(motor, "name"):
         raise PlanError(f"{what}: {motor!r} is not a motor; pass the ophyd positioner (e.g. microscope.phi)")
+    motor = yield from read_axis(motor)
     if angle_unit_deg(motor, what) != 1.0:        # any spelling of deg; not yet converted from mrad etc.
-        raise PlanError(f"{what} motor {motor.name!r} has units {getattr(motor, 'egu', '')!r}; DF-XRM angles "
+        raise PlanError(f"{what} motor {motor.name!r} has units {motor.egu!r}; DF-XRM angles "
                         "must be in degrees (deg, DEG, degrees)")
     lo, hi = (float(v) for v in rng)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
@@ -144,8 +147,8 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
     detectors, det, key, frame_shape = _check_camera(detectors)
     geo = _geometry(geometry)
     res = _resolution(det, resolution_deg)
-    p = _check_axis(phi, "phi", phi_range_deg, n_phi, geo.phi0_deg, res.get("phi"))
-    c = _check_axis(chi, "chi", chi_range_deg, n_chi, geo.chi0_deg, res.get("chi"))
+    p = yield from _check_axis(phi, "phi", phi_range_deg, n_phi, geo.phi0_deg, res.get("phi"))
+    c = yield from _check_axis(chi, "chi", chi_range_deg, n_chi, geo.chi0_deg, res.get("chi"))
     _md = _metadata("mosaicity", det, key, frame_shape, geo, ("phi", "chi"), (phi, chi),
                     (geo.phi0_deg, geo.chi0_deg), (n_phi, n_chi), count_time=count_time,
                     background=background_counts, resolution=res, order=order, md=md)
@@ -162,7 +165,7 @@ def strain_scan(detectors, tth, geometry, *, tth_range_deg=(-0.02, 0.02), n_tth:
     detectors, det, key, frame_shape = _check_camera(detectors)
     geo = _geometry(geometry)
     res = _resolution(det, resolution_deg)
-    t = _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
+    t = yield from _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
     _md = _metadata("strain", det, key, frame_shape, geo, ("tth",), (tth,), (geo.tth_ref_deg,), (n_tth,),
                     count_time=count_time, background=background_counts, resolution=res, order=order, md=md)
     return (yield from _with_exposure(det, count_time, bp.scan(detectors, tth, t[0], t[-1], len(t), per_step=timed_step(), md=_md)))
@@ -177,9 +180,9 @@ def combined_scan(detectors, phi, chi, tth, geometry, *, phi_range_deg=(-0.07, 0
     detectors, det, key, frame_shape = _check_camera(detectors)
     geo = _geometry(geometry)
     res = _resolution(det, resolution_deg)
-    t = _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
-    p = _check_axis(phi, "phi", phi_range_deg, n_phi, geo.phi0_deg, res.get("phi"))
-    c = _check_axis(chi, "chi", chi_range_deg, n_chi, geo.chi0_deg, res.get("chi"))
+    t = yield from _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
+    p = yield from _check_axis(phi, "phi", phi_range_deg, n_phi, geo.phi0_deg, res.get("phi"))
+    c = yield from _check_axis(chi, "chi", chi_range_deg, n_chi, geo.chi0_deg, res.get("chi"))
     _md = _metadata("combined", det, key, frame_shape, geo, ("tth", "phi", "chi"), (tth, phi, chi),
                     (geo.tth_ref_deg, geo.phi0_deg, geo.chi0_deg), (n_tth, n_phi, n_chi), count_time=count_time,
                     background=background_counts, resolution=res, order=order, md=md)

@@ -1,0 +1,67 @@
+"""What a plan reads of a motor before it moves, from ophyd or ophyd-async devices alike.
+
+An ophyd (v1) motor answers at once (``name``, ``egu``, ``limits``, ``position``, ``check_value``); an
+ophyd-async one only through its event loop (``describe``, ``locate`` and signals' ``get_value`` are
+coroutines). :func:`read_axis` asks either kind, the async one through the RunEngine (the ``locate``
+and ``wait_for`` messages: nothing moves and no run is open), and returns an :class:`Axis` that the
+checks of :mod:`plans.checks` take in place of the device. For an ophyd motor it yields no message,
+so the checks run as the plan starts, as before.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import bluesky.plan_stubs as bps
+from bluesky.utils import Msg
+
+from .checks import motor_limits
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A motor as the checks see it: ``limits`` (low, high) in its units ((0, 0): none), ``egu`` as
+    the control system writes it, ``position`` (its readback) and the device itself."""
+
+    name: str
+    egu: str
+    limits: tuple[float, float]
+    position: float
+    device: object
+
+    def check_value(self, target: float) -> None:
+        """The device's own check where it has a synchronous one (ophyd's), nothing otherwise."""
+        check = getattr(self.device, "check_value", None)
+        if check is not None and not is_async(self.device):
+            check(target)
+
+
+def is_async(device) -> bool:
+    """An ophyd-async device (its ``describe`` is a coroutine function)."""
+    return inspect.iscoroutinefunction(getattr(type(device), "describe", None))
+
+
+def _awaited(factory):
+    """The result of the coroutine ``factory()``, awaited by the RunEngine."""
+    (task,) = yield Msg("wait_for", None, [factory])
+    return task.result()
+
+
+def read_axis(motor):
+    """Plan stub: the :class:`Axis` of ``motor`` (ophyd or ophyd-async), its limits as the control
+    system has them now (:func:`plans.checks.motor_limits` for ophyd; ``low_limit_travel`` /
+    ``high_limit_travel`` signals of an ophyd-async EPICS motor; none for its simulated ones)."""
+    if not is_async(motor):
+        return Axis(motor.name, str(getattr(motor, "egu", "") or ""), motor_limits(motor), float(motor.position), motor)
+    if hasattr(motor, "motor_egu"):                      # ophyd-async's EPICS motor: the record's EGU
+        egu = yield from _awaited(motor.motor_egu.get_value)
+    else:                                               # its readback's units (a simulated motor's)
+        desc = yield from _awaited(motor.describe)
+        egu = (desc.get(motor.name) or next(iter(desc.values()), {})).get("units", "")
+    limits = (0.0, 0.0)
+    if hasattr(motor, "low_limit_travel") and hasattr(motor, "high_limit_travel"):
+        lo = yield from _awaited(motor.low_limit_travel.get_value)
+        hi = yield from _awaited(motor.high_limit_travel.get_value)
+        limits = (float(lo), float(hi))
+    loc = yield from bps.locate(motor)
+    return Axis(motor.name, str(egu or ""), limits, float(loc["readback"]), motor)
