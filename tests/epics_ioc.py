@@ -10,7 +10,9 @@ Motors ``<prefix>eta`` (deg), ``<prefix>px`` and ``<prefix>py`` (um), each a mot
 - HLM and LLM can be changed at any time (``caproto-put``, or a test's client); VAL's control
   limits follow them, as the motor record's DRVH / DRVL do;
 - STOP ends a move where the motor is (what bluesky does to the motors of a failed run);
-- ``<prefix>stall`` = 1: moves are accepted and never finish (a tripped amplifier).
+- ``<prefix>stall`` = 1: moves are accepted and never finish (a tripped amplifier);
+- ``<prefix>cam:``: an image PV camera whose frames are the simulator's at the motors' readbacks
+  (:class:`Camera`).
 
 Run: ``python tests/epics_ioc.py --prefix BPT: --interfaces 127.0.0.1`` with the loopback
 environment of ``tests/test_epics.py``.
@@ -86,13 +88,64 @@ class Motor(PVGroup):
                 await f.user_readback_value.write(rbv + math.copysign(step, target - rbv))
 
 
+class _Readback:
+    """A motor record's RBV as the position of the simulated beamline's axis it stands for."""
+
+    def __init__(self, motor: Motor):
+        self.motor = motor
+
+    @property
+    def position(self) -> float:
+        return float(self.motor.motor.field_inst.user_readback_value.value)
+
+
+class Camera(PVGroup):
+    """An image PV detector, areaDetector's pattern reduced to what a scan needs: a put of 1 to
+    ``Acquire`` takes one frame at the motors' readbacks (the ``tiny`` simulated experiment, no
+    noise, no position jitter) into ``image`` (int32 waveform, rows x cols row-major; rows and cols
+    in ``ArraySize1_RBV`` / ``ArraySize0_RBV``) and completes the put when it is there, as a
+    put-callback client (ophyd's ``put_complete``) waits for."""
+
+    SHAPE = (172, 172)                                 # tiny's binned Maxipix frame
+    acquire = pvproperty(value=0, name="Acquire")
+    image = pvproperty(value=[0] * (SHAPE[0] * SHAPE[1]), name="image", max_length=SHAPE[0] * SHAPE[1])
+    rows = pvproperty(value=SHAPE[0], name="ArraySize1_RBV", read_only=True)
+    cols = pvproperty(value=SHAPE[1], name="ArraySize0_RBV", read_only=True)
+    _beamline = None
+
+    @acquire.putter
+    async def acquire(self, instance, value):
+        if value:
+            bl = self._simulated()
+            frame = bl.detector.frame_source(bl.preset.detector.count_time_s)
+            await self.image.write(frame.astype("int32").ravel())
+        return 0
+
+    def _simulated(self):
+        if self._beamline is None:                     # built at the first frame: the IOC starts at once
+            import tempfile
+            from dataclasses import replace
+
+            from sim_devices.beamline import build_beamline
+            from sim_devices.presets import get_preset
+
+            ioc = self.parent
+            bl = build_beamline(replace(get_preset("tiny"), position_jitter_m=0.0), write_dir=tempfile.mkdtemp(),
+                                noise=False, background_cps=0.0)
+            assert bl.frame_shape == self.SHAPE
+            bl.drive_with(eta=_Readback(ioc.eta), piezo_x=_Readback(ioc.px), piezo_y=_Readback(ioc.py))
+            self._beamline = bl
+        return self._beamline
+
+
 class ScanIOC(PVGroup):
-    """The rocking axis and the two piezo axes of a Bragg ptychography raster, and a stall switch."""
+    """The rocking axis and the two piezo axes of a Bragg ptychography raster, a stall switch and a camera."""
 
     stall = pvproperty(value=0, name="stall", doc="1: moves are accepted and never finish")
     eta = SubGroup(Motor, prefix="eta", egu="deg", limits=(-5.0, 95.0), velocity=10.0, position=0.0)
     px = SubGroup(Motor, prefix="px", egu="um", limits=(-50.0, 50.0), velocity=100.0, position=0.0)
     py = SubGroup(Motor, prefix="py", egu="um", limits=(-50.0, 50.0), velocity=100.0, position=0.0)
+    cam = SubGroup(Camera, prefix="cam:")
 
 
 if __name__ == "__main__":

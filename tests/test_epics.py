@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -93,6 +94,44 @@ def epics():
                 os.environ[k] = v
 
 
+class ImagePVCamera:
+    """An ophyd device of the IOC's image PV camera (tests/epics_ioc.py ``Camera``): trigger = a
+    put-complete of ``Acquire``; its reading is the frame, 2D uint32, given inline in the event."""
+
+    def __init__(self, prefix: str, name: str):
+        from ophyd import EpicsSignal, EpicsSignalRO
+
+        self.name, self.parent = name, None
+        self.acquire = EpicsSignal(prefix + "Acquire", name=f"{name}_acquire", put_complete=True)
+        self.image = EpicsSignalRO(prefix + "image", name=f"{name}_image")
+        rows, cols = EpicsSignalRO(prefix + "ArraySize1_RBV", name="r"), EpicsSignalRO(prefix + "ArraySize0_RBV", name="c")
+        for sig in (self.acquire, self.image, rows, cols):
+            sig.wait_for_connection(timeout=30)
+        self.shape = (int(rows.get()), int(cols.get()))
+        self.signals = (self.acquire, self.image, rows, cols)
+
+    def trigger(self):
+        return self.acquire.set(1)
+
+    def read(self):
+        frame = np.asarray(self.image.get(use_monitor=False)).reshape(self.shape).astype(np.uint32)
+        return {f"{self.name}_image": {"value": frame, "timestamp": time.time()}}
+
+    def describe(self):
+        return {f"{self.name}_image": {"source": f"PV:{self.image.pvname}", "dtype": "array",
+                                        "shape": list(self.shape), "dtype_numpy": "<u4"}}
+
+    def read_configuration(self):
+        return {}
+
+    def describe_configuration(self):
+        return {}
+
+    def destroy(self):
+        for sig in self.signals:
+            sig.destroy()
+
+
 def _beamline(epics, write_dir):
     """A noise-free tiny beamline (no position jitter: the IOC's motors arrive exactly) driven by the
     EPICS motors; eta moved to the Bragg angle first."""
@@ -151,6 +190,34 @@ def test_a_scan_on_epics_motors_is_recorded_with_the_frames_at_their_readbacks(e
         expected = np.rint(sim.expected_counts(t, [math.radians(d["eta"]) - bl.geometry.theta_bragg_rad])[0])
         frame = ds.frames[d["bp_index_angle"], d["bp_index_pos"]]
         np.testing.assert_array_equal(frame[ds.mask], expected[ds.mask])
+
+
+def test_a_scan_with_the_iocs_image_pv_camera_has_its_frames_inline(epics):
+    """Any 2D detector: the IOC's camera computes each frame at its own motors' readbacks; the plan
+    reads its frame shape from describe(), the frames travel inline in the events."""
+    bl = _beamline(epics, Path(tempfile.mkdtemp()))            # for the geometry and the check below
+    cam = ImagePVCamera(PREFIX + "cam:", name="epics_cam")
+    try:
+        RE = RunEngine({})
+        docs = []
+        RE.subscribe(lambda name, doc: docs.append((name, doc)))
+        RE(bragg_ptycho_scan([cam], epics.eta, epics.piezo_x, epics.piezo_y, bl.geometry))
+    finally:
+        cam.destroy()
+    start = docs[0][1]
+    assert start["bp_scan"]["image_key"] == "epics_cam_image" and start["bp_scan"]["frame_shape"] == [172, 172]
+    events = [d for n, d in docs if n == "event"]
+    assert len(events) == 300 and [d for n, d in docs if n == "stop"][0]["exit_status"] == "success"
+    sim = bl.experiment.simulator
+    rs, cs = bl.crop_slices()
+    valid = bl.mask[rs, cs]
+    for ev in events[::43]:
+        d = ev["data"]
+        t = np.array([d["piezo_x"] * 1e-6, d["piezo_y"] * 1e-6, 0.0])
+        expected = np.rint(sim.expected_counts(t, [math.radians(d["eta"]) - bl.geometry.theta_bragg_rad])[0])
+        frame = np.asarray(d["epics_cam_image"])
+        assert frame.shape == (172, 172)
+        np.testing.assert_array_equal(frame[rs, cs][valid], expected[valid])
 
 
 def test_a_limit_lowered_on_the_ioc_after_connection_refuses_the_scan_before_motion(epics, tmp_path):
