@@ -161,6 +161,7 @@ def _run(bl, server=None, **kwargs):
     return error, docs
 
 
+@pytest.mark.slow
 def test_a_scan_on_epics_motors_is_recorded_with_the_frames_at_their_readbacks(epics, tiled_server, tmp_path):
     bl = _beamline(epics, tiled_server.detector_dir)
     error, docs = _run(bl, tiled_server)
@@ -192,6 +193,7 @@ def test_a_scan_on_epics_motors_is_recorded_with_the_frames_at_their_readbacks(e
         np.testing.assert_array_equal(frame[ds.mask], expected[ds.mask])
 
 
+@pytest.mark.slow
 def test_a_scan_with_the_iocs_image_pv_camera_has_its_frames_inline(epics):
     """Any 2D detector: the IOC's camera computes each frame at its own motors' readbacks; the plan
     reads its frame shape from describe(), the frames travel inline in the events."""

@@ -64,6 +64,7 @@ def postgres():
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_runs_and_reconstructions_live_in_the_postgresql_catalog(postgres, tmp_path):
     home, det = tmp_path / "tiled", tmp_path / "detector"
     server = start_tiled_server(home, readable=[det], catalog=postgres["uri"])
