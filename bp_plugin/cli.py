@@ -147,7 +147,7 @@ def open_run(a: argparse.Namespace):
     """The Tiled run ``a.run`` of the server ``a.tiled_url`` (``export``, ``replay``, ``dfxrm maps``)."""
     from .tiled_server import open_run as _open
 
-    return _open(a.tiled_url, resolve_key(a.api_key_file), a.run)
+    return _open(a.tiled_url, resolve_key(a.api_key_file), a.run, wait_s=a.wait)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -203,6 +203,9 @@ def _add_tiled_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--tiled-url", default=os.environ.get("BP_TILED_URL", "http://127.0.0.1:8000"),
                    help="Tiled server (default $BP_TILED_URL or http://127.0.0.1:8000)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds for the Tiled server to answer (one started a moment ago); "
+                        "default: fail at once")
     add_key_args(p)
 
 

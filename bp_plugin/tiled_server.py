@@ -205,16 +205,20 @@ def start_tiled_server(directory, *, readable=(), port: int | None = None, api_k
     return server
 
 
-def open_run(url: str, api_key: str | None, uid: str):
-    """Run ``uid`` of the Tiled server at ``url``; one clear error when it is not there."""
-    client = connect(url, api_key)
+def open_run(url: str, api_key: str | None, uid: str, wait_s: float = 0.0):
+    """Run ``uid`` of the Tiled server at ``url``; one clear error when it is not there
+    (``wait_s``: as :func:`connect`)."""
+    client = connect(url, api_key, wait_s=wait_s)
     if uid not in client:
         raise ValueError(f"no run {uid!r} in the Tiled server at {url}; list the runs with a Tiled client")
     return client[uid]
 
 
-def connect(url: str, api_key: str | None):
-    """A Tiled client, with clear errors for an unreachable server or a rejected key."""
+def connect(url: str, api_key: str | None, wait_s: float = 0.0):
+    """A Tiled client, with clear errors for an unreachable server or a rejected key.
+
+    ``wait_s``: how long an unreachable server is tried again (a server started a moment ago, as a
+    script does); 0, the default, fails at once."""
     import httpx
     from tiled.client import from_uri
 
@@ -222,6 +226,17 @@ def connect(url: str, api_key: str | None):
     # own authentication it would ask a terminal for a password when the key is refused
     req = urllib.request.Request(f"{url.rstrip('/')}/api/v1/metadata/",
                                  headers={"Authorization": f"Apikey {api_key}"} if api_key else {})
+    deadline = time.monotonic() + max(0.0, float(wait_s))
+    while True:
+        try:
+            urllib.request.urlopen(req, timeout=5).close()
+            break
+        except urllib.error.HTTPError:
+            break                                  # it answers: the key is looked at below
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
     try:
         urllib.request.urlopen(req, timeout=5).close()
     except urllib.error.HTTPError as exc:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 TILED_BATCH = 10
+#: the file in an acquisition's output folder that holds its run's uid (one line)
+RUN_UID_FILE = "run_uid"
 
 
 def make_run_engine():
@@ -47,7 +49,7 @@ def record_run(devices_for: Callable[[Path], object], plan_for: Callable[[object
     Returns:
         ``(result, devices)``: ``uid``, ``tiled_url``, ``api_key``, ``key_file``, ``n_events``,
         ``seconds``, ``frames_per_s``, ``detector_files``, ``exit_status``, ``server_dir``; and the
-        devices. Raises KeyboardInterrupt after closing the run when Ctrl-C stopped it.
+        devices. The run's uid is also written to ``out/run_uid`` (:data:`RUN_UID_FILE`), for scripts. Raises KeyboardInterrupt after closing the run when Ctrl-C stopped it.
     """
     from bluesky.utils import RunEngineInterrupted
     from bluesky_tiled_plugins import TiledWriter
@@ -86,7 +88,11 @@ def record_run(devices_for: Callable[[Path], object], plan_for: Callable[[object
             raise KeyboardInterrupt
         n = (stop_doc.get("num_events") or {}).get("primary", 0)
         det = getattr(devices, "detector", None)
-        return {"uid": uids[0] if uids else stop_doc.get("run_start"), "tiled_url": url, "api_key": key,
+        uid = uids[0] if uids else stop_doc.get("run_start")
+        if uid:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / RUN_UID_FILE).write_text(f"{uid}\n")     # for scripts: bp-plugin export $(cat out/run_uid)
+        return {"uid": uid, "tiled_url": url, "api_key": key,
                 "key_file": str(server.key_file) if own and server.key_file else None,
                 "n_events": n, "seconds": seconds, "frames_per_s": n / seconds if seconds else 0.0,
                 "detector_files": [str(p) for p in getattr(det, "file_history", [])],
