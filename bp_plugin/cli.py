@@ -147,7 +147,7 @@ def open_run(a: argparse.Namespace):
     """The Tiled run ``a.run`` of the server ``a.tiled_url`` (``export``, ``replay``, ``dfxrm maps``)."""
     from .tiled_server import open_run as _open
 
-    return _open(a.tiled_url, resolve_key(a.api_key_file), a.run, wait_s=a.wait)
+    return _open(a.tiled_url, resolve_key(a.api_key_file, wait_s=a.wait), a.run, wait_s=a.wait)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -184,7 +184,8 @@ def cmd_replay(a: argparse.Namespace) -> int:
 def cmd_reconstructor(a: argparse.Namespace) -> int:
     from streaming.commands import run_reconstructor
 
-    return run_reconstructor(a.listen, a.workdir, tiled_url=a.tiled_url, api_key=resolve_key(a.api_key_file),
+    return run_reconstructor(a.listen, a.workdir, tiled_url=a.tiled_url,
+                             api_key=resolve_key(a.api_key_file, wait_s=a.wait), tiled_wait_s=a.wait,
                              device=a.device,
                              max_runs=a.max_runs, final_iterations=a.iterations, ml_iterations=a.ml_iterations,
                              publish_interval_s=a.publish_interval, checkpoint_interval_s=a.checkpoint_interval,
@@ -348,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--checkpoint-interval", type=float, default=defaults.CHECKPOINT_INTERVAL_S,
                     help="seconds between checkpoints of a run (what a restarted service continues from)")
     pc.add_argument("--max-runs", type=int, default=None, help="exit after this many runs (default: serve on)")
+    pc.add_argument("--wait", type=float, default=0.0, metavar="S",
+                    help="wait up to S seconds for the Tiled server (and its key file) at start: one started "
+                         "beside the service; default: fail at once")
     pc.add_argument("--idle-timeout", type=float, default=defaults.IDLE_TIMEOUT_S, metavar="S",
                     help="a run without its stop message and without a frame for S seconds is finished with "
                          "the frames it has, once a newer run waits or when no sender is left (adopted at start-up)")

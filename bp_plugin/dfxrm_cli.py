@@ -50,7 +50,7 @@ def _source(a):
         return scan_from_file(a.source)
     from .tiled_server import open_run
     a.run = a.source
-    return scan_from_run(open_run(a.tiled_url, resolve_key(a.api_key_file), a.run, wait_s=a.wait)), None
+    return scan_from_run(open_run(a.tiled_url, resolve_key(a.api_key_file, wait_s=a.wait), a.run, wait_s=a.wait)), None
 
 
 def cmd_maps(a) -> int:
@@ -77,7 +77,7 @@ def cmd_export(a) -> int:
     from .tiled_server import open_run
 
     a.run = a.source
-    scan = scan_from_run(open_run(a.tiled_url, resolve_key(a.api_key_file), a.run, wait_s=a.wait))
+    scan = scan_from_run(open_run(a.tiled_url, resolve_key(a.api_key_file, wait_s=a.wait), a.run, wait_s=a.wait))
     path = write_scan_file(a.out, scan, progress=not a.no_progress)
     print(f"run {scan.run_uid[:8]}: {len(scan.angles_deg)} frames -> {path}; maps with: bp-plugin dfxrm maps {path} --out ...")
     return 0

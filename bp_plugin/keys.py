@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import time
 from pathlib import Path
 
 #: the environment variable every tool reads the Tiled API key from
@@ -46,9 +47,15 @@ def read_key_file(path) -> str:
     return key
 
 
-def resolve_key(key_file=None) -> str | None:
-    """The key from ``key_file`` if given, else from ``$BP_TILED_API_KEY``, else None."""
+def resolve_key(key_file=None, wait_s: float = 0.0) -> str | None:
+    """The key from ``key_file`` if given, else from ``$BP_TILED_API_KEY``, else None.
+
+    ``wait_s``: how long a missing ``key_file`` is waited for (a server started a moment ago
+    writes its keys once it is up)."""
     if key_file:
+        deadline = time.monotonic() + max(0.0, float(wait_s))
+        while not Path(key_file).exists() and time.monotonic() < deadline:
+            time.sleep(0.25)
         return read_key_file(key_file)
     return os.environ.get(ENV) or None
 

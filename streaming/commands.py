@@ -29,7 +29,7 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
                       ml_iterations=defaults.STREAM_FINAL.ml_iterations,
                       publish_interval_s=defaults.PUBLISH_INTERVAL_S, checkpoint_interval_s=defaults.CHECKPOINT_INTERVAL_S,
                       catch_up_per_angle=defaults.CATCH_UP_PER_ANGLE, quiet=False,
-                      idle_timeout_s=defaults.IDLE_TIMEOUT_S, mpi=None) -> int:
+                      idle_timeout_s=defaults.IDLE_TIMEOUT_S, mpi=None, tiled_wait_s=0.0) -> int:
     """``bp-plugin reconstructor``: serve until Ctrl-C / SIGTERM (or ``max_runs`` runs). Launched by
     ``mpirun -n N`` (or with ``mpi``), rank 0 serves and ranks 1..N-1 hold their shares of each Bragg
     run's engine (:mod:`streaming.engine_ranks`)."""
@@ -59,7 +59,8 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
             print(status_line(st), flush=True)
             last[0] = time.monotonic()
 
-    opts = ServiceOptions(listen=listen, workdir=Path(workdir), tiled_url=tiled_url, api_key=api_key, device=device,
+    opts = ServiceOptions(listen=listen, workdir=Path(workdir), tiled_url=tiled_url, api_key=api_key,
+                          tiled_wait_s=tiled_wait_s, device=device,
                           max_runs=max_runs, idle_timeout_s=idle_timeout_s, live=LiveOptions(final_iterations=final_iterations,
                                                               ml_iterations=ml_iterations,
                                                               publish_interval_s=publish_interval_s,

@@ -52,6 +52,8 @@ class ServiceOptions:
             picks a free one).
         workdir: spool, checkpoints and results, one folder per run.
         tiled_url, api_key: where results are published (None: not published).
+        tiled_wait_s: how long an unreachable Tiled server is waited for at start (one started
+            with the service); 0: the start fails at once, clearly.
         device: ``auto``, ``cpu`` or ``gpu``.
         max_runs: stop after this many runs (None: serve until stopped).
         idle_timeout_s: a run without its stop message and without a frame for this long is
@@ -66,6 +68,7 @@ class ServiceOptions:
     workdir: Path = Path("out/reconstructor")
     tiled_url: str | None = None
     api_key: str | None = field(default=None, repr=False)    # never in a log line
+    tiled_wait_s: float = 0.0
     device: str = "auto"
     max_runs: int | None = None
     rcvhwm: int = 10000
@@ -96,7 +99,8 @@ class ReconstructorService:
         self.client = None
         if opts.tiled_url:
             from bp_plugin.tiled_server import connect
-            self.client = connect(opts.tiled_url, opts.api_key)   # fails now, clearly, on a bad URL or key
+            # fails now, clearly, on a bad URL or key
+            self.client = connect(opts.tiled_url, opts.api_key, wait_s=opts.tiled_wait_s)
         self.backend = get_backend(opts.device)
         self._ctx = zmq.Context()
         self._sock, self._receipts, self.address = bind_pair(self._ctx, opts.listen, opts.rcvhwm,

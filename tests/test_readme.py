@@ -37,23 +37,33 @@ def test_the_readme_python_blocks_run_as_written(tmp_path):
     assert (tmp_path / "out" / "readme").is_dir()
 
 
+def bash_block(marker: str) -> str:
+    """The README's one bash block that holds ``marker``."""
+    blocks = [b for b in re.findall(r"^```bash\n(.*?)^```", README.read_text(), flags=re.S | re.M) if marker in b]
+    assert len(blocks) == 1, f"the README has one bash block with {marker!r}"
+    return blocks[0]
+
+
 @pytest.mark.slow
-def test_the_readme_acquire_export_replay_block_runs_as_written(tmp_path):
-    """The beamline block: acquire (tiny), serve the catalog in the background, export the run by
-    the uid the acquisition wrote, replay it, stop the server. (Port 8000, as the README says.)"""
-    blocks = [b for b in re.findall(r"^```bash\n(.*?)^```", README.read_text(), flags=re.S | re.M)
-              if "bp-plugin acquire" in b]
-    assert len(blocks) == 1, "the README has one bash block with the acquisition"
+def test_the_readme_beamline_and_streaming_blocks_run_as_written(tmp_path):
+    """The beamline block (acquire tiny, serve the catalog in the background, export and replay the
+    run by the uid the acquisition wrote, stop the server), then the streaming block (a server, the
+    reconstructor waiting for it, the exported file streamed, the run final in Tiled), each in a
+    fresh bash as a user would paste it. Ports 8000 and 5577, as the README says."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("BP_TILED_URL", None)
-    env.pop("BP_TILED_API_KEY", None)
-    p = subprocess.run(["bash", "-e", "-c", blocks[0]], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
+    for name in ("BP_TILED_URL", "BP_TILED_API_KEY", "BP_RECONSTRUCTOR"):
+        env.pop(name, None)
+    out = []
+    for marker in ("bp-plugin acquire", "bp-plugin reconstructor --listen"):
+        p = subprocess.run(["bash", "-e", "-c", bash_block(marker)], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=900)
+        assert p.returncode == 0, (marker, p.stdout[-2000:], p.stderr[-3000:])
+        out.append(p.stdout)
     uid = (tmp_path / "out/acquire/run_uid").read_text().strip()
-    assert f"run {uid} (success): 300 frames" in p.stdout, p.stdout[-2000:]
-    assert "replayed 300 frames" in p.stdout, p.stdout[-2000:]
+    assert f"run {uid} (success): 300 frames" in out[0] and "replayed 300 frames" in out[0], out[0][-2000:]
     from bp_plugin.dataset import read_dataset
 
     ds = read_dataset(tmp_path / "scan.h5")
     assert ds.frames.shape[:2] == (12, 25) and ds.measured.all()
+    done = [json.loads(m.read_text()) for m in (tmp_path / "out/reconstructor").glob("*/metrics.json")]
+    assert len(done) == 1 and done[0]["counters"]["frames_measured"] == 300, out[1][-2000:]
