@@ -20,6 +20,7 @@ import numpy as np
 from .dfxrm.geometry import DfxrmGeometry
 from .dfxrm.maps import MapOptions, compute_maps
 from .dfxrm.moments import MomentAccumulator
+from .h5filters import frame_compression   # importing it registers the frames' bitshuffle-LZ4 filter
 
 FORMAT = "dfxrm-scan"
 
@@ -63,8 +64,6 @@ def scan_from_run(run) -> DfxrmScan:
 def write_scan_file(path, scan: DfxrmScan, *, chunk: int = 64, progress: bool = False) -> Path:
     """Write a recorded scan as a DF-XRM scan file (see the module docstring)."""
     from tqdm import tqdm
-
-    from .h5filters import frame_compression
 
     path = Path(path)
     n = len(scan.angles_deg)

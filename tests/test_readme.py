@@ -3,6 +3,7 @@ real reconstructor listening where the README's ``BP_RECONSTRUCTOR`` says."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,19 +45,35 @@ def bash_block(marker: str) -> str:
     return blocks[0]
 
 
+def run_block(marker: str, cwd) -> subprocess.CompletedProcess:
+    """The block in a fresh ``bash -e`` as a user would paste it (the venv's commands on the PATH, no
+    Tiled or reconstructor variables), in a process group of its own that is ended afterwards: a
+    failing command must not leave the block's background server holding its port."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("BP_TILED_URL", "BP_TILED_API_KEY", "BP_RECONSTRUCTOR"):
+        env.pop(name, None)
+    proc = subprocess.Popen(["bash", "-e", "-c", bash_block(marker)], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=900)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 @pytest.mark.slow
 def test_the_readme_beamline_and_streaming_blocks_run_as_written(tmp_path):
     """The beamline block (acquire tiny, serve the catalog in the background, export and replay the
     run by the uid the acquisition wrote, stop the server), then the streaming block (a server, the
     reconstructor waiting for it, the exported file streamed, the run final in Tiled), each in a
     fresh bash as a user would paste it. Ports 8000 and 5577, as the README says."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for name in ("BP_TILED_URL", "BP_TILED_API_KEY", "BP_RECONSTRUCTOR"):
-        env.pop(name, None)
     out = []
     for marker in ("bp-plugin acquire", "bp-plugin reconstructor --listen"):
-        p = subprocess.run(["bash", "-e", "-c", bash_block(marker)], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=900)
+        p = run_block(marker, tmp_path)
         assert p.returncode == 0, (marker, p.stdout[-2000:], p.stderr[-3000:])
         out.append(p.stdout)
     uid = (tmp_path / "out/acquire/run_uid").read_text().strip()
@@ -67,3 +84,20 @@ def test_the_readme_beamline_and_streaming_blocks_run_as_written(tmp_path):
     assert ds.frames.shape[:2] == (12, 25) and ds.measured.all()
     done = [json.loads(m.read_text()) for m in (tmp_path / "out/reconstructor").glob("*/metrics.json")]
     assert len(done) == 1 and done[0]["counters"]["frames_measured"] == 300, out[1][-2000:]
+
+
+@pytest.mark.slow
+def test_the_readme_dfxrm_block_runs_as_written(tmp_path):
+    """The DF-XRM block: the demo (tiny), an acquisition recorded in its embedded Tiled, the catalog
+    served again, the run exported by its uid and mapped in a fresh process (which must register the
+    frames' compression filter itself)."""
+    p = run_block("bp-plugin dfxrm demo", tmp_path)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
+    uid = (tmp_path / "out/dfxrm/run_uid").read_text().strip()
+    assert f"run {uid}:" in p.stdout and "(success)" in p.stdout, p.stdout[-2000:]
+    import h5py
+
+    with h5py.File(tmp_path / "maps.h5", "r") as f:
+        maps = set(f["maps"])
+    assert {"com_phi", "com_chi", "skew_phi", "kurt_chi", "tilt_phi"} <= maps, maps   # order 4: skewness too
+    assert (tmp_path / "maps.png").stat().st_size > 0
