@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
             else f"API key in {server.key_file}")
     print(f"Tiled server at {server.url}, catalog in {server.directory}; {keys} "
           f"(export {ENV}=$(cat {server.key_file})); Ctrl-C stops it", flush=True)
+
+    def terminated(signum, frame):              # `kill`, a service manager: stop as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         while server.process.poll() is None:
             time.sleep(0.5)

@@ -54,7 +54,8 @@ def resolve_key(key_file=None, wait_s: float = 0.0) -> str | None:
     writes its keys once it is up)."""
     if key_file:
         deadline = time.monotonic() + max(0.0, float(wait_s))
-        while not Path(key_file).exists() and time.monotonic() < deadline:
+        # a file being written is empty for a moment: wait for its content too
+        while not (Path(key_file).is_file() and Path(key_file).stat().st_size) and time.monotonic() < deadline:
             time.sleep(0.25)
         return read_key_file(key_file)
     return os.environ.get(ENV) or None
@@ -64,8 +65,10 @@ def write_key_file(path, key: str) -> Path:
     """Write ``key`` to ``path``, readable and writable by its owner only (0600); returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    tmp = p.with_name(f".{p.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
-    os.chmod(p, stat.S_IRUSR | stat.S_IWUSR)      # an older file keeps its mode through O_CREAT
+    os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR)    # an older file keeps its mode through O_CREAT
+    os.replace(tmp, p)                            # whole or absent: a reader never sees it half written
     return p

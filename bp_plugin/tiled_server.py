@@ -231,8 +231,10 @@ def connect(url: str, api_key: str | None, wait_s: float = 0.0):
         try:
             urllib.request.urlopen(req, timeout=5).close()
             break
-        except urllib.error.HTTPError:
-            break                                  # it answers: the key is looked at below
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or time.monotonic() >= deadline:
+                break                              # it answers: the key is looked at below
+            time.sleep(0.5)                        # a server error while it starts: try again
         except (urllib.error.URLError, OSError):
             if time.monotonic() >= deadline:
                 break

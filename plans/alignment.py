@@ -14,7 +14,7 @@ from bluesky.callbacks.fitting import PeakStats
 
 from .checks import PlanError, angle_unit_deg, check_targets
 from .axes import read_axis
-from .moves import move, timed_step
+from .moves import MOVE_TIMEOUT_S, move, timed_step
 
 
 def _total_key(detector) -> str:
@@ -26,12 +26,13 @@ def _total_key(detector) -> str:
 
 
 def find_bragg_peak(detector, rocking, *, centre: float | None = None, half_range: float = 0.2, num: int = 41,
-                    md: dict | None = None):
+                    move_timeout: float = MOVE_TIMEOUT_S, md: dict | None = None):
     """Rocking scan around ``centre`` (deg), fit the peak, move there; returns the peak position (deg).
 
     The peak is the centre of a Gaussian fit (bluesky's ``PeakStats``), falling back to the
     centre of mass when the fit fails. Refuses to move when no peak stands out of the background
-    (maximum under 3 times the median), since then the crystal is not in the beam.
+    (maximum under 3 times the median), since then the crystal is not in the beam. Each move waits
+    at most ``move_timeout`` s (:func:`plans.moves.move`).
     """
     ax = yield from read_axis(rocking)                      # ophyd or ophyd-async
     u = angle_unit_deg(ax)                                  # degrees per motor unit
@@ -43,7 +44,8 @@ def find_bragg_peak(detector, rocking, *, centre: float | None = None, half_rang
     check_targets(ax, [lo, hi], "the rocking scan")
     ps = PeakStats(rocking.name, key)
     _md = {"plan_name": "find_bragg_peak", "purpose": "alignment", **(md or {})}
-    yield from bpp.subs_wrapper(bp.scan([detector], rocking, lo, hi, num, per_step=timed_step(what="the rocking scan"), md=_md), ps)
+    scan = bp.scan([detector], rocking, lo, hi, num, per_step=timed_step(move_timeout, "the rocking scan"), md=_md)
+    yield from bpp.subs_wrapper(scan, ps)
     y = np.asarray(ps.y_data, float)
     if y.size == 0 or y.max() < 3 * max(np.median(y), 1.0):
         raise PlanError(f"no Bragg peak between {c - half_range:g} and {c + half_range:g} deg (max "
@@ -51,7 +53,7 @@ def find_bragg_peak(detector, rocking, *, centre: float | None = None, half_rang
                         "widen half_range, check the energy, or move the crystal into the beam")
     peak = ps.cen if ps.cen is not None and abs(ps.cen * u - c) <= half_range else ps.com
     peak = float(peak)
-    yield from move(rocking, peak, what="the move to the Bragg peak")
+    yield from move(rocking, peak, timeout=move_timeout, what="the move to the Bragg peak")
     return peak * u
 
 
@@ -65,11 +67,12 @@ class _MapCollector(CallbackBase):
 
 
 def centre_raster(detector, x, y, *, x_range: tuple[float, float], y_range: tuple[float, float], num: int = 11,
-                  md: dict | None = None):
+                  move_timeout: float = MOVE_TIMEOUT_S, md: dict | None = None):
     """Coarse intensity map over ``x_range`` x ``y_range`` (motor units); move to the crystal's centre.
 
     The centre is the intensity-weighted centroid of the points brighter than half the maximum
-    (the crystal, not the background). Returns ``(x, y)`` in motor units.
+    (the crystal, not the background). Returns ``(x, y)`` in motor units. Each move waits at most
+    ``move_timeout`` s.
     """
     key = _total_key(detector)
     for m, r in ((x, x_range), (y, y_range)):
@@ -78,7 +81,7 @@ def centre_raster(detector, x, y, *, x_range: tuple[float, float], y_range: tupl
     _md = {"plan_name": "centre_raster", "purpose": "alignment", **(md or {})}
     yield from bpp.subs_wrapper(
         bp.grid_scan([detector], y, y_range[0], y_range[1], num, x, x_range[0], x_range[1], num,
-                     per_step=timed_step(what="the alignment map"), md=_md), col)
+                     per_step=timed_step(move_timeout, "the alignment map"), md=_md), col)
     a = np.asarray(col.rows, float)
     w = a[:, 2] - np.median(a[:, 2])
     bright = w >= 0.5 * w.max() if w.max() > 0 else np.zeros(len(w), bool)
@@ -86,5 +89,5 @@ def centre_raster(detector, x, y, *, x_range: tuple[float, float], y_range: tupl
         raise PlanError("the intensity map is flat: no crystal in the mapped area; map a wider area")
     cx = float(np.average(a[bright, 0], weights=w[bright]))
     cy = float(np.average(a[bright, 1], weights=w[bright]))
-    yield from move(x, cx, y, cy, what="the move to the crystal's centre")
+    yield from move(x, cx, y, cy, timeout=move_timeout, what="the move to the crystal's centre")
     return cx, cy

@@ -66,8 +66,8 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
         md: extra start-document metadata.
 
     Raises:
-        PlanError: before any motion, for limits (as the control system has them now), sampling, an unreachable Bragg angle, a wrong
-            detector or inconsistent arguments.
+        PlanError: before any motion, for limits (as the control system has them now), sampling,
+            an unreachable Bragg angle, a wrong detector or inconsistent arguments.
     """
     detectors = list(detectors)
     if not detectors:

@@ -22,7 +22,7 @@ from bp_plugin.dfxrm.geometry import DfxrmGeometry
 
 from .checks import PlanError, angle_unit_deg, check_targets
 from .axes import read_axis
-from .moves import timed_step
+from .moves import MOVE_TIMEOUT_S, timed_step
 
 PLAN_VERSION = 1
 MAX_STEP_PER_SIGMA = 2.5
@@ -126,7 +126,7 @@ def _with_exposure(det, count_time, plan):
 def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07), n_phi: int = 29,
                    chi_range_deg=(-0.07, 0.07), n_chi: int = 15, snake: bool = False, count_time: float | None = None,
                    background_counts: float | None = None, resolution_deg: dict | None = None, order: int = 2,
-                   md: dict | None = None):
+                   move_timeout: float = MOVE_TIMEOUT_S, md: dict | None = None):
     """A phi x chi grid (phi outer) around the reference orientation: tilt and mosaicity maps.
 
     Args:
@@ -143,6 +143,8 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
         resolution_deg: instrumental sigma per axis (default: the camera's ``resolution_deg``).
         order: moments kept live: 2 (centre of mass, widths, covariance) or 4 (plus skewness and
             kurtosis per axis); recorded as ``dfxrm_scan.order``.
+        move_timeout: seconds a point's move may take before the run ends as failed, saying which
+            motor (:func:`plans.moves.move`).
     """
     detectors, det, key, frame_shape = _check_camera(detectors)
     geo = _geometry(geometry)
@@ -153,13 +155,14 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
                     (geo.phi0_deg, geo.chi0_deg), (n_phi, n_chi), count_time=count_time,
                     background=background_counts, resolution=res, order=order, md=md)
     plan = bp.grid_scan(detectors, phi, p[0], p[-1], len(p), chi, c[0], c[-1], len(c),
-                        snake_axes=[chi] if snake else False, per_step=timed_step(), md=_md)
+                        snake_axes=[chi] if snake else False, per_step=timed_step(move_timeout), md=_md)
     return (yield from _with_exposure(det, count_time, plan))
 
 
 def strain_scan(detectors, tth, geometry, *, tth_range_deg=(-0.02, 0.02), n_tth: int = 21,
                 count_time: float | None = None, background_counts: float | None = None,
-                resolution_deg: dict | None = None, order: int = 2, md: dict | None = None):
+                resolution_deg: dict | None = None, order: int = 2, move_timeout: float = MOVE_TIMEOUT_S,
+                md: dict | None = None):
     """A 2theta scan of the objective-and-detector arm around 2theta_ref: the axial strain map
     (arguments as :func:`mosaicity_scan`)."""
     detectors, det, key, frame_shape = _check_camera(detectors)
@@ -168,13 +171,15 @@ def strain_scan(detectors, tth, geometry, *, tth_range_deg=(-0.02, 0.02), n_tth:
     t = yield from _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
     _md = _metadata("strain", det, key, frame_shape, geo, ("tth",), (tth,), (geo.tth_ref_deg,), (n_tth,),
                     count_time=count_time, background=background_counts, resolution=res, order=order, md=md)
-    return (yield from _with_exposure(det, count_time, bp.scan(detectors, tth, t[0], t[-1], len(t), per_step=timed_step(), md=_md)))
+    plan = bp.scan(detectors, tth, t[0], t[-1], len(t), per_step=timed_step(move_timeout), md=_md)
+    return (yield from _with_exposure(det, count_time, plan))
 
 
 def combined_scan(detectors, phi, chi, tth, geometry, *, phi_range_deg=(-0.07, 0.07), n_phi: int = 29,
                   chi_range_deg=(-0.07, 0.07), n_chi: int = 15, tth_range_deg=(-0.02, 0.02), n_tth: int = 11,
                   count_time: float | None = None, background_counts: float | None = None,
-                  resolution_deg: dict | None = None, order: int = 2, md: dict | None = None):
+                  resolution_deg: dict | None = None, order: int = 2, move_timeout: float = MOVE_TIMEOUT_S,
+                  md: dict | None = None):
     """tth outer, phi, chi inner: tilts, mosaicity and strain of every pixel in one run (arguments as
     :func:`mosaicity_scan`)."""
     detectors, det, key, frame_shape = _check_camera(detectors)
@@ -187,12 +192,13 @@ def combined_scan(detectors, phi, chi, tth, geometry, *, phi_range_deg=(-0.07, 0
                     (geo.tth_ref_deg, geo.phi0_deg, geo.chi0_deg), (n_tth, n_phi, n_chi), count_time=count_time,
                     background=background_counts, resolution=res, order=order, md=md)
     plan = bp.grid_scan(detectors, tth, t[0], t[-1], len(t), phi, p[0], p[-1], len(p), chi, c[0], c[-1], len(c),
-                        snake_axes=False, per_step=timed_step(), md=_md)
+                        snake_axes=False, per_step=timed_step(move_timeout), md=_md)
     return (yield from _with_exposure(det, count_time, plan))
 
 
 def weak_beam_series(detectors, phi, chi, tth, geometry, offsets_deg, *, count_time: float | None = None,
-                     background_counts: float | None = None, md: dict | None = None):
+                     background_counts: float | None = None, move_timeout: float = MOVE_TIMEOUT_S,
+                     md: dict | None = None):
     """Images at chosen (dphi, dchi, dtth) offsets from the reference, in the tails of the peak, where
     dislocations stand out against a dim perfect lattice (the "weak-beam" condition)."""
     detectors, det, key, frame_shape = _check_camera(detectors)
@@ -205,10 +211,10 @@ def weak_beam_series(detectors, phi, chi, tth, geometry, offsets_deg, *, count_t
     for k, (motor, what) in enumerate(((phi, "phi"), (chi, "chi"), (tth, "tth"))):
         if isinstance(motor, str) or not hasattr(motor, "name"):
             raise PlanError(f"{what}: {motor!r} is not a motor; pass the ophyd positioner")
-        check_targets(motor, pos[:, k], f"the weak-beam series ({what})")
+        check_targets((yield from read_axis(motor)), pos[:, k], f"the weak-beam series ({what})")
     _md = _metadata("weak_beam", det, key, frame_shape, geo, ("phi", "chi", "tth"), (phi, chi, tth), ref,
                     (len(off),), count_time=count_time, background=background_counts, resolution={},
                     extra={"offsets_deg": off.tolist()}, md=md)
     plan = bp.list_scan(detectors, phi, list(pos[:, 0]), chi, list(pos[:, 1]), tth, list(pos[:, 2]),
-                        per_step=timed_step(), md=_md)
+                        per_step=timed_step(move_timeout), md=_md)
     return (yield from _with_exposure(det, count_time, plan))

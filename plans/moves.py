@@ -20,6 +20,8 @@ MOVE_TIMEOUT_S = 60.0
 
 
 def _where(motor) -> str:
+    if not hasattr(motor, "position"):            # ophyd-async: read through its event loop only
+        return "see its last reading"
     try:
         return f"{float(motor.position):g}"
     except Exception:                              # a motor that cannot even be read: say so, do not mask

@@ -49,7 +49,8 @@ def record_run(devices_for: Callable[[Path], object], plan_for: Callable[[object
     Returns:
         ``(result, devices)``: ``uid``, ``tiled_url``, ``api_key``, ``key_file``, ``n_events``,
         ``seconds``, ``frames_per_s``, ``detector_files``, ``exit_status``, ``server_dir``; and the
-        devices. The run's uid is also written to ``out/run_uid`` (:data:`RUN_UID_FILE`), for scripts. Raises KeyboardInterrupt after closing the run when Ctrl-C stopped it.
+        devices. The run's uid is also written to ``out/run_uid`` (:data:`RUN_UID_FILE`), for
+        scripts. Raises KeyboardInterrupt after closing the run when Ctrl-C stopped it.
     """
     from bluesky.utils import RunEngineInterrupted
     from bluesky_tiled_plugins import TiledWriter
@@ -59,6 +60,7 @@ def record_run(devices_for: Callable[[Path], object], plan_for: Callable[[object
     from .monitor import buffered
 
     out, detector_dir = Path(out), Path(detector_dir)
+    (out / RUN_UID_FILE).unlink(missing_ok=True)      # a failed run must not leave the last one's uid
     own = None
     if server is None and tiled_url is None:
         own = server = start_tiled_server(out / "tiled", readable=[detector_dir], api_key=api_key)

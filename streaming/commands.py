@@ -66,7 +66,12 @@ def run_reconstructor(listen: str, workdir, *, tiled_url=None, api_key=None, dev
                                                               publish_interval_s=publish_interval_s,
                                                               checkpoint_interval_s=checkpoint_interval_s,
                                                               catch_up_per_angle=catch_up_per_angle))
-    svc = ReconstructorService(opts, progress=progress, ranks=ranks)
+    try:
+        svc = ReconstructorService(opts, progress=progress, ranks=ranks)
+    except BaseException:
+        if ranks is not None:      # the followers wait for rank 0's first command: tell them to end
+            ranks.end()
+        raise
 
     def stop(signum, frame):
         print(f"signal {signum}: checkpointing the current run and stopping", flush=True)

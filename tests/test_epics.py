@@ -66,12 +66,13 @@ def epics():
     # read by ophyd's caproto client when it first connects (nothing before this test used EPICS)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    log = tempfile.NamedTemporaryFile("w+", prefix="bp-ioc-", suffix=".log")     # read if it does not answer
     ioc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("epics_ioc.py")), "--prefix", PREFIX,
                             "--interfaces", "127.0.0.1"], env={**os.environ, **env},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           stdout=log, stderr=subprocess.STDOUT, text=True)
     devices = []
     try:
-        motors = {n: EpicsMotor(PREFIX + pv, name=n, settle_time=0.01) for n, pv in
+        motors = {n: EpicsMotor(PREFIX + pv, name=n, settle_time=0.02) for n, pv in
                   (("eta", "eta"), ("piezo_x", "px"), ("piezo_y", "py"))}
         stall = EpicsSignal(PREFIX + "stall", name="stall")
         devices = [*motors.values(), stall]
@@ -79,14 +80,19 @@ def epics():
             try:
                 d.wait_for_connection(timeout=30)
             except TimeoutError:
-                ioc.terminate()
-                pytest.fail(f"the caproto IOC did not answer on 127.0.0.1:{port}: {ioc.communicate()[1][-2000:]}")
+                log.seek(0)
+                pytest.fail(f"the caproto IOC did not answer on 127.0.0.1:{port}: {log.read()[-2000:]}")
         yield SimpleNamespace(stall=stall, **motors)
     finally:
         for d in devices:
             d.destroy()
         ioc.terminate()
-        ioc.wait(timeout=10)
+        try:
+            ioc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            ioc.kill()
+            ioc.wait()
+        log.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -104,7 +110,8 @@ class ImagePVCamera:
         self.name, self.parent = name, None
         self.acquire = EpicsSignal(prefix + "Acquire", name=f"{name}_acquire", put_complete=True)
         self.image = EpicsSignalRO(prefix + "image", name=f"{name}_image")
-        rows, cols = EpicsSignalRO(prefix + "ArraySize1_RBV", name="r"), EpicsSignalRO(prefix + "ArraySize0_RBV", name="c")
+        rows = EpicsSignalRO(prefix + "ArraySize1_RBV", name=f"{name}_rows")
+        cols = EpicsSignalRO(prefix + "ArraySize0_RBV", name=f"{name}_cols")
         for sig in (self.acquire, self.image, rows, cols):
             sig.wait_for_connection(timeout=30)
         self.shape = (int(rows.get()), int(cols.get()))

@@ -4,8 +4,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +64,23 @@ def run_block(marker: str, cwd) -> subprocess.CompletedProcess:
         except ProcessLookupError:
             pass
         proc.wait(30)
+        _wait_for_free_ports(8000, 5577)      # the block's servers are gone before the next block starts
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _wait_for_free_ports(*ports, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    for port in ports:
+        while True:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"port {port} still held after the README block ended") from None
+            time.sleep(0.2)
 
 
 @pytest.mark.slow
