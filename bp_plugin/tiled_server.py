@@ -232,24 +232,21 @@ def connect(url: str, api_key: str | None, wait_s: float = 0.0):
             urllib.request.urlopen(req, timeout=5).close()
             break
         except urllib.error.HTTPError as exc:
-            if exc.code < 500 or time.monotonic() >= deadline:
-                break                              # it answers: the key is looked at below
-            time.sleep(0.5)                        # a server error while it starts: try again
-        except (urllib.error.URLError, OSError):
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
-    try:
-        urllib.request.urlopen(req, timeout=5).close()
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            raise TiledServerError(f"the Tiled server at {url} requires an API key and refused "
-                                   f"{'the one given' if api_key else 'none'} (HTTP {exc.code}); pass the key "
-                                   "the server issued ($BP_TILED_API_KEY or --api-key-file; the embedded "
-                                   "server's are its home's api_key and read_key files)") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise TiledServerError(f"cannot reach the Tiled server at {url} ({exc}); check the URL, or start one "
-                               "with `bp-plugin serve`") from None
+            if exc.code >= 500 and time.monotonic() < deadline:
+                time.sleep(0.5)                    # a server error while it starts: try again
+                continue
+            if exc.code in (401, 403):
+                raise TiledServerError(f"the Tiled server at {url} requires an API key and refused "
+                                       f"{'the one given' if api_key else 'none'} (HTTP {exc.code}); pass the key "
+                                       "the server issued ($BP_TILED_API_KEY or --api-key-file; the embedded "
+                                       "server's are its home's api_key and read_key files)") from None
+            break                                  # it answers: the client below says what is wrong
+        except (urllib.error.URLError, OSError) as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise TiledServerError(f"cannot reach the Tiled server at {url} ({exc}); check the URL, or start one "
+                                   "with `bp-plugin serve`") from None
     try:
         return from_uri(url, api_key=api_key)
     except httpx.ConnectError as exc:

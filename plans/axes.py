@@ -15,7 +15,32 @@ from dataclasses import dataclass
 import bluesky.plan_stubs as bps
 from bluesky.utils import Msg
 
-from .checks import motor_limits
+from .checks import PlanError
+
+
+def _record_limits(motor):
+    """An EPICS motor record's LLM / HLM signals (ophyd ``EpicsMotor``), else None."""
+    lo, hi = getattr(motor, "low_limit_travel", None), getattr(motor, "high_limit_travel", None)
+    return (lo, hi) if hasattr(lo, "get") and hasattr(hi, "get") else None
+
+
+def motor_limits(motor) -> tuple[float, float]:
+    """The motor's soft limits ``(low, high)`` in its units, ``(0, 0)`` for none.
+
+    An EPICS motor record's (LLM / HLM) are asked for again now, and ophyd's cache of VAL's control
+    limits is refreshed with them: ophyd caches them at connection, so a limit lowered on the IOC
+    since would pass the check and hang the move, and a limit raised would refuse a good one.
+    Other devices give their ``limits``."""
+    signals = _record_limits(motor)
+    if signals is not None:
+        try:
+            setpoint = getattr(motor, "user_setpoint", None)
+            if hasattr(setpoint, "get"):        # ophyd checks every move against these: refresh them too
+                setpoint.get(form="ctrl", use_monitor=False)
+            return float(signals[0].get(use_monitor=False)), float(signals[1].get(use_monitor=False))
+        except Exception as exc:
+            raise PlanError(f"cannot read the limits of {motor.name!r} ({exc}); check that its IOC is up") from None
+    return tuple(float(v) for v in (getattr(motor, "limits", None) or (0.0, 0.0)))
 
 
 @dataclass(frozen=True)
@@ -49,10 +74,11 @@ def _awaited(factory):
 
 def read_axis(motor):
     """Plan stub: the :class:`Axis` of ``motor`` (ophyd or ophyd-async), its limits as the control
-    system has them now (:func:`plans.checks.motor_limits` for ophyd; ``low_limit_travel`` /
+    system has them now (:func:`motor_limits` for ophyd; ``low_limit_travel`` /
     ``high_limit_travel`` signals of an ophyd-async EPICS motor; none for its simulated ones)."""
     if not is_async(motor):
-        return Axis(motor.name, str(getattr(motor, "egu", "") or ""), motor_limits(motor), float(motor.position), motor)
+        return Axis(motor.name, str(getattr(motor, "egu", "") or ""), motor_limits(motor), float(motor.position),
+                    motor)
     if hasattr(motor, "motor_egu"):                      # ophyd-async's EPICS motor: the record's EGU
         egu = yield from _awaited(motor.motor_egu.get_value)
     else:                                               # its readback's units (a simulated motor's)

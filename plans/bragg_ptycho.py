@@ -25,7 +25,7 @@ from bp_plugin.scan_document import ScanDocument
 from .checks import (PlanError, angle_unit_deg, check_detector, check_sampling, check_targets, length_unit_m,
                      resolve_geometry, scan_points)
 from .axes import read_axis
-from .moves import MOVE_TIMEOUT_S, move
+from .moves import MOVE_TIMEOUT_S, check_move_timeout, move
 
 
 
@@ -92,8 +92,7 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
                         f"{tb_deg:.4f} deg; check the energy and reflection or re-run find_bragg_peak")
     if count_time is not None and not count_time > 0:
         raise PlanError(f"count_time {count_time} s: give a positive exposure")
-    if not move_timeout > 0:
-        raise PlanError(f"move_timeout {move_timeout} s: give a positive time")
+    check_move_timeout(move_timeout)
     pts = scan_points(geo, x_centre=x_centre, y_centre=y_centre, x_unit_m=ux, y_unit_m=uy, eta_centre_deg=eta_c,
                       order=order, snake=snake)
     eta_motor = [float(v) / ueta for v in pts.eta]    # the rocking setpoints in the motor's units

@@ -94,51 +94,23 @@ def check_detector(detector, geo: ExperimentGeometry, roi_origin: tuple[int, int
     return key, shape, (r0, c0)
 
 
-def _record_limits(motor):
-    """An EPICS motor record's LLM / HLM signals (ophyd ``EpicsMotor``), else None."""
-    lo, hi = getattr(motor, "low_limit_travel", None), getattr(motor, "high_limit_travel", None)
-    return (lo, hi) if hasattr(lo, "get") and hasattr(hi, "get") else None
-
-
-def motor_limits(motor) -> tuple[float, float]:
-    """The motor's soft limits ``(low, high)`` in its units, ``(0, 0)`` for none.
-
-    An EPICS motor record's (LLM / HLM) are asked for again now, and ophyd's cache of VAL's control
-    limits is refreshed with them: ophyd caches them at connection, so a limit lowered on the IOC
-    since would pass the check and hang the move, and a limit raised would refuse a good one.
-    Other devices give their ``limits``."""
-    signals = _record_limits(motor)
-    if signals is not None:
-        try:
-            setpoint = getattr(motor, "user_setpoint", None)
-            if hasattr(setpoint, "get"):        # ophyd checks every move against these: refresh them too
-                setpoint.get(form="ctrl", use_monitor=False)
-            return float(signals[0].get(use_monitor=False)), float(signals[1].get(use_monitor=False))
-        except Exception as exc:
-            raise PlanError(f"cannot read the limits of {motor.name!r} ({exc}); check that its IOC is up") from None
-    return tuple(float(v) for v in (getattr(motor, "limits", None) or (0.0, 0.0)))
-
-
-def check_targets(motor, targets, what: str):
-    """Every target inside the motor's limits as they are now (:func:`motor_limits`), and accepted
-    by the motor's own check_value where it has one."""
+def check_targets(axis, targets, what: str):
+    """Every target inside the axis's limits as the control system has them now, and accepted by
+    the motor's own check where it has one. ``axis``: a :class:`plans.axes.Axis`
+    (:func:`plans.axes.read_axis`), which read the limits and refreshed ophyd's cache of them."""
     targets = np.asarray(targets, float)
     if not np.all(np.isfinite(targets)):
-        raise PlanError(f"{what}: non-finite target positions for {motor.name!r}")
+        raise PlanError(f"{what}: non-finite target positions for {axis.name!r}")
     lo, hi = float(targets.min()), float(targets.max())
-    limits = motor_limits(motor)
+    limits = axis.limits
     if limits[0] < limits[1] and (lo < limits[0] or hi > limits[1]):
-        egu = getattr(motor, "egu", "")
-        raise PlanError(f"{what} needs {motor.name} from {lo:g} to {hi:g} {egu}, outside its limits "
-                        f"[{limits[0]:g}, {limits[1]:g}] {egu}; move the scan centre or shrink the scan")
-    # an EPICS motor's check_value compares with the cached limits: those just read are the truth
-    check = getattr(motor, "check_value", None) if _record_limits(motor) is None else None
-    if check is not None:
-        for t in (lo, hi):
-            try:
-                check(t)
-            except Exception as exc:
-                raise PlanError(f"{what}: {motor.name} refuses {t:g}: {exc}") from None
+        raise PlanError(f"{what} needs {axis.name} from {lo:g} to {hi:g} {axis.egu}, outside its limits "
+                        f"[{limits[0]:g}, {limits[1]:g}] {axis.egu}; move the scan centre or shrink the scan")
+    for t in (lo, hi):
+        try:
+            axis.check_value(t)
+        except Exception as exc:
+            raise PlanError(f"{what}: {axis.name} refuses {t:g}: {exc}") from None
 
 
 @dataclass(frozen=True)

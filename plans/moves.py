@@ -6,7 +6,7 @@ scan forever with no event and no message. Every move of our plans therefore wai
 ``timeout`` seconds and then ends the run with a reason that names the motors, their targets and
 where they are (:func:`move`). And because ophyd caches an EPICS motor's control limits when it
 connects, the pre-motion checks read the motor record's soft limits again
-(:func:`plans.checks.motor_limits`).
+(:func:`plans.axes.motor_limits`).
 """
 from __future__ import annotations
 
@@ -28,12 +28,19 @@ def _where(motor) -> str:
         return "unreadable"
 
 
+def check_move_timeout(timeout: float) -> float:
+    """``timeout`` if it is a positive number of seconds; a :class:`PlanError` otherwise (a plan
+    calls it before anything moves)."""
+    if not timeout > 0:
+        raise PlanError(f"move_timeout {timeout} s: give a positive time")
+    return timeout
+
+
 def move(*args, timeout: float = MOVE_TIMEOUT_S, what: str = "the scan"):
     """``bps.mv(motor, target, ...)`` that gives up after ``timeout`` s with a :class:`PlanError`:
-    "``what``: eta did not reach 10.2 (at 10.1) within 5 s; ..." (the RunEngine then stops the
-    motors it moved and closes the run as failed with that reason)."""
-    if not timeout > 0:
-        raise PlanError(f"move timeout {timeout} s: give a positive time")
+    "``what``: moving eta to 10.2 (at 10.1) did not finish within 5 s; ..." (the RunEngine then
+    stops the motors it moved and closes the run as failed with that reason)."""
+    check_move_timeout(timeout)
     try:
         return (yield from bps.mv(*args, timeout=timeout))
     except TimeoutError:                          # bluesky's WaitForTimeoutError is one
@@ -42,11 +49,12 @@ def move(*args, timeout: float = MOVE_TIMEOUT_S, what: str = "the scan"):
                         "IOC (limits, amplifier, connection); nothing measured so far is lost") from None
 
 
-
 def timed_step(timeout: float = MOVE_TIMEOUT_S, what: str = "the scan"):
     """A ``per_step`` for bluesky's ``scan`` / ``grid_scan`` / ``list_scan`` (their default step,
     ``bps.one_nd_step``, waits for ever): a checkpoint, the changed motors moved with :func:`move`,
-    then one reading of the detectors and motors."""
+    then one reading of the detectors and motors. ``timeout`` is checked now, as the plan is built."""
+    check_move_timeout(timeout)
+
     def per_step(detectors, step, pos_cache):
         yield from bps.checkpoint()
         moves = []

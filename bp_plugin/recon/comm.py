@@ -27,9 +27,6 @@ class Serial:
         """The sum of ``value`` over the processes: ``value`` itself."""
         return value
 
-    def abort(self, code: int = 1) -> None:
-        """Nothing to stop but this process (its caller exits)."""
-
 
 SERIAL = Serial()
 

@@ -97,7 +97,8 @@ def reconstruct_file(scan_path, out_path, opts: ReconstructOptions | None = None
     With ``opts.resume`` the state in ``out_path`` is loaded and the schedule continues (the
     configuration stored there is used; ``ml_iterations`` may extend it). On several MPI processes
     each reconstructs its share of the positions (:mod:`bp_plugin.recon.merge`); rank 0 alone shows
-    progress and writes the outputs, and a rank that fails ends them all.
+    progress and writes the outputs. A scan that a rank cannot open fails on every rank, each with
+    its line (:func:`bp_plugin.recon.comm.together`); a rank that fails later ends them all.
     Returns the metrics (quality entries only when the scan has ground truth), on every rank (with
     ``"rank"`` on ranks other than 0).
     """
