@@ -20,7 +20,8 @@ def cmd_acquire(a) -> int:
     callbacks, senders = None, []
     if a.stream:
         from streaming.dfxrm_sender import DfxrmFrameStreamer
-        from streaming.sender import DetectorFrameTap, FrameSender
+        from streaming.sender import FrameSender
+        from streaming.taps import DetectorFrameTap
 
         def callbacks(mic):
             senders.append(FrameSender(a.stream))

@@ -92,10 +92,11 @@ def run_to_dataset(run, path, *, overwrite: bool = False, mask: np.ndarray | Non
     r0, c0 = scan.roi_origin
     n1, n2 = geo.crop
     frames = np.empty((n, n1, n2), np.uint32)
+    one = (0,) * (len(image.shape) - 3)     # a frame per event described as (1, rows, cols): ophyd-async
     bar = tqdm(total=n, desc=f"export {start['uid'][:8]}", unit="frame", disable=not progress)
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
-        frames[a:b] = image[a:b, r0:r0 + n1, c0:c0 + n2]
+        frames[a:b] = image[(slice(a, b), *one, slice(r0, r0 + n1), slice(c0, c0 + n2))]
         bar.update(b - a)
     bar.close()
     if mask is None:

@@ -13,13 +13,20 @@ from bluesky.callbacks.core import CallbackBase
 from bluesky.callbacks.fitting import PeakStats
 
 from .checks import PlanError, angle_unit_deg, check_targets
-from .axes import read_axis
+from .axes import awaited, is_async, read_axis
+from .detectors import prepares
 from .moves import MOVE_TIMEOUT_S, move, timed_step
 
 
-def _total_key(detector) -> str:
+def _total_key(detector):
+    """Plan stub: the data key of the detector's total counts per frame, read in every event."""
     key = f"{detector.name}_total"
-    if key not in detector.describe():
+    if prepares(detector):
+        raise PlanError(f"detector {detector.name!r} is an ophyd-async StandardDetector, whose frames go to files; "
+                        f"alignment fits a reading in each event: pass a device that reads {key!r} (a stats or "
+                        "ROI-sum signal of the camera)")
+    keys = (yield from awaited(detector.describe)) if is_async(detector) else detector.describe()
+    if key not in keys:
         raise PlanError(f"detector {detector.name!r} has no {key!r} reading (total counts per frame); "
                         "alignment needs an integrated-intensity signal")
     return key
@@ -36,7 +43,7 @@ def find_bragg_peak(detector, rocking, *, centre: float | None = None, half_rang
     """
     ax = yield from read_axis(rocking)                      # ophyd or ophyd-async
     u = angle_unit_deg(ax)                                  # degrees per motor unit
-    key = _total_key(detector)
+    key = yield from _total_key(detector)
     c = ax.position * u if centre is None else float(centre)
     if num < 5 or not half_range > 0:
         raise PlanError(f"num={num}, half_range={half_range}: use at least 5 points over a positive range")
@@ -74,7 +81,7 @@ def centre_raster(detector, x, y, *, x_range: tuple[float, float], y_range: tupl
     (the crystal, not the background). Returns ``(x, y)`` in motor units. Each move waits at most
     ``move_timeout`` s.
     """
-    key = _total_key(detector)
+    key = yield from _total_key(detector)
     for m, r in ((x, x_range), (y, y_range)):
         check_targets((yield from read_axis(m)), r, "the alignment map")
     col = _MapCollector([x.name, y.name, key])

@@ -66,7 +66,7 @@ def is_async(device) -> bool:
     return inspect.iscoroutinefunction(getattr(type(device), "describe", None))
 
 
-def _awaited(factory):
+def awaited(factory):
     """The result of the coroutine ``factory()``, awaited by the RunEngine."""
     (task,) = yield Msg("wait_for", None, [factory])
     return task.result()
@@ -80,14 +80,14 @@ def read_axis(motor):
         return Axis(motor.name, str(getattr(motor, "egu", "") or ""), motor_limits(motor), float(motor.position),
                     motor)
     if hasattr(motor, "motor_egu"):                      # ophyd-async's EPICS motor: the record's EGU
-        egu = yield from _awaited(motor.motor_egu.get_value)
+        egu = yield from awaited(motor.motor_egu.get_value)
     else:                                               # its readback's units (a simulated motor's)
-        desc = yield from _awaited(motor.describe)
+        desc = yield from awaited(motor.describe)
         egu = (desc.get(motor.name) or next(iter(desc.values()), {})).get("units", "")
     limits = (0.0, 0.0)
     if hasattr(motor, "low_limit_travel") and hasattr(motor, "high_limit_travel"):
-        lo = yield from _awaited(motor.low_limit_travel.get_value)
-        hi = yield from _awaited(motor.high_limit_travel.get_value)
+        lo = yield from awaited(motor.low_limit_travel.get_value)
+        hi = yield from awaited(motor.high_limit_travel.get_value)
         limits = (float(lo), float(hi))
     loc = yield from bps.locate(motor)
     return Axis(motor.name, str(egu or ""), limits, float(loc["readback"]), motor)

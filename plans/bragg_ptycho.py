@@ -25,6 +25,7 @@ from bp_plugin.scan_document import ScanDocument
 from .checks import (PlanError, angle_unit_deg, check_detector, check_sampling, check_targets, length_unit_m,
                      resolve_geometry, scan_points)
 from .axes import read_axis
+from .detectors import close_detector, open_detector, stage_rest
 from .moves import MOVE_TIMEOUT_S, check_move_timeout, move
 
 
@@ -58,7 +59,8 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
         order: "angle-outer" (a full raster per angle, the paper's order) or "position-outer"
             (a full rocking curve per position).
         snake: reverse every other raster row.
-        count_time: exposure (s) set on the detector before the scan; default: as it is.
+        count_time: exposure (s) set on the detector before the scan (an ophyd-async detector's
+            ``TriggerInfo.livetime``); default: as it is.
         roi_origin: (row, col) of the crop's corner on the detector; default centred.
         move_timeout: seconds a point's move may take; a motor that has not arrived by then ends
             the run as failed, with a reason naming it, its target and where it is
@@ -80,7 +82,6 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
     ueta = angle_unit_deg(ax_eta)                   # degrees per rocking-motor unit
     ux, uy = length_unit_m(ax_x), length_unit_m(ax_y)
     check_sampling(geo)
-    key, frame_shape, roi = check_detector(detectors[0], geo, roi_origin)
     tb_deg = math.degrees(geo.theta_bragg_rad)
     if isinstance(eta_centre, str) and eta_centre != "current":
         raise PlanError(f"eta_centre {eta_centre!r}: give an angle in deg, 'current' (where {rocking.name} is) "
@@ -99,11 +100,19 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
     check_targets(ax_eta, eta_motor, "the rocking curve")
     check_targets(ax_x, pts.x, "the raster")
     check_targets(ax_y, pts.y, "the raster")
+    # the detector last: an ophyd-async one is staged and prepared to describe its frames
+    det = detectors[0]
+    keys, opened = yield from open_detector(det, count_time)
+    try:
+        key, frame_shape, roi = check_detector(det, keys, geo, roi_origin)
+    except PlanError:
+        yield from close_detector(det, opened)
+        raise
 
     index = ScanIndex(name="bp_index")
     n_points = len(pts.angle_index)
-    det = detectors[0]
-    ct = count_time if count_time is not None else (det.count_time.get() if hasattr(det, "count_time") else None)
+    ct = count_time if count_time is not None or opened else (
+        det.count_time.get() if hasattr(getattr(det, "count_time", None), "get") else None)
     scan_md = ScanDocument(
         n_points=n_points, n_angles=geo.n_angles, n_positions=len(pts.x), raster_shape=geo.raster_shape,
         order=order, snake=snake, rocking_motor=rocking.name, x_motor=x.name, y_motor=y.name,
@@ -124,10 +133,9 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
         _md["bp_sim"] = dict(sim_md)
     _md.update(md or {})
 
-    @bpp.stage_decorator(detectors)
     @bpp.run_decorator(md=_md)
     def inner():
-        if count_time is not None:
+        if count_time is not None and not opened:      # an opened one has it from its preparation
             yield from bps.mv(det.count_time, count_time)
         last = {}
         for ia, ip in zip(pts.angle_index, pts.position_index):
@@ -144,4 +152,4 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
             yield from bps.mv(index.angle, int(ia), index.pos, int(ip))
             yield from bps.trigger_and_read([*detectors, rocking, x, y, index])
 
-    return (yield from inner())
+    return (yield from stage_rest(inner(), detectors, [det] if opened else []))

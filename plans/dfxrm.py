@@ -21,7 +21,7 @@ from bluesky import plans as bp
 from bp_plugin.dfxrm.geometry import DfxrmGeometry
 
 from .checks import PlanError, angle_unit_deg, check_targets
-from .axes import read_axis
+from .axes import is_async, read_axis
 from .moves import MOVE_TIMEOUT_S, timed_step
 
 PLAN_VERSION = 1
@@ -45,6 +45,9 @@ def _check_camera(detectors) -> tuple:
     if not detectors:
         raise PlanError("no detector given: pass the DF-XRM camera first in the list")
     det = detectors[0]
+    if is_async(det):
+        raise PlanError(f"camera {det.name!r} is an ophyd-async device; the DF-XRM plans take ophyd cameras for "
+                        "now (bragg_ptycho_scan takes either)")
     desc = det.describe() if hasattr(det, "describe") else {}
     images = [(k, v) for k, v in desc.items() if len(v.get("shape") or []) == 2]
     if not images:

@@ -13,7 +13,8 @@ plans.qserver_startup`` to list what it offers). What it sets up, from the envir
 - ``BP_SIM_PRESET`` (tiny | small | paper, default small), ``BP_DFXRM_PRESET`` (default tiny) and
   ``BP_DETECTOR_DIR`` (where the detectors write, default out/detector): the simulated Bragg
   beamline and DF-XRM microscope. At a real beamline, replace these devices by the beamline's
-  ophyd devices and keep the rest.
+  ophyd or ophyd-async devices and keep the rest (a detector without the simulated one's frame hook
+  streams from its HDF5 files, :func:`streaming.taps.frame_tap`).
 
 A plan refuses a bad item before anything moves (its message is in the queue's history); the queue
 server then stops with the item back at the queue's front, unless the queue mode says
@@ -64,8 +65,10 @@ if os.environ.get("BP_TILED_URL"):
 
 if os.environ.get("BP_RECONSTRUCTOR"):
     from streaming.dfxrm_sender import DfxrmFrameStreamer
-    from streaming.sender import BlueskyFrameStreamer, DetectorFrameTap, FrameSender
+    from streaming.sender import BlueskyFrameStreamer, FrameSender
+    from streaming.taps import DetectorFrameTap, frame_tap
 
     _sender = FrameSender(os.environ["BP_RECONSTRUCTOR"])
-    _subscribe(BlueskyFrameStreamer(_sender, DetectorFrameTap(maxipix)))
+    # frame_tap: a real detector's frames are read back from its HDF5 files (SWMR) as they are announced
+    _subscribe(BlueskyFrameStreamer(_sender, frame_tap(maxipix)))
     _subscribe(DfxrmFrameStreamer(_sender, DetectorFrameTap(dfxrm_cam)))

@@ -128,7 +128,8 @@ def run_demo(opts: DemoOptions) -> dict:
     """The Bragg ptychography demo; returns the summary (also printed)."""
     from plans.acquire import AcquireOptions, acquire
 
-    from .sender import BlueskyFrameStreamer, DetectorFrameTap
+    from .sender import BlueskyFrameStreamer
+    from .taps import DetectorFrameTap
 
     return run_streamed_demo(DemoRun(
         title=f"scanning the simulated '{opts.preset}' crystal; frames stream to the reconstructor",

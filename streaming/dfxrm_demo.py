@@ -37,7 +37,7 @@ def run_dfxrm_demo(opts: DfxrmDemoOptions) -> dict:
 
     from .demo import DemoRun, run_streamed_demo
     from .dfxrm_sender import DfxrmFrameStreamer
-    from .sender import DetectorFrameTap
+    from .taps import DetectorFrameTap
 
     return run_streamed_demo(DemoRun(
         title=f"DF-XRM {opts.scan} scan of the simulated '{opts.preset}' grain; frames stream to the service",

@@ -4,10 +4,9 @@
   dropping, unlike PUB) and numbers the messages of each run (``seq``).
 - :class:`BlueskyFrameStreamer` is a bluesky callback: it turns a ``bragg_ptycho_scan`` run's
   documents into ``start`` / ``mask`` / ``frame`` / ``stop`` messages. Frames come inline in the event
-  (replay) or, for a live detector whose events only reference the HDF5 file, from a
-  :class:`DetectorFrameTap` (the detector-side hook; reading the file back in the acquiring process
-  is not possible while it is open for SWMR writing). Subscribe it through ``plans.monitor.buffered``
-  so the RunEngine never waits for the network.
+  (replay) or, for a live detector whose events only reference the HDF5 file, from a tap
+  (:mod:`streaming.taps`: the detector's own frame hook, or the file read back in SWMR mode).
+  Subscribe it through ``plans.monitor.buffered`` so the RunEngine never waits for the network.
 - :func:`send_dataset` streams a recorded dataset file (docs/dataset-format.md).
 - DF-XRM runs: :class:`streaming.dfxrm_sender.DfxrmFrameStreamer`, the same callback for ``plans.dfxrm``.
 
@@ -21,10 +20,8 @@ from pathlib import Path
 
 import json
 import logging
-import threading
 import time
 from collections import OrderedDict
-from urllib.parse import urlparse
 
 import numpy as np
 import zmq
@@ -32,6 +29,7 @@ import zmq
 from bp_plugin.scan_document import run_scan
 
 from . import protocol
+from .taps import as_frame, uri_path as _uri_path
 
 log = logging.getLogger(__name__)
 
@@ -136,73 +134,26 @@ AD_HDF5_SPECS = ("AD_HDF5", "AD_HDF5_SWMR")
 AD_HDF5_DATASET = "/entry/data/data"
 
 
-class DetectorFrameTap:
-    """Detector-side hook: keeps the frames a detector has written until the streamer takes them.
-
-    Args:
-        detector: a device with ``frame_listeners`` (``sim_devices.detector.SimAreaDetector``).
-        max_bytes: frame bytes held at most; older frames are dropped beyond (the receiver
-            recovers them from the file), so a stalled network cannot exhaust memory.
-    """
-
-    def __init__(self, detector, *, max_bytes: float = 512e6):
-        if not isinstance(getattr(detector, "frame_listeners", None), list):
-            raise ValueError(f"detector {getattr(detector, 'name', detector)!r} offers no frame_listeners, so no tap "
-                             "can take its frames as they are written: stream it without a tap (inline frames are "
-                             "sent, file-backed ones are read back from the files by the reconstructor at the "
-                             "run's stop)")
-        self.detector = detector
-        self.max_bytes = float(max_bytes)
-        self._bytes = 0
-        self._frames: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self.dropped = 0
-        detector.frame_listeners.append(self._on_frame)
-
-    def _on_frame(self, uri: str, index: int, frame: np.ndarray) -> None:
-        with self._lock:
-            self._frames[(uri, int(index))] = frame
-            self._bytes += frame.nbytes
-            while self._bytes > self.max_bytes and len(self._frames) > 1:
-                self._bytes -= self._frames.popitem(last=False)[1].nbytes
-                self.dropped += 1
-
-    def take(self, uri: str, index: int) -> np.ndarray | None:
-        with self._lock:
-            f = self._frames.pop((uri, int(index)), None)
-            self._bytes -= f.nbytes if f is not None else 0
-            return f
-
-    @property
-    def mask(self) -> np.ndarray:
-        return np.asarray(self.detector.mask, bool)
-
-    def detach(self) -> None:
-        if self._on_frame in self.detector.frame_listeners:
-            self.detector.frame_listeners.remove(self._on_frame)
-
-
-def _uri_path(uri: str) -> str:
-    return urlparse(uri).path if uri.startswith("file:") else uri
-
-
 class BlueskyFrameStreamer:
     """Bluesky callback streaming the frames of ``bragg_ptycho_scan`` runs (live or replayed).
 
     Frames come from any detector: inline in the events (cropped here to the run's ROI when they
     are whole detector frames), or written to HDF5 files and announced by ``stream_resource`` /
     ``stream_datum`` (ophyd-async) or ``resource`` / ``datum`` (ophyd's areaDetector HDF5 plug-in,
-    spec ``AD_HDF5``). File-backed frames go out when a :class:`DetectorFrameTap` holds them; else
-    the stop message lists their files and the reconstructor reads them back.
+    spec ``AD_HDF5``). File-backed frames go out when the tap gives them (:mod:`streaming.taps`:
+    the detector's hook, or its file read back); else the stop message lists their files and the
+    reconstructor reads them back.
 
     Args:
         sender: the :class:`FrameSender`.
-        tap: frames of a live detector (events that reference a file); None for inline frames.
+        tap: frames of a live detector (events that reference a file):
+            :func:`streaming.taps.frame_tap` of the detector; None for inline frames (file-backed
+            ones then reach the reconstructor from the files at the stop).
         mask: valid-pixel mask ``(rows, cols)`` of the whole detector frame, or of the crop
             (default: the tap's detector mask; none: the reconstructor derives one from the frames).
     """
 
-    def __init__(self, sender: FrameSender, tap: DetectorFrameTap | None = None, mask: np.ndarray | None = None):
+    def __init__(self, sender: FrameSender, tap=None, mask: np.ndarray | None = None):
         self.sender, self.tap, self.mask = sender, tap, mask
         self._reset()
 
@@ -289,7 +240,7 @@ class BlueskyFrameStreamer:
         img = data.get(s.image_key)
         source = None
         if isinstance(img, (np.ndarray, list)):
-            frame = np.asarray(img)                 # inline: a replay's crop, or a whole detector frame
+            frame = as_frame(img)                   # inline: a replay's crop, or a whole detector frame
             if frame.shape != self._crop_shape:
                 frame = self._crop(frame)
             self._send_mask()
@@ -302,7 +253,7 @@ class BlueskyFrameStreamer:
                 source = {"file": _uri_path(res["uri"]), "dataset": res["parameters"]["dataset"], "index": [int(k)],
                           "roi_origin": list(s.roi_origin)}
                 self._res_frames.setdefault(res["uid"], []).append([ia, ip, int(k)])
-                full = self.tap.take(res["uri"], k) if self.tap is not None else None
+                full = self.tap.take(res["uri"], k, res["parameters"]["dataset"]) if self.tap is not None else None
                 if full is not None:
                     frame = self._crop(full)
                 self._send_mask()
@@ -324,6 +275,8 @@ class BlueskyFrameStreamer:
         self.sender.send(protocol.encode_stop(self.uid, self.sender.next_seq(self.uid),
                                               exit_status=doc.get("exit_status", "unknown"),
                                               n_frames=self._n_frames, sources=sources))
+        if self.tap is not None:
+            self.tap.release()
         self._confirm()
         self.uid = None
 

@@ -8,7 +8,9 @@ Motors ``<prefix>eta`` (deg), ``<prefix>px`` and ``<prefix>py`` (um), each a mot
   VAL back to where it was, no move (so DMOV never drops and rises: a client that waits for it
   waits for ever, the hang a scan's move timeout is for);
 - HLM and LLM can be changed at any time (``caproto-put``, or a test's client); VAL's control
-  limits follow them, as the motor record's DRVH / DRVL do;
+  limits follow them, as the motor record's DRVH / DRVL do, unless ``<prefix>ctrl_frozen`` = 1
+  (a control layer whose monitors carry no limits, as pyepics' do: a client's cached limits stay
+  what they were at connection);
 - STOP ends a move where the motor is (what bluesky does to the motors of a failed run);
 - ``<prefix>stall`` = 1: moves are accepted and never finish (a tripped amplifier);
 - ``<prefix>cam:``: an image PV camera whose frames are the simulator's at the motors' readbacks
@@ -72,7 +74,7 @@ class Motor(PVGroup):
         while True:
             await async_lib.library.sleep(TICK_S)
             limits = (f.user_low_limit.value, f.user_high_limit.value)
-            if limits != self._limits_seen:            # VAL's control limits are the record's HLM / LLM
+            if limits != self._limits_seen and not self.parent.ctrl_frozen.value:   # VAL's: HLM / LLM
                 self._limits_seen = limits
                 await instance.write_metadata(lower_ctrl_limit=limits[0], upper_ctrl_limit=limits[1])
             rbv, target = f.user_readback_value.value, instance.value
@@ -142,6 +144,7 @@ class ScanIOC(PVGroup):
     """The rocking axis and the two piezo axes of a Bragg ptychography raster, a stall switch and a camera."""
 
     stall = pvproperty(value=0, name="stall", doc="1: moves are accepted and never finish")
+    ctrl_frozen = pvproperty(value=0, name="ctrl_frozen", doc="1: VAL's control limits no longer follow HLM / LLM")
     eta = SubGroup(Motor, prefix="eta", egu="deg", limits=(-5.0, 95.0), velocity=10.0, position=0.0)
     px = SubGroup(Motor, prefix="px", egu="um", limits=(-50.0, 50.0), velocity=100.0, position=0.0)
     py = SubGroup(Motor, prefix="py", egu="um", limits=(-50.0, 50.0), velocity=100.0, position=0.0)

@@ -239,7 +239,8 @@ def test_live_maps_over_zeromq_in_tiled_equal_batch_maps(tiled_server, tmp_path)
     from plans.dfxrm_acquire import DfxrmAcquireOptions, acquire_dfxrm
     from streaming.live import LiveOptions
     from streaming.dfxrm_sender import DfxrmFrameStreamer
-    from streaming.sender import DetectorFrameTap, FrameSender
+    from streaming.sender import FrameSender
+    from streaming.taps import DetectorFrameTap
     from streaming.service import ReconstructorService, ServiceOptions
 
     svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "work", max_runs=1,

@@ -199,7 +199,8 @@ def test_strain_scans_and_weak_beam_series_through_the_service(kind, tiled_serve
     from plans.dfxrm_acquire import DfxrmAcquireOptions, acquire_dfxrm
     from streaming.live import LiveOptions
     from streaming.dfxrm_sender import DfxrmFrameStreamer
-    from streaming.sender import DetectorFrameTap, FrameSender
+    from streaming.sender import FrameSender
+    from streaming.taps import DetectorFrameTap
     from streaming.service import ReconstructorService, ServiceOptions
 
     svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "work", max_runs=1,

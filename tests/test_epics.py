@@ -75,14 +75,15 @@ def epics():
         motors = {n: EpicsMotor(PREFIX + pv, name=n, settle_time=0.02) for n, pv in
                   (("eta", "eta"), ("piezo_x", "px"), ("piezo_y", "py"))}
         stall = EpicsSignal(PREFIX + "stall", name="stall")
-        devices = [*motors.values(), stall]
+        ctrl_frozen = EpicsSignal(PREFIX + "ctrl_frozen", name="ctrl_frozen")
+        devices = [*motors.values(), stall, ctrl_frozen]
         for d in devices:
             try:
                 d.wait_for_connection(timeout=30)
             except TimeoutError:
                 log.seek(0)
                 pytest.fail(f"the caproto IOC did not answer on 127.0.0.1:{port}: {log.read()[-2000:]}")
-        yield SimpleNamespace(stall=stall, **motors)
+        yield SimpleNamespace(stall=stall, ctrl_frozen=ctrl_frozen, **motors)
     finally:
         for d in devices:
             d.destroy()
@@ -230,16 +231,21 @@ def test_a_scan_with_the_iocs_image_pv_camera_has_its_frames_inline(epics):
 
 
 def test_a_limit_lowered_on_the_ioc_after_connection_refuses_the_scan_before_motion(epics, tmp_path):
-    """Whether ophyd's cached control limits have caught up with HLM by then depends on the control
-    layer (pyepics' monitors carry none; caproto's sometimes do) and on timing: the check reads the
-    record's HLM / LLM whatever the cache holds."""
+    """VAL's control limits are frozen on the IOC first, so no client cache can catch up with the
+    new HLM (as with pyepics, whose monitors carry no limits): only a check that reads the record's
+    HLM / LLM at plan start refuses the scan; one that trusted the cache would let the IOC refuse
+    the first move and the run would end on the move timeout instead."""
     bl = _beamline(epics, tmp_path)
     before = epics.piezo_x.position
+    epics.ctrl_frozen.put(1, wait=True)
     epics.piezo_x.high_limit_travel.put(0.05, wait=True)       # the raster needs +0.12 um
     try:
-        error, docs = _run(bl)
+        epics.piezo_x.user_setpoint.get(form="ctrl", use_monitor=False)   # even a refreshed cache is stale
+        assert tuple(epics.piezo_x.limits) == (-50.0, 50.0)
+        error, docs = _run(bl, move_timeout=3.0)
     finally:
         epics.piezo_x.high_limit_travel.put(50.0, wait=True)
+        epics.ctrl_frozen.put(0, wait=True)
     assert isinstance(error, PlanError) and "outside its limits [-50, 0.05]" in str(error), error
     assert "piezo_x" in str(error) and not docs                  # refused before the run opened
     assert epics.piezo_x.position == before                      # and before any motion

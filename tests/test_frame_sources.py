@@ -11,7 +11,8 @@ from event_model import compose_run
 
 from bp_plugin.scan_document import ScanDocument
 from streaming.live import LiveOptions
-from streaming.sender import BlueskyFrameStreamer, DetectorFrameTap, FrameSender
+from streaming.sender import BlueskyFrameStreamer, FrameSender
+from streaming.taps import DetectorFrameTap
 from streaming.service import ReconstructorService, ServiceOptions
 
 ROI, MARGIN = (3, 5), (9, 11)          # the crop's corner on a detector 9 x 11 pixels larger

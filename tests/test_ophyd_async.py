@@ -89,3 +89,82 @@ def test_alignment_and_refusals_on_ophyd_async_motors(setup):
         wrong = SimMotor(name="wrong", units="deg")
     with pytest.raises(PlanError, match="'wrong' has units 'deg', which is no length"):
         RE(bragg_ptycho_scan([bl.detector], eta, wrong, py, bl.geometry))
+
+
+def test_an_ophyd_async_detector_streams_live_from_its_file_and_exports_from_tiled(setup, tiled_server, tmp_path):
+    """An ophyd-async StandardDetector (StreamResource / StreamDatum, a frame per event described as
+    (1, rows, cols)): the plan prepares it once (one file), the streamer reads each frame back from
+    that file as its event arrives and the reconstructor places all of them live (none recovered at
+    the stop), cropped and masked; Tiled records the run and it exports to the same frames."""
+    from bluesky.callbacks.buffer import BufferingWrapper
+    from bluesky_tiled_plugins import TiledWriter
+
+    from async_detector import SimFrameDetector
+    from bp_plugin.dataset import read_dataset
+    from bp_plugin.run_export import run_to_dataset
+    from sim_devices.detector_file import read_detector_file
+    from streaming.live import LiveOptions
+    from streaming.sender import BlueskyFrameStreamer, FrameSender
+    from streaming.service import ReconstructorService, ServiceOptions
+    from streaming.taps import FileFrameTap, frame_tap
+
+    RE, bl, eta, px, py = setup
+    with init_devices():
+        cam = SimFrameDetector(bl.detector.frame_source, bl.detector.frame_shape, tiled_server.detector_dir,
+                               pixel_size_m=bl.geometry.pixel_size_m)
+    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", max_runs=1,
+                                              device="cpu", live=LiveOptions(final_iterations=4, ml_iterations=1,
+                                                                             figures=False)))
+    th = svc.start()
+    tap = frame_tap(cam, bl.mask)                      # no frame hook: its files
+    assert isinstance(tap, FileFrameTap)
+    streamer = BlueskyFrameStreamer(FrameSender(svc.address), tap)
+    streamer.confirm_timeout_s = 120
+    writer = BufferingWrapper(TiledWriter(tiled_server.client(), batch_size=20))
+    docs = []
+    for cb in (lambda name, doc: docs.append((name, doc)), writer, BufferingWrapper(streamer)):
+        RE.subscribe(cb)
+    try:
+        RE(bragg_ptycho_scan([cam], eta, px, py, bl.geometry, count_time=0.5))
+    finally:
+        writer.shutdown(wait=True)
+    th.join(180)
+    streamer.close()
+    start = docs[0][1]
+    uid, sp = start["uid"], start["bp_scan"]
+    assert sp["image_key"] == "cam" and tuple(sp["frame_shape"]) == bl.detector.frame_shape
+    assert sp["count_time_s"] == 0.5 and len(cam.file_history) == 1      # prepared once: one file
+    st = svc.finished[uid]
+    assert st["state"] == "final" and st["rejected"] == 0, st
+    assert (st["placed"], st["recovered"]) == (300, 0), st
+    assert tap.read == 300
+    rs, cs = bl.crop_slices()
+    raw = read_detector_file(cam.file_history[0])
+    events = [d for n, d in docs if n == "event"]
+    order = [(e["data"]["bp_index_angle"], e["data"]["bp_index_pos"]) for e in events]
+    spool = np.load(tmp_path / "w" / uid / "frames.npy")
+    for k in range(0, 300, 23):
+        np.testing.assert_array_equal(spool[order[k]], raw[k][rs, cs].astype(np.float32))
+    np.testing.assert_array_equal(np.load(tmp_path / "w" / uid / "mask.npy"), bl.mask[rs, cs])
+    out = tmp_path / "async-scan.h5"
+    info = run_to_dataset(tiled_server.client()[uid], out, progress=False)
+    assert info["complete"] and info["n_frames"] == 300
+    ds = read_dataset(out)
+    for k in range(0, 300, 29):
+        np.testing.assert_array_equal(ds.frames[order[k]], raw[k][rs, cs])
+
+
+def test_the_dfxrm_plans_and_alignment_refuse_an_ophyd_async_camera_in_one_line(setup, tmp_path):
+    from async_detector import SimFrameDetector
+    from plans.dfxrm import strain_scan
+
+    RE, bl, eta, px, py = setup
+    with init_devices():
+        cam = SimFrameDetector(bl.detector.frame_source, bl.detector.frame_shape, tmp_path,
+                               pixel_size_m=bl.geometry.pixel_size_m)
+    with pytest.raises(PlanError, match="'cam' is an ophyd-async StandardDetector") as e:
+        RE(find_bragg_peak(cam, eta, half_range=0.2, num=21))
+    assert "\n" not in str(e.value)
+    with pytest.raises(PlanError, match="'cam' is an ophyd-async device"):
+        RE(strain_scan([cam], eta, {}))
+    assert not cam.file_history                       # refused before anything was written

@@ -125,7 +125,8 @@ def test_scan_streams_live_to_reconstructor_and_tiled(tiled_server, tmp_path):
     from plans.bragg_ptycho import bragg_ptycho_scan
     from plans.monitor import buffered
     from sim_devices.beamline import build_beamline
-    from streaming.sender import BlueskyFrameStreamer, DetectorFrameTap
+    from streaming.sender import BlueskyFrameStreamer
+    from streaming.taps import DetectorFrameTap
 
     rp = start_reconstructor(tmp_path / "rec", tiled_url=tiled_server.url, api_key=tiled_server.api_key, max_runs=1)
     try:
@@ -134,9 +135,9 @@ def test_scan_streams_live_to_reconstructor_and_tiled(tiled_server, tmp_path):
         gate = FrameGate(at=150)                # the stream waits at frame 150 until a live map was seen
 
         class GatedTap(DetectorFrameTap):
-            def take(self, uri, index):
+            def take(self, uri, index, dataset=None):
                 gate.passing()
-                return super().take(uri, index)
+                return super().take(uri, index, dataset)
 
         streamer = buffered(BlueskyFrameStreamer(sender, GatedTap(bl.detector)))
         writer = buffered(TiledWriter(tiled_server.client(), batch_size=10))
