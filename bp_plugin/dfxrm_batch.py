@@ -61,6 +61,12 @@ def scan_from_run(run) -> DfxrmScan:
                      start.get("dfxrm_sim"), start["uid"])
 
 
+def _block(scan: DfxrmScan, a: int, b: int) -> np.ndarray:
+    """Frames ``a:b`` as ``(b - a, rows, cols)``: a run's frames described per event as
+    ``(1, rows, cols)`` (ophyd-async) are ``(n, 1, rows, cols)`` in Tiled."""
+    return np.asarray(scan.frames[a:b]).reshape(-1, *scan.scan["frame_shape"])
+
+
 def write_scan_file(path, scan: DfxrmScan, *, chunk: int = 64, progress: bool = False) -> Path:
     """Write a recorded scan as a DF-XRM scan file (see the module docstring)."""
     from tqdm import tqdm
@@ -72,7 +78,7 @@ def write_scan_file(path, scan: DfxrmScan, *, chunk: int = 64, progress: bool = 
         ds = f.create_dataset("entry/data/data", shape=(n, *shape), dtype=np.uint16, chunks=(1, *shape),
                               **frame_compression())
         for i in tqdm(range(0, n, chunk), desc="export", unit="chunk", disable=not progress):
-            ds[i:i + chunk] = np.asarray(scan.frames[i:min(n, i + chunk)])
+            ds[i:i + chunk] = _block(scan, i, min(n, i + chunk))
         f["entry/data/angles_deg"] = scan.angles_deg
         f.attrs.update({"format": FORMAT, "version": 1, "geometry": json.dumps(scan.geometry.to_dict()),
                         "scan": json.dumps(scan.scan), "sim": json.dumps(scan.sim), "run_uid": scan.run_uid or ""})
@@ -104,7 +110,7 @@ def batch_maps(scan: DfxrmScan, *, options: MapOptions | None = None, chunk: int
                             order=int(order or s.get("order", 2)), background=float(s.get("background_counts", 0.0)),
                             floor=float(s.get("noise_floor_counts", 0.0)), xp=xp)
     for i in tqdm(range(0, n, chunk), desc="moments", unit="chunk", disable=not progress):
-        block = np.asarray(scan.frames[i:min(n, i + chunk)])
+        block = _block(scan, i, min(n, i + chunk))
         acc.add_many(block, scan.angles_deg[i:i + len(block)])
     opts = options or MapOptions(resolution_deg=dict(s.get("resolution_deg") or {}))
     return compute_maps(acc, scan.geometry, opts)

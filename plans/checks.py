@@ -68,7 +68,7 @@ def check_sampling(geo: ExperimentGeometry):
             f"{geo.rocking_step_max_deg * geo.upsampling:.4g} deg")
 
 
-def _frame_shape(shape) -> tuple[int, int] | None:
+def frame_shape_of(shape) -> tuple[int, int] | None:
     """``(rows, cols)`` of a data key's shape that is one 2D frame (leading axes of 1), else None."""
     shape = [int(s) for s in (shape or []) if s is not None]
     if len(shape) < 2 or any(s != 1 for s in shape[:-2]):
@@ -81,12 +81,12 @@ def check_detector(detector, keys: dict, geo: ExperimentGeometry, roi_origin: tu
 
     ``keys``: its data keys (``describe()``, :func:`plans.detectors.open_detector`); an image is a
     key of shape ``(rows, cols)``, or ``(1, rows, cols)`` as ophyd-async describes a frame per event."""
-    images = [(k, v) for k, v in keys.items() if _frame_shape(v.get("shape")) is not None]
+    images = [(k, v) for k, v in keys.items() if frame_shape_of(v.get("shape")) is not None]
     if not images:
         raise PlanError(f"detector {detector.name!r} produces no 2D image (its data keys: {sorted(keys)}); "
                         "pass an area detector")
     key, d = images[0]
-    shape = _frame_shape(d["shape"])
+    shape = frame_shape_of(d["shape"])
     n1, n2 = geo.crop
     if shape[0] < n1 or shape[1] < n2:
         raise PlanError(f"detector {detector.name!r} frames are {shape[0]} x {shape[1]} pixels, smaller than the "

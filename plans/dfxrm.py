@@ -20,8 +20,9 @@ from bluesky import plans as bp
 
 from bp_plugin.dfxrm.geometry import DfxrmGeometry
 
-from .checks import PlanError, angle_unit_deg, check_targets
+from .checks import PlanError, angle_unit_deg, check_targets, frame_shape_of
 from .axes import is_async, read_axis
+from .detectors import close_detector, open_detector
 from .moves import MOVE_TIMEOUT_S, timed_step
 
 PLAN_VERSION = 1
@@ -40,21 +41,29 @@ def _geometry(geometry) -> DfxrmGeometry:
                     f"{geometry!r:.40}; a simulated microscope's is mic.geometry (mic.geometry.to_dict() in a queue item)")
 
 
-def _check_camera(detectors) -> tuple:
+def _check_camera(detectors, count_time):
+    """Plan stub: ``(detectors, camera, image key, frame shape)``. An ophyd-async camera is
+    prepared to describe its frames, then unstaged: the scan stages it again and its first trigger
+    prepares it anew (ophyd-async's own rule), so its exposure is the camera's own setting."""
     detectors = list(detectors)
     if not detectors:
         raise PlanError("no detector given: pass the DF-XRM camera first in the list")
     det = detectors[0]
-    if is_async(det):
-        raise PlanError(f"camera {det.name!r} is an ophyd-async device; the DF-XRM plans take ophyd cameras for "
-                        "now (bragg_ptycho_scan takes either)")
-    desc = det.describe() if hasattr(det, "describe") else {}
-    images = [(k, v) for k, v in desc.items() if len(v.get("shape") or []) == 2]
+    if is_async(det) and count_time is not None:
+        raise PlanError(f"count_time: camera {det.name!r} is an ophyd-async device, whose exposure the scan "
+                        "cannot set between its stage and its first trigger; set it on the camera and leave "
+                        "count_time out")
+    if hasattr(det, "describe"):
+        desc, opened = yield from open_detector(det)
+        yield from close_detector(det, opened)
+    else:
+        desc = {}
+    images = [(k, frame_shape_of(v.get("shape"))) for k, v in desc.items() if frame_shape_of(v.get("shape"))]
     if not images:
         raise PlanError(f"detector {getattr(det, 'name', det)!r} gives no 2D frames; the first detector must be "
                         "the DF-XRM camera")
-    key, d = images[0]
-    return detectors, det, key, tuple(int(n) for n in d["shape"])
+    key, shape = images[0]
+    return detectors, det, key, shape
 
 
 def _check_axis(motor, what: str, rng, n: int, centre: float, resolution: float | None):
@@ -86,7 +95,8 @@ def _metadata(kind, det, key, frame_shape, geo, axes, motors, centre, shape, *, 
     if order not in (2, 4):
         raise PlanError(f"order {order!r}: the moments are kept to order 2 (centre of mass, widths) or 4 "
                         "(plus skewness and kurtosis)")
-    ct = count_time if count_time is not None else (det.count_time.get() if hasattr(det, "count_time") else None)
+    ct = count_time if count_time is not None else (
+        det.count_time.get() if hasattr(getattr(det, "count_time", None), "get") else None)
     if background is None:
         bg = getattr(det, "background_counts", None)
         background = float(bg(ct)) if callable(bg) and ct is not None else 0.0
@@ -149,7 +159,7 @@ def mosaicity_scan(detectors, phi, chi, geometry, *, phi_range_deg=(-0.07, 0.07)
         move_timeout: seconds a point's move may take before the run ends as failed, saying which
             motor (:func:`plans.moves.move`).
     """
-    detectors, det, key, frame_shape = _check_camera(detectors)
+    detectors, det, key, frame_shape = yield from _check_camera(detectors, count_time)
     geo = _geometry(geometry)
     res = _resolution(det, resolution_deg)
     p = yield from _check_axis(phi, "phi", phi_range_deg, n_phi, geo.phi0_deg, res.get("phi"))
@@ -168,7 +178,7 @@ def strain_scan(detectors, tth, geometry, *, tth_range_deg=(-0.02, 0.02), n_tth:
                 md: dict | None = None):
     """A 2theta scan of the objective-and-detector arm around 2theta_ref: the axial strain map
     (arguments as :func:`mosaicity_scan`)."""
-    detectors, det, key, frame_shape = _check_camera(detectors)
+    detectors, det, key, frame_shape = yield from _check_camera(detectors, count_time)
     geo = _geometry(geometry)
     res = _resolution(det, resolution_deg)
     t = yield from _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
@@ -185,7 +195,7 @@ def combined_scan(detectors, phi, chi, tth, geometry, *, phi_range_deg=(-0.07, 0
                   md: dict | None = None):
     """tth outer, phi, chi inner: tilts, mosaicity and strain of every pixel in one run (arguments as
     :func:`mosaicity_scan`)."""
-    detectors, det, key, frame_shape = _check_camera(detectors)
+    detectors, det, key, frame_shape = yield from _check_camera(detectors, count_time)
     geo = _geometry(geometry)
     res = _resolution(det, resolution_deg)
     t = yield from _check_axis(tth, "tth", tth_range_deg, n_tth, geo.tth_ref_deg, res.get("tth"))
@@ -204,7 +214,7 @@ def weak_beam_series(detectors, phi, chi, tth, geometry, offsets_deg, *, count_t
                      md: dict | None = None):
     """Images at chosen (dphi, dchi, dtth) offsets from the reference, in the tails of the peak, where
     dislocations stand out against a dim perfect lattice (the "weak-beam" condition)."""
-    detectors, det, key, frame_shape = _check_camera(detectors)
+    detectors, det, key, frame_shape = yield from _check_camera(detectors, count_time)
     geo = _geometry(geometry)
     off = np.asarray(offsets_deg, float)
     if off.ndim != 2 or off.shape[1] != 3 or not len(off) or not np.all(np.isfinite(off)):

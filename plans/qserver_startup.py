@@ -66,9 +66,9 @@ if os.environ.get("BP_TILED_URL"):
 if os.environ.get("BP_RECONSTRUCTOR"):
     from streaming.dfxrm_sender import DfxrmFrameStreamer
     from streaming.sender import BlueskyFrameStreamer, FrameSender
-    from streaming.taps import DetectorFrameTap, frame_tap
+    from streaming.taps import frame_tap
 
     _sender = FrameSender(os.environ["BP_RECONSTRUCTOR"])
     # frame_tap: a real detector's frames are read back from its HDF5 files (SWMR) as they are announced
     _subscribe(BlueskyFrameStreamer(_sender, frame_tap(maxipix)))
-    _subscribe(DfxrmFrameStreamer(_sender, DetectorFrameTap(dfxrm_cam)))
+    _subscribe(DfxrmFrameStreamer(_sender, frame_tap(dfxrm_cam)))

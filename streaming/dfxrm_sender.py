@@ -10,6 +10,7 @@ import numpy as np
 
 from . import protocol
 from .sender import BlueskyFrameStreamer, _uri_path
+from .taps import as_frame
 
 
 class DfxrmFrameStreamer(BlueskyFrameStreamer):
@@ -40,14 +41,14 @@ class DfxrmFrameStreamer(BlueskyFrameStreamer):
         self._n_frames += 1
         source = None
         if isinstance(img, (np.ndarray, list)):
-            frame = np.asarray(img)
+            frame = as_frame(img)
         else:
             res, i = self._file_index(doc["seq_num"])
             frame = None
             if res is not None:
                 source = {"file": _uri_path(res["uri"]), "dataset": res["parameters"]["dataset"], "index": [int(i)]}
                 self._res_frames.setdefault(res["uid"], []).append([k, int(i), *angles])
-                frame = self.tap.take(res["uri"], i) if self.tap is not None else None
+                frame = self.tap.take(res["uri"], i, res["parameters"]["dataset"]) if self.tap is not None else None
             if frame is None:
                 return                      # the receiver recovers it from the file at stop
         if frame.dtype.str not in protocol.FRAME_DTYPES:
@@ -63,5 +64,7 @@ class DfxrmFrameStreamer(BlueskyFrameStreamer):
         self.sender.send(protocol.encode_stop(self.uid, self.sender.next_seq(self.uid),
                                               exit_status=doc.get("exit_status", "unknown"),
                                               n_frames=self._n_frames, sources=sources))
+        if self.tap is not None:
+            self.tap.release()
         self._confirm()
         self.uid = None

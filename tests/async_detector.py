@@ -54,11 +54,12 @@ class _Data(DetectorDataLogic):
         d = self.det
         d.close_file()
         path = d.write_dir / f"{d.name}_{uuid.uuid4().hex[:8]}.h5"
-        d.file = DetectorFile(path, d.frame_shape, pixel_size_m=d.pixel_size_m, count_time_s=d.count_time_s)
+        d.file = DetectorFile(path, d.frame_shape, pixel_size_m=d.pixel_size_m, count_time_s=d.count_time_s,
+                              dtype=d.dtype)
         d.file_history.append(path)
         d.set_written(0)
         info = StreamResourceInfo(data_key=datakey_name, shape=d.frame_shape, chunk_shape=(1, *d.frame_shape),
-                                  dtype_numpy=np.dtype(np.uint32).str, parameters={"dataset": DATASET})
+                                  dtype_numpy=d.dtype.str, parameters={"dataset": DATASET})
         return StreamResourceDataProvider(uri=d.file.uri, resources=[info], mimetype="application/x-hdf5",
                                           collections_written_signal=d.frames_written)
 
@@ -70,16 +71,18 @@ class _Data(DetectorDataLogic):
 
 
 class SimFrameDetector(StandardDetector):
-    """Args: ``frame_source(count_time_s) -> (rows, cols) uint32`` (the beamline's
-    ``detector.frame_source``), ``frame_shape``, ``write_dir``, ``pixel_size_m``, ``name``."""
+    """Args: ``frame_source(count_time_s) -> (rows, cols)`` of ``dtype`` (a simulated beamline's or
+    microscope's ``detector.frame_source``), ``frame_shape``, ``write_dir``, ``pixel_size_m``,
+    ``count_time_s`` (the exposure when a TriggerInfo's livetime is 0), ``name``."""
 
     def __init__(self, frame_source: Callable[[float], np.ndarray], frame_shape, write_dir, *,
-                 pixel_size_m: float, count_time_s: float = 0.2, name: str = ""):
+                 pixel_size_m: float, count_time_s: float = 0.2, dtype=np.uint32, name: str = ""):
         self.frame_source = frame_source
         self.frame_shape = tuple(int(v) for v in frame_shape)
         self.write_dir = Path(write_dir)
         self.pixel_size_m = float(pixel_size_m)
         self.count_time_s = float(count_time_s)
+        self.dtype = np.dtype(dtype)
         self.file: DetectorFile | None = None
         self.file_history: list[Path] = []
         self.frames_written, self.set_written = soft_signal_r_and_setter(int, 0)

@@ -251,9 +251,9 @@ def test_live_maps_over_zeromq_in_tiled_equal_batch_maps(tiled_server, tmp_path)
     gate = FrameGate(at=200)                       # the stream waits at frame 200 until live maps were seen
 
     class DroppingTap(DetectorFrameTap):
-        def take(self, uri, index):                    # frames 5 and 6 never reach the sender
+        def take(self, uri, index, dataset=None):      # frames 5 and 6 never reach the sender
             gate.passing()
-            f = super().take(uri, index)
+            f = super().take(uri, index, dataset)
             return None if index in (5, 6) else f
 
     def streamer(mic):

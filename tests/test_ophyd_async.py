@@ -154,9 +154,8 @@ def test_an_ophyd_async_detector_streams_live_from_its_file_and_exports_from_til
         np.testing.assert_array_equal(ds.frames[order[k]], raw[k][rs, cs])
 
 
-def test_the_dfxrm_plans_and_alignment_refuse_an_ophyd_async_camera_in_one_line(setup, tmp_path):
+def test_alignment_refuses_an_ophyd_async_camera_in_one_line(setup, tmp_path):
     from async_detector import SimFrameDetector
-    from plans.dfxrm import strain_scan
 
     RE, bl, eta, px, py = setup
     with init_devices():
@@ -164,7 +163,59 @@ def test_the_dfxrm_plans_and_alignment_refuse_an_ophyd_async_camera_in_one_line(
                                pixel_size_m=bl.geometry.pixel_size_m)
     with pytest.raises(PlanError, match="'cam' is an ophyd-async StandardDetector") as e:
         RE(find_bragg_peak(cam, eta, half_range=0.2, num=21))
-    assert "\n" not in str(e.value)
-    with pytest.raises(PlanError, match="'cam' is an ophyd-async device"):
-        RE(strain_scan([cam], eta, {}))
-    assert not cam.file_history                       # refused before anything was written
+    assert "\n" not in str(e.value) and not cam.file_history        # refused before anything was written
+
+
+def test_a_dfxrm_scan_with_an_ophyd_async_camera_gives_live_maps_equal_to_the_batch_ones(tiled_server, tmp_path):
+    """The DF-XRM mosaicity scan with an ophyd-async camera (frames in its HDF5 file, a frame per
+    event as (1, rows, cols)): every frame reaches the service live through the file tap, and the
+    maps it publishes equal the batch maps of the run read back from Tiled."""
+    from bluesky.callbacks.buffer import BufferingWrapper
+    from bluesky_tiled_plugins import TiledWriter
+
+    from async_detector import SimFrameDetector
+    from bp_plugin.dfxrm_batch import batch_maps, scan_from_run
+    from plans.dfxrm import mosaicity_scan
+    from sim_devices.dfxrm_microscope import SimDfxrmMicroscope
+    from streaming.dfxrm_sender import DfxrmFrameStreamer
+    from streaming.live import LiveOptions
+    from streaming.sender import FrameSender
+    from streaming.service import ReconstructorService, ServiceOptions
+    from streaming.taps import frame_tap
+
+    RE = RunEngine(call_returns_result=True)
+    mic = SimDfxrmMicroscope("tiny", write_dir=tmp_path / "unused")
+    with init_devices():
+        cam = SimFrameDetector(mic.detector.frame_source, mic.detector.frame_shape, tiled_server.detector_dir,
+                               pixel_size_m=mic.detector.pixel_size_m, count_time_s=mic.preset.count_time_s,
+                               dtype=np.uint16)
+    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", max_runs=1,
+                                              device="cpu", tiled_url=tiled_server.url, api_key=tiled_server.api_key,
+                                              live=LiveOptions(figures=False, publish_interval_s=0.3)))
+    th = svc.start()
+    streamer = DfxrmFrameStreamer(FrameSender(svc.address), frame_tap(cam))
+    writer = BufferingWrapper(TiledWriter(tiled_server.client(), batch_size=20))
+    docs = []
+    for cb in (lambda name, doc: docs.append((name, doc)), writer, BufferingWrapper(streamer)):
+        RE.subscribe(cb)
+    p = mic.preset
+    try:
+        RE(mosaicity_scan([cam], mic.phi, mic.chi, mic.geometry, phi_range_deg=p.phi_range_deg, n_phi=p.n_phi,
+                          chi_range_deg=p.chi_range_deg, n_chi=p.n_chi, resolution_deg=mic.detector.resolution_deg,
+                          background_counts=mic.background_counts(p.count_time_s)))
+    finally:
+        writer.shutdown(wait=True)
+    th.join(120)
+    streamer.close()
+    uid = docs[0][1]["uid"]
+    assert docs[0][1]["dfxrm_scan"]["frame_shape"] == list(mic.detector.frame_shape)
+    st = svc.finished[uid]
+    n = p.n_phi * p.n_chi
+    assert st["state"] == "final" and (st["placed"], st["recovered"]) == (n, 0), st
+    node = tiled_server.client()["dfxrm"][uid]
+    batch = batch_maps(scan_from_run(tiled_server.client()[uid]))         # through the (n, 1, rows, cols) array
+    assert np.isfinite(np.asarray(batch["tilt_phi"])).mean() > 0.3      # the grain is mapped, not blank
+    for k in ("intensity", "tilt_phi", "tilt_chi", "fwhm_phi"):
+        b = np.asarray(batch[k])
+        np.testing.assert_allclose(node[k].read(), b, rtol=1e-4, atol=1e-6 * np.nanmax(np.abs(b)), equal_nan=True,
+                                   err_msg=k)
