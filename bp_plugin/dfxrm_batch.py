@@ -98,19 +98,63 @@ def scan_from_file(path) -> tuple[DfxrmScan, h5py.File]:
 
 
 def batch_maps(scan: DfxrmScan, *, options: MapOptions | None = None, chunk: int = 64, xp=np,
-               progress: bool = False, order: int | None = None) -> dict:
+               progress: bool = False, order: int | None = None, frames: tuple[int, int] | None = None) -> dict:
     """Maps of a recorded scan, frames read ``chunk`` at a time (the live service's accumulator).
 
-    ``order``: moments to keep (2 or 4; None: the scan's ``order``, 2 for scans recorded without)."""
+    ``order``: moments to keep (2 or 4; None: the scan's ``order``, 2 for scans recorded without).
+    ``frames``: ``(first, stop)`` of the frames to use (default all: one layer of a layer scan)."""
     from tqdm import tqdm
 
     s = scan.scan
-    n = len(scan.angles_deg)
+    first, n = frames if frames is not None else (0, len(scan.angles_deg))
     acc = MomentAccumulator(tuple(s["frame_shape"]), tuple(s["axes"]), s.get("centre_deg"),
                             order=int(order or s.get("order", 2)), background=float(s.get("background_counts", 0.0)),
                             floor=float(s.get("noise_floor_counts", 0.0)), xp=xp)
-    for i in tqdm(range(0, n, chunk), desc="moments", unit="chunk", disable=not progress):
+    for i in tqdm(range(first, n, chunk), desc="moments", unit="chunk", disable=not progress):
         block = _block(scan, i, min(n, i + chunk))
         acc.add_many(block, scan.angles_deg[i:i + len(block)])
     opts = options or MapOptions(resolution_deg=dict(s.get("resolution_deg") or {}))
     return compute_maps(acc, scan.geometry, opts)
+
+
+#: the maps a layer scan stacks into volumes
+VOLUME_MAPS = ("intensity", "tilt_phi", "tilt_chi", "fwhm_phi", "fwhm_chi", "cov_phi_chi")
+
+
+def layer_volumes(scan: DfxrmScan, *, options: MapOptions | None = None, chunk: int = 64, xp=np,
+                  progress: bool = False) -> dict:
+    """Volumes of a layer scan (:func:`plans.dfxrm_layers.layer_scan`, frames in acquisition order).
+
+    Each layer's maps come from its own frames (``layer_points`` each) exactly as a mosaicity
+    scan's; :meth:`~bp_plugin.dfxrm.layers.LayerGeometry.stack` puts them on one grid, undoing
+    each layer's shift on the camera. A layer whose frames are incomplete (a stopped run) is left
+    out and named in ``incomplete``.
+
+    Returns: each of :data:`VOLUME_MAPS` and ``mask`` (1 where the crystal is) as ``(layers, ny,
+    cols)`` = ``(h, y, x)`` float32; ``layer_maps`` (the per-layer 2D maps); ``heights_m``
+    ``(layers,)``, ``y_m`` ``(ny,)``, ``x_m`` ``(cols,)``; ``voxel_m`` (h step or None, y, x);
+    ``incomplete``.
+    """
+    from .dfxrm.layers import LayerGeometry
+
+    s = scan.scan
+    if s.get("kind") != "layers":
+        raise DfxrmSourceError(f"a {s.get('kind')!r} scan has no layers; layer_volumes takes a layer scan")
+    n_per, heights = int(s["layer_points"]), np.asarray(s["heights_m"], float)
+    n = len(scan.angles_deg)
+    done = [k for k in range(len(heights)) if (k + 1) * n_per <= n]
+    if not done:
+        raise DfxrmSourceError(f"no layer of the scan is complete ({n} of {n_per} frames of the first)")
+    lg = LayerGeometry(tth_deg=float(s["tth_deg"]), pixel_size_m=scan.geometry.pixel_size_m,
+                       frame_shape=tuple(s["frame_shape"]))
+    per = [batch_maps(scan, options=options, chunk=chunk, xp=xp, progress=progress, frames=(k * n_per, (k + 1) * n_per))
+           for k in done]
+    h = heights[done]
+    out = {k: lg.stack([np.where(m["mask"].astype(bool), m[k], np.nan) for m in per], h)
+           for k in VOLUME_MAPS if k in per[0]}
+    out["mask"] = np.isfinite(lg.stack([np.where(m["mask"].astype(bool), 1.0, np.nan) for m in per], h)).astype(np.uint8)
+    _, y, x = lg.volume_grid(h)
+    step = float(np.median(np.abs(np.diff(h)))) if len(h) > 1 else None
+    out.update(layer_maps=per, heights_m=h, y_m=y[0, :, 0].copy(), x_m=x[0, 0].copy(),
+               voxel_m=(step, *lg.voxel_m), incomplete=[k for k in range(len(heights)) if k not in done])
+    return out

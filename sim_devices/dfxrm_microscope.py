@@ -10,6 +10,9 @@ chi   deg   sample tilt about x (the rolling axis)
 tth   deg   the 2theta arm: objective lens and detector move together
 ===== ===== ===================================================================================
 
+With a 3D grain (``volume=``, layer scans) the sample's height ``sample_z`` (um, along the
+beam-normal axis) selects the layer the line beam lights (:mod:`sim_devices.dfxrm_volume`).
+
 The camera is a 2048 x 2048 sCMOS (uint16) behind an objective; a preset reads a region of it and
 bins it (``tiny``: 256 x 256 binned 4x = 64 x 64 pixels, ``small``: 1024 x 1024 -> 256 x 256,
 ``full``: 2048 x 2048 -> 512 x 512), 150 nm per binned pixel in the sample plane. Frames are
@@ -28,6 +31,7 @@ from bp_plugin.truth import write_truth_file
 
 from .detector import SimAreaDetector
 from .dfxrm_sample import DfxrmSample, DfxrmSampleConfig, build_sample
+from .dfxrm_volume import Grain3D, Grain3DConfig
 from .motors import SimAxis
 
 CAMERA_PIXELS = 2048
@@ -112,10 +116,13 @@ class SimDfxrmMicroscope:
         seed: seed of the sample layout and of the photon noise (per frame: ``(seed, frame number)``).
         noise: Poisson noise (False: rounded expected counts).
         realtime: each exposure lasts ``count_time`` as on the real camera.
+        volume: a 3D grain (:class:`sim_devices.dfxrm_volume.Grain3DConfig`) imaged layer by layer
+            under a line beam; adds the sample's height axis ``sample_z`` (um), the layer the beam
+            lights. None: the 2D grain of the preset.
     """
 
     def __init__(self, preset: str | DfxrmPreset = "tiny", *, write_dir="out/detector", seed: int = 0,
-                 noise: bool = True, realtime: bool = False):
+                 noise: bool = True, realtime: bool = False, volume: Grain3DConfig | None = None):
         self.preset = p = get_dfxrm_preset(preset) if isinstance(preset, str) else preset
         self.seed, self.noise = int(seed), bool(noise)
         self.sample = build_preset_sample(p, seed)
@@ -123,18 +130,24 @@ class SimDfxrmMicroscope:
         self.phi = SimAxis(name="phi", egu="deg", limits=(-5.0, 5.0), init_pos=geo.phi0_deg)
         self.chi = SimAxis(name="chi", egu="deg", limits=(-5.0, 5.0), init_pos=geo.chi0_deg)
         self.tth = SimAxis(name="tth", egu="deg", limits=(0.0, 60.0), init_pos=geo.tth_ref_deg)
+        # layer-by-layer: a 3D grain under a line beam, and the sample's height (the layer it lights)
+        self.volume = None if volume is None else Grain3D(replace(volume, seed=volume.seed + self.seed), geo, p.shape)
+        self.z = SimAxis(name="sample_z", egu="um", limits=(-50.0, 50.0), init_pos=0.0) if volume else None
         self._frame_count = 0
         self.detector = SimAreaDetector(
             name="dfxrm_cam", frame_source=self._frame, frame_shape=p.shape, pixel_size_m=geo.pixel_size_m,
             mask=np.ones(p.shape, bool), write_dir=Path(write_dir), count_time_s=p.count_time_s, dtype=np.uint16,
             realtime=realtime)
         # the truth travels as a file named in the start document (consumers never rebuild the sample)
-        truth = write_sample_truth(self.sample, Path(write_dir) / f"truth_dfxrm_{p.name}_seed{self.seed}.h5")
-        self.detector.sim_metadata = {"technique": "dfxrm", "preset": p.name, "seed": self.seed, "noise": self.noise,
-                                      "truth_file": str(truth.resolve())}
+        self.detector.sim_metadata = {"technique": "dfxrm", "preset": p.name, "seed": self.seed, "noise": self.noise}
+        if volume is None:
+            truth = write_sample_truth(self.sample, Path(write_dir) / f"truth_dfxrm_{p.name}_seed{self.seed}.h5")
+            self.detector.sim_metadata["truth_file"] = str(truth.resolve())
+        else:
+            self.detector.sim_metadata["volume"] = True
         # what the instrument scientist would know of the real microscope: the objective's angular
         # resolution and the camera's dark level (the plans record both in the start document)
-        self.detector.resolution_deg = dict(self.sample.config.resolution_deg)
+        self.detector.resolution_deg = dict((volume or self.sample.config).resolution_deg)
         self.detector.background_counts = self.background_counts
 
     @property
@@ -143,7 +156,7 @@ class SimDfxrmMicroscope:
 
     @property
     def motors(self) -> dict[str, SimAxis]:
-        return {m.name: m for m in (self.phi, self.chi, self.tth)}
+        return {m.name: m for m in (self.phi, self.chi, self.tth, self.z) if m is not None}
 
     @property
     def devices(self) -> dict:
@@ -152,9 +165,12 @@ class SimDfxrmMicroscope:
     def background_counts(self, count_time_s: float | None = None) -> float:
         """Mean dark/background counts per pixel and frame at this exposure."""
         ct = float(self.detector.count_time.get()) if count_time_s is None else count_time_s
-        return self.sample.background_counts(ct)
+        return (self.volume or self.sample).background_counts(ct)
 
     def _frame(self, count_time_s: float) -> np.ndarray:
         rng = np.random.default_rng((self.seed, self._frame_count)) if self.noise else None
         self._frame_count += 1
+        if self.volume is not None:
+            return self.volume.frame(self.phi.position, self.chi.position, self.tth.position, self.z.position * 1e-6,
+                                     count_time_s, rng)
         return self.sample.frame(self.phi.position, self.chi.position, self.tth.position, count_time_s, rng)

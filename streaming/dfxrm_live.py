@@ -53,6 +53,9 @@ class DfxrmRun:
         self.geometry = DfxrmGeometry.from_dict(header["geometry"])
         self.axes = tuple(scan["axes"])
         self.kind = scan.get("kind", "mosaicity")
+        if self.kind == "layers":        # one map of every layer's frames would be no map of any
+            raise ValueError("a layer scan is not reconstructed live yet: its frames are recorded, and "
+                             "bp_plugin.dfxrm_batch.layer_volumes gives its volumes from the run")
         self.shape = tuple(int(v) for v in scan["frame_shape"])
         self.n_frames_expected = int(header["n_frames"])
         self.background = float(scan.get("background_counts", 0.0))

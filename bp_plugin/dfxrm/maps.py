@@ -169,19 +169,19 @@ def nye_components(tilt_phi_deg, tilt_chi_deg, pixel_size_m: float) -> dict:
 
 
 def boundary_map(tilt_phi_deg, tilt_chi_deg, threshold_deg: float) -> np.ndarray:
-    """Pixels where the misorientation to a 4-neighbour exceeds ``threshold_deg`` (sub-grain and
-    domain boundaries), bool ``(rows, cols)``; both sides of a jump are marked."""
+    """Pixels (or voxels: maps of any dimension) where the misorientation to a face neighbour
+    exceeds ``threshold_deg`` (sub-grain and domain boundaries), bool of the maps' shape; both
+    sides of a jump are marked."""
     t = np.stack([np.asarray(tilt_phi_deg, float), np.asarray(tilt_chi_deg, float)])
     out = np.zeros(t.shape[1:], bool)
-    for axis in (1, 2):
-        d = np.sqrt((np.diff(t, axis=axis) ** 2).sum(0))
+    for axis in range(out.ndim):
+        d = np.sqrt((np.diff(t, axis=axis + 1) ** 2).sum(0))
         jump = np.nan_to_num(d, nan=0.0) > threshold_deg
-        if axis == 1:
-            out[:-1] |= jump
-            out[1:] |= jump
-        else:
-            out[:, :-1] |= jump
-            out[:, 1:] |= jump
+        head = [slice(None)] * out.ndim
+        tail = [slice(None)] * out.ndim
+        head[axis], tail[axis] = slice(None, -1), slice(1, None)
+        out[tuple(head)] |= jump
+        out[tuple(tail)] |= jump
     return out
 
 

@@ -1,0 +1,116 @@
+"""Layer-by-layer DF-XRM: where an image pixel is in the sample, and the volumes stacked from layer maps.
+
+A line beam, thin along the beam-normal axis ``h`` (the sample's ``z`` motor), illuminates one
+layer; the objective images it along the diffracted beam, at ``2theta`` from the incident beam in
+the (y, h) plane. As in the 2D maps (docs/dfxrm.md), **x** runs along the image columns (here:
+horizontal, normal to the scattering plane) and **y** along the rows (here: along the incident
+beam, in the layer). Projected along the diffracted beam, a sample point ``(x, y, h)`` lands on
+
+    column ``c = c_c + x / p``,   row ``r = r_c + (h cos 2theta - y sin 2theta) / p``,
+
+with ``p`` the pixel in the sample plane and ``(r_c, c_c)`` the image centre (pixel-centre
+indices). So inside a layer y is foreshortened by ``sin 2theta`` (a row is ``p / sin 2theta`` of
+sample), and raising the layer by ``dh`` moves its image by ``dh cos 2theta / p`` rows: a volume
+stacked without undoing that shift shears every boundary that crosses the layers.
+:meth:`LayerGeometry.stack` resamples each layer's map onto a common y grid (step
+``p / sin 2theta``) by linear interpolation along the rows: volumes ``(layers, ny, cols)`` =
+``(h, y, x)`` with voxels ``(layer step, p / sin 2theta, p)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """The imaging geometry of the layers.
+
+    Attributes:
+        tth_deg: 2theta of the imaged reflection (deg).
+        pixel_size_m: the image pixel in the sample plane (m).
+        frame_shape: the image (rows, cols).
+    """
+
+    tth_deg: float
+    pixel_size_m: float
+    frame_shape: tuple[int, int]
+
+    def __post_init__(self):
+        if not 0 < self.tth_deg < 180:
+            raise ValueError(f"layer geometry: 2theta {self.tth_deg} deg must be in (0, 180)")
+        if not self.pixel_size_m > 0:
+            raise ValueError(f"layer geometry: pixel_size_m {self.pixel_size_m} must be positive")
+
+    @property
+    def _sc(self) -> tuple[float, float]:
+        t = math.radians(self.tth_deg)
+        return math.sin(t), math.cos(t)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.frame_shape[0] - 1) / 2.0, (self.frame_shape[1] - 1) / 2.0
+
+    @property
+    def voxel_m(self) -> tuple[float, float]:
+        """The in-layer voxel (y, x) of the stacked volumes (m): ``(p / sin 2theta, p)``."""
+        return self.pixel_size_m / self._sc[0], self.pixel_size_m
+
+    def sample_yx(self, h_m):
+        """``(y, x)`` in the sample (m) of every pixel for a layer at height ``h_m`` (scalar or an
+        array broadcasting against ``(rows, cols)``); y ``(..., rows, cols)``, x ``(rows, cols)``."""
+        s, c = self._sc
+        rc, cc = self.centre
+        rows, cols = np.indices(self.frame_shape, dtype=float)
+        y = (np.asarray(h_m, float) * c - (rows - rc) * self.pixel_size_m) / s
+        return y, (cols - cc) * self.pixel_size_m
+
+    def row_of(self, y_m, h_m):
+        """The (fractional) image row of sample ``y`` in a layer at height ``h``."""
+        s, c = self._sc
+        return self.centre[0] + (np.asarray(h_m, float) * c - np.asarray(y_m, float) * s) / self.pixel_size_m
+
+    def y_grid(self, heights_m) -> np.ndarray:
+        """The volumes' y (m): step ``p / sin 2theta``, covering every layer's image."""
+        s, c = self._sc
+        h = np.asarray(heights_m, float)
+        half = self.centre[0] * self.pixel_size_m
+        lo, hi = (h.min() * c - half) / s, (h.max() * c + half) / s
+        dy = self.voxel_m[0]
+        n = int(math.floor((hi - lo) / dy + 1e-9)) + 1
+        return lo + dy * np.arange(n)
+
+    def volume_grid(self, heights_m):
+        """``(h, y, x)`` of the volume's voxel centres, each ``(layers, ny, cols)`` (m)."""
+        y = self.y_grid(heights_m)
+        x = (np.arange(self.frame_shape[1]) - self.centre[1]) * self.pixel_size_m
+        h = np.asarray(heights_m, float)
+        return tuple(np.broadcast_arrays(h[:, None, None], y[None, :, None], x[None, None, :]))
+
+    def stack(self, layer_maps, heights_m) -> np.ndarray:
+        """A volume ``(layers, ny, cols)`` float32 from maps ``(layers, rows, cols)`` (NaN: no data).
+
+        Each layer is resampled along its rows at the rows of the common y grid (linear; where one
+        of the two neighbours is NaN, the other is kept when it is the nearer, else NaN)."""
+        maps = np.asarray(layer_maps, float)
+        h = np.asarray(heights_m, float)
+        if maps.ndim != 3 or maps.shape[1:] != tuple(self.frame_shape) or len(h) != maps.shape[0]:
+            raise ValueError(f"layer maps of shape {maps.shape} for {len(h)} heights; expected "
+                             f"({len(h)}, {self.frame_shape[0]}, {self.frame_shape[1]})")
+        y = self.y_grid(h)
+        out = np.full((len(h), len(y), maps.shape[2]), np.nan)
+        n_rows = maps.shape[1]
+        for k in range(len(h)):
+            r = self.row_of(y, h[k])
+            r0 = np.floor(r).astype(int)
+            f = (r - r0)[:, None]
+            ok = (r0 >= 0) & (r0 + 1 < n_rows)
+            lo = np.where(ok[:, None], maps[k, np.clip(r0, 0, n_rows - 1)], np.nan)
+            hi = np.where(ok[:, None], maps[k, np.clip(r0 + 1, 0, n_rows - 1)], np.nan)
+            v = lo * (1 - f) + hi * f
+            v = np.where(np.isnan(lo) & ~np.isnan(hi) & (f >= 0.5), hi, v)
+            v = np.where(np.isnan(hi) & ~np.isnan(lo) & (f < 0.5), lo, v)
+            out[k] = v
+        return out.astype(np.float32)
