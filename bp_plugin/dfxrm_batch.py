@@ -117,44 +117,38 @@ def batch_maps(scan: DfxrmScan, *, options: MapOptions | None = None, chunk: int
     return compute_maps(acc, scan.geometry, opts)
 
 
-#: the maps a layer scan stacks into volumes
-VOLUME_MAPS = ("intensity", "tilt_phi", "tilt_chi", "fwhm_phi", "fwhm_chi", "cov_phi_chi")
-
-
 def layer_volumes(scan: DfxrmScan, *, options: MapOptions | None = None, chunk: int = 64, xp=np,
                   progress: bool = False) -> dict:
     """Volumes of a layer scan (:func:`plans.dfxrm_layers.layer_scan`, frames in acquisition order).
 
     Each layer's maps come from its own frames (``layer_points`` each) exactly as a mosaicity
-    scan's; :meth:`~bp_plugin.dfxrm.layers.LayerGeometry.stack` puts them on one grid, undoing
-    each layer's shift on the camera. A layer whose frames are incomplete (a stopped run) is left
-    out and named in ``incomplete``.
+    scan's; :func:`~bp_plugin.dfxrm.layers.stack_layer_maps` puts them on one grid, undoing each
+    layer's shift on the camera (the live service stacks through the same function). A layer a
+    stopped run left short has maps from the frames it has; one it never reached is NaN; both are
+    named in ``incomplete``.
 
-    Returns: each of :data:`VOLUME_MAPS` and ``mask`` (1 where the crystal is) as ``(layers, ny,
-    cols)`` = ``(h, y, x)`` float32; ``layer_maps`` (the per-layer 2D maps); ``heights_m``
-    ``(layers,)``, ``y_m`` ``(ny,)``, ``x_m`` ``(cols,)``; ``voxel_m`` (h step or None, y, x);
-    ``incomplete``.
+    Returns: each of :data:`~bp_plugin.dfxrm.layers.VOLUME_MAPS` and ``mask`` (1 where the crystal
+    is) as ``(layers, ny, cols)`` = ``(h, y, x)`` float32; ``layer_maps`` (the per-layer 2D maps,
+    None for a layer never reached); ``heights_m`` ``(layers,)``, ``y_m`` ``(ny,)``, ``x_m``
+    ``(cols,)``; ``voxel_m`` (h step or None, y, x); ``incomplete``.
     """
-    from .dfxrm.layers import LayerGeometry
+    from .dfxrm.layers import LayerGeometry, stack_layer_maps
 
     s = scan.scan
     if s.get("kind") != "layers":
         raise DfxrmSourceError(f"a {s.get('kind')!r} scan has no layers; layer_volumes takes a layer scan")
     n_per, heights = int(s["layer_points"]), np.asarray(s["heights_m"], float)
     n = len(scan.angles_deg)
-    done = [k for k in range(len(heights)) if (k + 1) * n_per <= n]
-    if not done:
-        raise DfxrmSourceError(f"no layer of the scan is complete ({n} of {n_per} frames of the first)")
+    if n == 0:
+        raise DfxrmSourceError("the layer scan holds no frame")
     lg = LayerGeometry(tth_deg=float(s["tth_deg"]), pixel_size_m=scan.geometry.pixel_size_m,
                        frame_shape=tuple(s["frame_shape"]))
-    per = [batch_maps(scan, options=options, chunk=chunk, xp=xp, progress=progress, frames=(k * n_per, (k + 1) * n_per))
-           for k in done]
-    h = heights[done]
-    out = {k: lg.stack([np.where(m["mask"].astype(bool), m[k], np.nan) for m in per], h)
-           for k in VOLUME_MAPS if k in per[0]}
-    out["mask"] = np.isfinite(lg.stack([np.where(m["mask"].astype(bool), 1.0, np.nan) for m in per], h)).astype(np.uint8)
-    _, y, x = lg.volume_grid(h)
-    step = float(np.median(np.abs(np.diff(h)))) if len(h) > 1 else None
-    out.update(layer_maps=per, heights_m=h, y_m=y[0, :, 0].copy(), x_m=x[0, 0].copy(),
-               voxel_m=(step, *lg.voxel_m), incomplete=[k for k in range(len(heights)) if k not in done])
+    per = [batch_maps(scan, options=options, chunk=chunk, xp=xp, progress=progress,
+                      frames=(k * n_per, min(n, (k + 1) * n_per))) if k * n_per < n else None
+           for k in range(len(heights))]
+    out = stack_layer_maps(per, heights, lg)
+    _, y, x = lg.volume_grid(heights)
+    step = float(np.median(np.abs(np.diff(heights)))) if len(heights) > 1 else None
+    out.update(layer_maps=per, heights_m=heights, y_m=y[0, :, 0].copy(), x_m=x[0, 0].copy(),
+               voxel_m=(step, *lg.voxel_m), incomplete=[k for k in range(len(heights)) if (k + 1) * n_per > n])
     return out

@@ -44,6 +44,7 @@ class DfxrmRun:
     """
 
     technique = "dfxrm"
+    layered = False                    # DfxrmLayerRun: a volume of layers
     MAX_WEAK_BYTES = 4 << 30
 
     def __init__(self, header: dict, folder, *, xp=np):
@@ -53,9 +54,8 @@ class DfxrmRun:
         self.geometry = DfxrmGeometry.from_dict(header["geometry"])
         self.axes = tuple(scan["axes"])
         self.kind = scan.get("kind", "mosaicity")
-        if self.kind == "layers":        # one map of every layer's frames would be no map of any
-            raise ValueError("a layer scan is not reconstructed live yet: its frames are recorded, and "
-                             "bp_plugin.dfxrm_batch.layer_volumes gives its volumes from the run")
+        if self.kind == "layers" and not self.layered:    # one map of every layer would be no map of any
+            raise ValueError("a layer scan takes streaming.dfxrm_layers_live.DfxrmLayerRun, not DfxrmRun")
         self.shape = tuple(int(v) for v in scan["frame_shape"])
         self.n_frames_expected = int(header["n_frames"])
         self.background = float(scan.get("background_counts", 0.0))
@@ -283,7 +283,7 @@ def published(maps: dict) -> dict:
 def truth_metrics(run: DfxrmRun, maps: dict) -> dict:
     """Errors against the ground truth when the run came from the simulated microscope."""
     sim = run.start.get("sim") or {}
-    if sim.get("technique") != "dfxrm" or run.kind == "weak_beam":
+    if sim.get("technique") != "dfxrm" or run.kind in ("weak_beam", "layers"):   # no volume truth file yet
         return {}
     from bp_plugin.dfxrm.quality import map_errors
     from bp_plugin.truth import truth_from_start

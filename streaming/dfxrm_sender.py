@@ -6,15 +6,11 @@ stop listing.
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from . import protocol
 from .sender import BlueskyFrameStreamer, _uri_path
 from .taps import as_frame
-
-log = logging.getLogger(__name__)
 
 
 class DfxrmFrameStreamer(BlueskyFrameStreamer):
@@ -28,11 +24,6 @@ class DfxrmFrameStreamer(BlueskyFrameStreamer):
     def _start(self, doc):
         self._reset()
         if doc.get("technique") != "dfxrm" or "dfxrm_scan" not in doc:
-            return
-        if doc["dfxrm_scan"].get("kind") == "layers":
-            log.warning("run %s is a layer scan, which the service does not reconstruct live yet: not streamed "
-                        "(its frames are recorded; bp_plugin.dfxrm_batch.layer_volumes gives its volumes)",
-                        doc["uid"][:8])
             return
         self._scan = doc["dfxrm_scan"]
         self.uid = doc["uid"]

@@ -215,7 +215,9 @@ class TiledPublisher:
                 child.write(a)
             else:
                 data = _slab_chunks(a) if a.ndim == 3 else a
-                self._children[name] = node.write_array(data, key=name, dims=self.dims.get(name),
+                dims = self.dims.get(name)
+                dims = dims if dims is None or len(dims) == a.ndim else None   # a volume of 2D maps: see metadata
+                self._children[name] = node.write_array(data, key=name, dims=dims,
                                                         metadata={"units": self.units.get(name, "")})
         node.update_metadata(metadata=metadata, drop_revision=True)
 

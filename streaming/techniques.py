@@ -26,7 +26,8 @@ from typing import Callable
 
 from . import protocol
 from .assembly import RunAssembly, check_resources
-from .dfxrm_live import DIMS, ROOT, UNITS, DfxrmLive, DfxrmRun
+from .dfxrm_layers_live import dfxrm_work, open_dfxrm_run, resume_dfxrm_run
+from .dfxrm_live import DIMS, ROOT, UNITS, DfxrmRun
 from .live import LiveReconstruction
 
 log = logging.getLogger(__name__)
@@ -72,14 +73,14 @@ def _bragg_work(asm: RunAssembly, opts, backend, pause_hook, ranks=None) -> Live
 
 
 def _dfxrm_open(header: dict, folder: Path, workdir: Path, backend) -> DfxrmRun:
-    return DfxrmRun.resume(folder, xp=backend.xp) or DfxrmRun(header, folder, xp=backend.xp)
+    return open_dfxrm_run(header, folder, xp=backend.xp)
 
 
 TECHNIQUES = {t.name: t for t in (
     Technique("bragg-ptychography", "start.json", _bragg_open, lambda folder, backend: RunAssembly.resume(folder),
               _bragg_work),
-    Technique("dfxrm", "dfxrm_start.json", _dfxrm_open, lambda folder, backend: DfxrmRun.resume(folder, xp=backend.xp),
-              lambda run, opts, backend, pause_hook, ranks=None: DfxrmLive(run, figures=opts.figures),
+    Technique("dfxrm", "dfxrm_start.json", _dfxrm_open, lambda folder, backend: resume_dfxrm_run(folder, xp=backend.xp),
+              lambda run, opts, backend, pause_hook, ranks=None: dfxrm_work(run, figures=opts.figures),
               publication=dict(root=ROOT, units=UNITS, dims=DIMS,
                                description="DF-XRM maps, one container per raw run uid")),
 )}

@@ -151,23 +151,60 @@ def test_a_layer_scan_refuses_bad_heights_before_motion(tmp_path):
     assert mic.z.position == 0.0 and not mic.detector.file_history
 
 
-def test_a_layer_scan_is_not_streamed_as_one_map_and_the_service_refuses_it(layers, tmp_path):
-    """Until layers are reconstructed live, a layer run must not reach the service as one
-    mosaicity map of every layer's frames: the streamer leaves it (the frames are recorded) and
-    the service refuses such a start with the reason."""
-    from streaming import protocol
-    from streaming.dfxrm_live import DfxrmRun
-    from streaming.dfxrm_sender import DfxrmFrameStreamer
-    from streaming.sender import FrameSender
+def test_live_layer_volumes_in_tiled_equal_the_batch_ones(tiled_server, tmp_path):
+    """A layer scan streamed to the service: each layer's frames fold into that layer's sums, the
+    volumes grow in Tiled while the scan runs (layers finished one after the other), and the final
+    volumes equal the batch volumes of the recorded frames."""
+    from bluesky.callbacks.buffer import BufferingWrapper
+    from bluesky_tiled_plugins import TiledWriter
 
-    _, start, _, _, _ = layers
-    sender = FrameSender("tcp://127.0.0.1:9")
-    streamer = DfxrmFrameStreamer(sender, None)
-    streamer.confirm_timeout_s = None
-    streamer("start", start)
-    assert streamer.uid is None and sender.next_seq(start["uid"]) == 0       # nothing was sent
-    sender.close(linger_s=0)
-    header = protocol.decode(protocol.encode_dfxrm_start(start["uid"], 0, start["dfxrm_geometry"],
-                                                         start["dfxrm_scan"], start["dfxrm_scan"]["n_points"])).header
-    with pytest.raises(ValueError, match="not reconstructed live yet"):
-        DfxrmRun(header, tmp_path / "run")
+    from streaming.dfxrm_sender import DfxrmFrameStreamer
+    from streaming.live import LiveOptions
+    from streaming.sender import FrameSender
+    from streaming.service import ReconstructorService, ServiceOptions
+    from streaming.taps import frame_tap
+
+    heights = np.array([-1.0, 0.0, 1.0])
+    mic = SimDfxrmMicroscope("tiny", write_dir=tiled_server.detector_dir, volume=Grain3DConfig())
+    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", max_runs=1,
+                                              device="cpu", tiled_url=tiled_server.url, api_key=tiled_server.api_key,
+                                              live=LiveOptions(figures=True, publish_interval_s=0.2)))
+    th = svc.start()
+    streamer = DfxrmFrameStreamer(FrameSender(svc.address), frame_tap(mic.detector))
+    streamer.confirm_timeout_s = 120
+    writer = BufferingWrapper(TiledWriter(tiled_server.client(), batch_size=20))
+    seen_finished = set()
+
+    def watch(name, doc):                  # the published layers while the scan runs, every 100 frames
+        if name == "event" and doc["seq_num"] % 100 == 0:
+            try:
+                node = tiled_server.client()["dfxrm"][uid[0]]
+                seen_finished.add(tuple(node.metadata["layers"]["finished"]))
+            except (KeyError, TypeError):
+                pass
+
+    uid = []
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: uid.append(doc["uid"]) if name == "start" else None)
+    for cb in (writer, BufferingWrapper(streamer), watch):
+        RE.subscribe(cb)
+    try:
+        RE(layer_scan([mic.detector], mic.z, mic.phi, mic.chi, mic.geometry, heights, n_phi=21, n_chi=11))
+    finally:
+        writer.shutdown(wait=True)
+    th.join(180)
+    streamer.close()
+    st = svc.finished[uid[0]]
+    assert st["state"] == "final" and st["placed"] == 3 * 21 * 11 and st["rejected"] == 0, st
+    node = tiled_server.client()["dfxrm"][uid[0]]
+    assert node.metadata["layers"]["finished"] == [0, 1, 2]
+    assert any(0 < len(f) < 3 for f in seen_finished), seen_finished     # layers appeared one by one
+    from bp_plugin.dfxrm_batch import scan_from_run
+
+    batch = layer_volumes(scan_from_run(tiled_server.client()[uid[0]]))
+    for k in ("intensity", "tilt_phi", "tilt_chi", "fwhm_phi", "mask"):
+        live = node[k].read()
+        assert live.shape == batch[k].shape and live.ndim == 3, (k, live.shape)
+        b = np.asarray(batch[k], float)
+        np.testing.assert_allclose(live, b, rtol=1e-4, atol=1e-6 * np.nanmax(np.abs(b)), equal_nan=True, err_msg=k)
+    assert (tmp_path / "w" / uid[0] / "maps.png").exists()

@@ -114,3 +114,27 @@ class LayerGeometry:
             v = np.where(np.isnan(hi) & ~np.isnan(lo) & (f < 0.5), lo, v)
             out[k] = v
         return out.astype(np.float32)
+
+
+#: the maps a layer scan stacks into volumes
+VOLUME_MAPS = ("intensity", "tilt_phi", "tilt_chi", "fwhm_phi", "fwhm_chi", "cov_phi_chi")
+
+
+def stack_layer_maps(per_layer, heights_m, geometry: LayerGeometry) -> dict:
+    """Volumes from each layer's maps (:func:`bp_plugin.dfxrm.maps.compute_maps` output, or None
+    for a layer not measured yet: NaN there): each of :data:`VOLUME_MAPS` the layers have, NaN
+    outside each layer's crystal mask, and ``mask`` (uint8, 1 where a layer's crystal maps to),
+    all ``(layers, ny, cols)``; the batch path and the live service both stack through here."""
+    shape = tuple(geometry.frame_shape)
+    nan = np.full(shape, np.nan)
+    ref = next((m for m in per_layer if m is not None), None)
+    names = [k for k in VOLUME_MAPS if ref is not None and k in ref]
+
+    def layer(m, name):
+        if m is None:
+            return nan
+        return np.where(np.asarray(m["mask"]).astype(bool), m[name] if name != "mask" else 1.0, np.nan)
+
+    out = {k: geometry.stack([layer(m, k) for m in per_layer], heights_m) for k in names}
+    out["mask"] = np.isfinite(geometry.stack([layer(m, "mask") for m in per_layer], heights_m)).astype(np.uint8)
+    return out

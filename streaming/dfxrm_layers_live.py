@@ -1,0 +1,142 @@
+"""Live DF-XRM volumes of a layer scan: each layer's running moments, the growing volume in Tiled.
+
+A layer scan (:func:`plans.dfxrm_layers.layer_scan`) is a mosaicity scan per layer, frames in
+acquisition order, ``layer_points`` per layer. Frame ``k`` belongs to layer ``k // layer_points``
+and folds into that layer's own exact running sums (:class:`bp_plugin.dfxrm.MomentAccumulator`).
+A layer whose frames have all come is finished: its maps are computed once and its sums dropped,
+so only the layers being measured hold sums. The published volumes (``(layers, ny, cols)``,
+:func:`bp_plugin.dfxrm.layers.stack_layer_maps`, the batch path's own function) hold the finished
+layers, the current one as it stands, and NaN for the layers to come.
+
+No checkpoint: a restarted service reads every frame back from the camera files at the stop, as
+for a weak-beam series.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bp_plugin.dfxrm.layers import LayerGeometry, stack_layer_maps
+from bp_plugin.dfxrm.maps import compute_maps
+from bp_plugin.dfxrm.moments import MomentAccumulator
+
+from .dfxrm_live import DfxrmLive, DfxrmRun
+
+
+class DfxrmLayerRun(DfxrmRun):
+    """One layer scan being received (``scan.kind = "layers"``); see the module docstring."""
+
+    layered = True
+
+    def __init__(self, header: dict, folder, *, xp=np):
+        super().__init__(header, folder, xp=xp)
+        s = self.scan
+        self.layer_points = int(s["layer_points"])
+        self.heights_m = np.asarray(s["heights_m"], float)
+        self.n_layers = len(self.heights_m)
+        if self.layer_points * self.n_layers != self.n_frames_expected:
+            raise ValueError(f"layer scan of {self.n_layers} layers x {self.layer_points} frames, but "
+                             f"{self.n_frames_expected} frames announced")
+        self.layer_geometry = LayerGeometry(tth_deg=float(s["tth_deg"]), pixel_size_m=self.geometry.pixel_size_m,
+                                            frame_shape=self.shape)
+        self._xp = xp
+        self.acc = None                       # one set of sums per layer being measured instead
+        self.accs: dict[int, MomentAccumulator] = {}
+        self.done: dict[int, dict] = {}       # finished layers' maps
+
+    def _new_acc(self) -> MomentAccumulator:
+        s = self.scan
+        return MomentAccumulator(self.shape, self.axes, s.get("centre_deg"), order=int(s.get("order", 2)),
+                                 background=self.background, floor=float(s.get("noise_floor_counts", 0.0)),
+                                 xp=self._xp)
+
+    def checkpoint(self) -> None:
+        """None for layer scans (see the module docstring)."""
+
+    def _add(self, k: int, frame: np.ndarray, angles: np.ndarray) -> bool:
+        layer = k // self.layer_points
+        with self.lock:
+            if self.seen[k]:
+                return False
+            acc = self.accs.get(layer)
+            if acc is None:
+                acc = self.accs[layer] = self._new_acc()
+            acc.add(frame, angles)
+            self.seen[k] = True
+            lo = layer * self.layer_points
+            full = bool(self.seen[lo:lo + self.layer_points].all())
+        if full:
+            # no frame can join a full layer: its maps once, outside the lock, then its sums go
+            maps = compute_maps(acc, self.geometry, self.map_options)
+            with self.lock:
+                self.done[layer] = maps
+                self.accs.pop(layer, None)
+        return True
+
+    def layer_maps(self) -> list:
+        """Each layer's maps as they stand (None: not started)."""
+        with self.lock:
+            done = dict(self.done)
+            live = {k: a.copy() for k, a in self.accs.items() if k not in done}
+        return [done[k] if k in done else compute_maps(live[k], self.geometry, self.map_options) if k in live
+                else None for k in range(self.n_layers)]
+
+    def maps(self) -> dict:
+        return stack_layer_maps(self.layer_maps(), self.heights_m, self.layer_geometry)
+
+    def metadata(self, state: str, metrics: dict | None = None) -> dict:
+        md = super().metadata(state, metrics)
+        with self.lock:
+            done = sorted(self.done)
+        vy, vx = self.layer_geometry.voxel_m
+        step = float(np.median(np.abs(np.diff(self.heights_m)))) if self.n_layers > 1 else None
+        md["layers"] = {"heights_m": self.heights_m.tolist(), "finished": done, "layer_points": self.layer_points,
+                        "voxel_m": [step, vy, vx], "dims": ["h", "y", "x"], "tth_deg": self.layer_geometry.tth_deg}
+        return md
+
+
+class DfxrmLayerLive(DfxrmLive):
+    """The worker's side of a layer scan: :class:`DfxrmLive` with volumes; its figure is the
+    most complete layer's maps."""
+
+    def complete(self, pub, tick=None) -> dict:
+        run = self.run
+        figures, self.figures = self.figures, False
+        try:
+            out = super().complete(pub, tick)
+        finally:
+            self.figures = figures
+        if figures:
+            from bp_plugin.dfxrm.output import plot_maps
+
+            per = run.layer_maps()
+            k = int(np.argmax([0 if m is None else int(np.asarray(m["mask"]).sum()) for m in per]))
+            if per[k] is not None:
+                plot_maps(run.folder / "maps.png", {n: v for n, v in per[k].items() if not n.startswith("com_")},
+                          run.geometry.pixel_size_m, title=f"DF-XRM layer {k} of scan {run.uid[:8]} "
+                          f"(h = {run.heights_m[k] * 1e6:.2f} um)")
+        return out
+
+
+def open_dfxrm_run(header: dict, folder, *, xp=np):
+    """The run of a DF-XRM start header: a layer scan's, or a 2D scan's (resumed when ``folder``
+    holds one an earlier process started)."""
+    cls = DfxrmLayerRun if (header.get("scan") or {}).get("kind") == "layers" else DfxrmRun
+    return cls.resume(folder, xp=xp) or cls(header, folder, xp=xp)
+
+
+def resume_dfxrm_run(folder, *, xp=np):
+    """The run an earlier process started in ``folder``, of whichever kind (None if there is none)."""
+    import json
+    from pathlib import Path
+
+    p = Path(folder) / "dfxrm_start.json"
+    if not p.exists():
+        return None
+    kind = (json.loads(p.read_text()).get("scan") or {}).get("kind")
+    return (DfxrmLayerRun if kind == "layers" else DfxrmRun).resume(folder, xp=xp)
+
+
+def dfxrm_work(run, *, figures: bool):
+    """The worker's side of ``run``: volumes for a layer scan, maps otherwise."""
+    return (DfxrmLayerLive if isinstance(run, DfxrmLayerRun) else DfxrmLive)(run, figures=figures)
+
