@@ -8,6 +8,7 @@ and ``/tmp/viewer_dfxrm.png`` (the DF-XRM panel after a streamed update).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import colorsys
@@ -387,3 +388,37 @@ def test_dfxrm_updates_while_open(tiled_server, viewer, page):
         pub.close(*dfx_snapshot(uid, DFX_EXPECTED, turn=90.0, offset=0.5e-4, state="final"))
     pw.expect(page.locator("#dfx-state")).to_have_text("final", timeout=WAIT_MS)
     pw.expect(page.locator("#dfx-frames")).to_have_text(f"{DFX_EXPECTED} / {DFX_EXPECTED}")
+
+
+def test_a_layer_scan_volume_is_browsed_layer_by_layer(tiled_server, viewer, page):
+    """A layer scan's (layers, rows, cols) volumes: the layer slider opens on the newest finished
+    layer, another layer is fetched and drawn when picked, and a layer's y axis spans its rows at
+    the volume's y voxel (p / sin 2theta), not the camera pixel."""
+    client = tiled_server.client()
+    uid = f"dfl-{uuid.uuid4().hex[:8]}"
+    md, maps = dfx_snapshot(uid, 300)
+    L = 3
+    vol = {k: np.stack([maps[k] + (0.01 * i if k == "fwhm_phi" else 0) for i in range(L)]).astype(np.float32)
+           for k in ("intensity", "tilt_phi", "tilt_chi", "fwhm_phi", "fwhm_chi", "cov_phi_chi")}
+    vol["mask"] = np.stack([maps["mask"]] * L)
+    md["scan"] = {"kind": "layers", "axes": ["phi", "chi"], "centre_deg": [0.0, 0.0], "shape": [11, 11]}
+    vy, vx = 150e-9 / math.sin(math.radians(17.9)), 150e-9
+    md["layers"] = {"heights_m": [-1e-6, 0.0, 1e-6], "finished": [0, 1], "layer_points": 121,
+                    "voxel_m": [1e-6, vy, vx], "dims": ["h", "y", "x"], "tth_deg": 17.9}
+    pub = dfx_publisher(client, uid)
+    pub.close(md, vol)
+    assert pub.last_error is None, pub.last_error
+
+    page.goto(viewer.url + f"?run={uid}&map=fwhm_phi")
+    page.wait_for_selector(f"body[data-run='{uid}'][data-tech='dfxrm'][data-updated][data-layer='1']")
+    assert page.is_visible("#dfx-layer-ctl")
+    pw.expect(page.locator("#dfx-layer-num")).to_contain_text("2 / 3")
+    f = vol["fwhm_phi"]
+    wait_dfx_map(page, "fwhm_phi", np.nanmin(f[1]), np.nanmax(f[1]))
+    page.eval_on_selector("#dfx-layer", "el => { el.value = '2'; el.dispatchEvent(new Event('input')); }")
+    wait_dfx_map(page, "fwhm_phi", np.nanmin(f[2]), np.nanmax(f[2]))
+    pw.expect(page.locator("#dfx-layer-num")).to_contain_text("(measuring or to come)")
+    # the plot's aspect: rows x vy against cols x vx
+    w, h = page.evaluate("""() => { const [x, y, w, h] = document.querySelector("#dfx-scalar").dataset.plot.split(",").map(Number);
+                                    return [w, h]; }""")
+    assert h / w == pytest.approx(DY * vy / (DX * vx), rel=0.03)

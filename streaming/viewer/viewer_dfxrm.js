@@ -31,8 +31,10 @@ const D = {};   // the DF-XRM run on screen; reset by dfxReset when the run chan
 
 function dfxReset() {
   Object.assign(D, {meta: null, shapes: {}, arrays: {}, snap: 0, drawn: null, radius: null, tilt: null,
+                    layers: 0, layer: null, layerPicked: false,
                     map: D.map || new URLSearchParams(location.search).get("map") || "strain"});
   $("dfx-map").replaceChildren();
+  $("dfx-layer-ctl").hidden = true;
   $("dfx-msg").textContent = "";
   $("metrics").hidden = true;   // the previous run's figures of merit
 }
@@ -48,7 +50,8 @@ async function dfxRefresh(uid, status, gen) {
   ]);
   if (gen !== S.gen) return;
   D.meta = md.data.attributes.metadata;
-  D.shapes = dfxShapes(children.data);
+  [D.shapes, D.layers] = dfxShapes(children.data);
+  dfxLayerControl();
   D.snap++;
   D.arrays = {};
   dfxDescribe();
@@ -66,14 +69,33 @@ async function dfxRefresh(uid, status, gen) {
   document.body.dataset.updated = String(status.updated);
 }
 
-/** {name: [rows, cols]} of the run's 2D float arrays (the maps this scan allows). */
+/** [{name: [rows, cols]}, layers] of the run's float maps: 2D, or the (layers, rows, cols)
+ *  volumes of a layer scan (layers 0 for 2D maps). */
 function dfxShapes(children) {
   const out = {};
+  let layers = 0;
   for (const c of children) {
     const st = c.attributes.structure;
-    if (st && st.shape && st.shape.length === 2 && st.data_type && st.data_type.kind === "f") out[c.id] = st.shape;
+    if (!(st && st.shape && st.data_type && st.data_type.kind === "f")) continue;
+    if (st.shape.length === 2) out[c.id] = st.shape;
+    else if (st.shape.length === 3) { out[c.id] = st.shape.slice(1); layers = st.shape[0]; }
   }
-  return out;
+  return [out, layers];
+}
+
+/** The layer slider of a layer scan: follows the newest finished layer until the user picks one. */
+function dfxLayerControl() {
+  const ctl = $("dfx-layer-ctl"), sl = $("dfx-layer"), L = D.layers;
+  ctl.hidden = !L;
+  if (!L) { D.layer = null; return; }
+  const fin = ((D.meta.layers || {}).finished || []);
+  if (!D.layerPicked || D.layer === null || D.layer >= L) D.layer = fin.length ? Math.max(...fin) : 0;
+  sl.max = String(L - 1);
+  sl.value = String(D.layer);
+  const h = ((D.meta.layers || {}).heights_m || [])[D.layer];
+  $("dfx-layer-num").textContent = `${D.layer + 1} / ${L}` + (h === undefined ? "" : ` · h ${fmtSig(h * 1e6, 3)} µm`) +
+    (fin.includes(D.layer) ? "" : " (measuring or to come)");
+  document.body.dataset.layer = String(D.layer);
 }
 
 /** The scalar map drawn: the one picked if this run has it, else the first the run has. */
@@ -85,7 +107,8 @@ async function dfxFetch(uid, names, gen) {
   const snap = D.snap;
   let got;
   try {
-    got = await Promise.all(names.map((n) => getFloat32(uid, n, null, D.shapes[n][0] * D.shapes[n][1])));
+    const slice = D.layers ? `${D.layer},:,:` : null;   // one layer of a layer scan's volumes
+    got = await Promise.all(names.map((n) => getFloat32(uid, n, slice, D.shapes[n][0] * D.shapes[n][1])));
   } catch (e) {
     if (e.status !== 404) throw e;
     $("dfx-msg").textContent = "Not published (yet) for this run: some maps; retrying.";
@@ -147,8 +170,9 @@ function dfxDraw() {
 /** Pixel size in µm (1 with pixel axes when the geometry lacks it) and the map's extent. */
 function dfxFrame(name) {
   const [rows, cols] = D.shapes[name], p = (D.meta.geometry || {}).pixel_size_m;
-  const d = p > 0 ? p * 1e6 : 1, unit = p > 0 ? "µm" : "px";
-  return {rows, cols, d, unit, h: [0, cols * d], v: [0, rows * d], hLabel: `x (${unit})`, vLabel: `y (${unit})`};
+  const vox = D.layers ? (D.meta.layers || {}).voxel_m : null;   // (h, y, x): a layer's y is p / sin 2θ
+  const d = vox ? vox[2] * 1e6 : p > 0 ? p * 1e6 : 1, dy = vox ? vox[1] * 1e6 : d, unit = vox || p > 0 ? "µm" : "px";
+  return {rows, cols, d, unit, h: [0, cols * d], v: [0, rows * dy], hLabel: `x (${unit})`, vLabel: `y (${unit})`};
 }
 
 /** px per µm: two maps, the key and a colour bar side by side fill the panel, capped. */
@@ -323,7 +347,22 @@ function dfxInit() {
   $("dfx-radius-num").addEventListener("input", (ev) => { const r = parseFloat(ev.target.value); if (r > 0) dfxSetRadius(r); });
   $("dfx-radius-auto").addEventListener("click", () => dfxSetRadius(null));
   $("dfx-map").addEventListener("change", (ev) => dfxSelectMap(ev.target.value));
+  $("dfx-layer").addEventListener("input", (ev) => dfxSelectLayer(parseInt(ev.target.value, 10)));
   window.addEventListener("resize", () => { if (S.tech === "dfxrm" && D.meta && Object.keys(D.arrays).length) dfxDraw(); });
+}
+
+/** Another layer of the volumes: fetch its slices of the maps shown and draw them. */
+async function dfxSelectLayer(k) {
+  D.layer = k; D.layerPicked = true;
+  dfxLayerControl();
+  D.snap++; D.arrays = {};
+  try {
+    const map = dfxShown();
+    if (!(await dfxFetch(S.run, [...dfxTiltNames(), ...(map ? [map] : [])], S.gen))) return;
+    dfxDraw();
+  } catch (e) {
+    $("dfx-msg").textContent = e.message;
+  }
 }
 
 async function dfxSelectMap(name) {
