@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .keys import add_key_args, resolve_key
 
 
@@ -57,18 +59,32 @@ def _source(a):
 def cmd_maps(a) -> int:
     from .backend import get_backend
     from .dfxrm.output import plot_maps, write_maps
-    from .dfxrm_batch import batch_maps
+    from .dfxrm_batch import batch_maps, layer_volumes
 
     scan, f = _source(a)
+    layered = scan.scan.get("kind") == "layers"
+    xp = get_backend(a.device).xp
     try:
-        maps = batch_maps(scan, xp=get_backend(a.device).xp, progress=not a.no_progress, order=a.order)
+        maps = (layer_volumes(scan, xp=xp, progress=not a.no_progress) if layered else
+                batch_maps(scan, xp=xp, progress=not a.no_progress, order=a.order))
     finally:
         if f is not None:
             f.close()
     out = Path(a.out)
+    title = f"DF-XRM {scan.scan.get('kind', '')} scan {scan.run_uid or a.source}"
+    if layered:      # volumes (h, y, x) in the file; the figure: the layer with the most crystal
+        vols = {k: v for k, v in maps.items() if isinstance(v, np.ndarray) and v.ndim == 3}
+        write_maps(out, vols, geometry=scan.geometry.to_dict(), scan=scan.scan, source=str(a.source))
+        per = maps["layer_maps"]
+        k = int(np.argmax([0 if m is None else int(np.asarray(m["mask"]).sum()) for m in per]))
+        png = plot_maps(out.with_suffix(".png"), per[k], scan.geometry.pixel_size_m, title=f"{title}, layer {k}")
+        print(f"{len(scan.angles_deg)} frames -> {out}: volumes {vols['tilt_phi'].shape} (layers, y, x) of "
+              f"{', '.join(k for k in vols if k != 'intensity')}, voxel (h, y, x) "
+              f"{', '.join(f'{v * 1e6:.3g}' for v in maps['voxel_m'] if v)} um"
+              + (f"; incomplete layers {maps['incomplete']}" if maps["incomplete"] else "") + f"; figure {png}")
+        return 0
     write_maps(out, maps, geometry=scan.geometry.to_dict(), scan=scan.scan, source=str(a.source))
-    png = plot_maps(out.with_suffix(".png"), maps, scan.geometry.pixel_size_m,
-                    title=f"DF-XRM {scan.scan.get('kind', '')} scan {scan.run_uid or a.source}")
+    png = plot_maps(out.with_suffix(".png"), maps, scan.geometry.pixel_size_m, title=title)
     print(f"{len(scan.angles_deg)} frames -> {out} ({', '.join(k for k in maps if k != 'intensity')}); figure {png}")
     return 0
 

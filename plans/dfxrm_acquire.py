@@ -11,7 +11,9 @@ from pathlib import Path
 
 from .recording import TILED_BATCH
 
-SCAN_KINDS = ("mosaicity", "strain", "combined", "weak_beam")
+SCAN_KINDS = ("mosaicity", "strain", "combined", "weak_beam", "layers")
+#: the layers of a ``layers`` scan by default: sample heights (um), the simulated 3D grain's middle
+LAYER_HEIGHTS_UM = (-2.0, -1.333, -0.667, 0.0, 0.667, 1.333, 2.0)
 
 
 @dataclass
@@ -20,7 +22,8 @@ class DfxrmAcquireOptions:
 
     Attributes:
         preset: simulated microscope (tiny, small, full).
-        scan: ``mosaicity`` (phi x chi), ``strain`` (2theta), ``combined`` or ``weak_beam``.
+        scan: ``mosaicity`` (phi x chi), ``strain`` (2theta), ``combined``, ``weak_beam`` or
+            ``layers`` (a mosaicity grid at each height of a simulated 3D grain, ``heights_um``).
         out: output folder (``detector/`` HDF5 frames, ``tiled/`` embedded server).
         detector_dir: where the camera writes (default ``out/detector``); a Tiled server must be
             allowed to read it to serve the frames.
@@ -28,6 +31,7 @@ class DfxrmAcquireOptions:
         seed: sample layout and photon noise.
         n_phi, n_chi, n_tth: points per axis (None: the preset's).
         weak_beam_offsets_deg: (dphi, dchi, dtth) offsets of a weak-beam series.
+        heights_um: the layers of a ``layers`` scan (sample heights, um).
         count_time: exposure per frame (s; None: the preset's).
         order: moments kept (2, or 4 for skewness and kurtosis too).
         realtime: exposures last ``count_time`` as on the real camera.
@@ -46,6 +50,7 @@ class DfxrmAcquireOptions:
     n_chi: int | None = None
     n_tth: int | None = None
     weak_beam_offsets_deg: tuple = ((0.02, 0.0, 0.0), (-0.02, 0.0, 0.0), (0.0, 0.03, 0.0), (0.0, -0.03, 0.0))
+    heights_um: tuple = LAYER_HEIGHTS_UM
     count_time: float | None = None
     order: int = 2
     realtime: bool = False
@@ -69,6 +74,10 @@ def dfxrm_plan(mic, opts: DfxrmAcquireOptions):
     if opts.scan == "combined":
         return dfxrm.combined_scan(det, mic.phi, mic.chi, mic.tth, geo, tth_range_deg=p.tth_range_deg,
                                    n_tth=opts.n_tth or 7, md=opts.md, **tilt)
+    if opts.scan == "layers":
+        from .dfxrm_layers import layer_scan
+
+        return layer_scan(det, mic.z, mic.phi, mic.chi, geo, list(opts.heights_um), md=opts.md, **tilt)
     if opts.scan == "weak_beam":
         return dfxrm.weak_beam_series(det, mic.phi, mic.chi, mic.tth, geo, opts.weak_beam_offsets_deg, md=opts.md,
                                       count_time=opts.count_time)
@@ -82,12 +91,14 @@ def acquire_dfxrm(opts: DfxrmAcquireOptions, *, server=None, callbacks_for=None)
     ``exit_status``.
     """
     from sim_devices.dfxrm_microscope import SimDfxrmMicroscope
+    from sim_devices.dfxrm_volume import Grain3DConfig
 
     from .recording import record_run
 
     out = Path(opts.out)
     result, _ = record_run(
-        lambda det_dir: SimDfxrmMicroscope(opts.preset, write_dir=det_dir, seed=opts.seed, realtime=opts.realtime),
+        lambda det_dir: SimDfxrmMicroscope(opts.preset, write_dir=det_dir, seed=opts.seed, realtime=opts.realtime,
+                                           volume=Grain3DConfig() if opts.scan == "layers" else None),
         lambda mic: dfxrm_plan(mic, opts), out=out,
         detector_dir=Path(opts.detector_dir) if opts.detector_dir else out / "detector", server=server,
         tiled_url=opts.tiled_url, api_key=opts.api_key, batch_size=opts.batch_size, callbacks_for=callbacks_for)

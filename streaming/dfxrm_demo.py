@@ -13,7 +13,7 @@ from pathlib import Path
 
 @dataclass
 class DfxrmDemoOptions:
-    """``preset``: tiny / small / full; ``scan``: mosaicity / strain / combined / weak_beam;
+    """``preset``: tiny / small / full; ``scan``: mosaicity / strain / combined / weak_beam / layers;
     ``order``: moments kept (2, or 4 for skewness and kurtosis)."""
 
     preset: str = "small"
@@ -68,5 +68,10 @@ def _summary(md: dict, r: dict, t_scan: float, total_s: float, out: Path, viewer
     if s["burgers_relative_error"]:
         print("dislocations: Burgers vector from the Nye map within "
               f"{100 * max(s['burgers_relative_error']):.0f} % (worst of {len(s['burgers_relative_error'])})")
+    layers = md.get("layers")
+    if layers:
+        s["layers_finished"] = layers.get("finished")
+        print(f"volumes: {len(layers.get('heights_m', []))} layers (finished {len(layers.get('finished', []))}), "
+              f"voxel (h, y, x) {', '.join(f'{v * 1e6:.3g}' for v in layers.get('voxel_m', []) if v)} um")
     print(f"maps: {s['maps']}; figure: {s['figure']}")
     return s

@@ -208,3 +208,33 @@ def test_live_layer_volumes_in_tiled_equal_the_batch_ones(tiled_server, tmp_path
         b = np.asarray(batch[k], float)
         np.testing.assert_allclose(live, b, rtol=1e-4, atol=1e-6 * np.nanmax(np.abs(b)), equal_nan=True, err_msg=k)
     assert (tmp_path / "w" / uid[0] / "maps.png").exists()
+
+
+def test_a_recorded_layer_run_exports_and_gives_volumes_from_the_command_line(tiled_server, tmp_path):
+    """``bp-plugin dfxrm acquire --scan layers`` recorded in Tiled, exported to a scan file, and
+    ``bp-plugin dfxrm maps`` on it: volumes (layers, y, x) in maps.h5, equal to layer_volumes'."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    from bp_plugin.dfxrm_batch import scan_from_file, scan_from_run, write_scan_file
+    from plans.dfxrm_acquire import DfxrmAcquireOptions, acquire_dfxrm
+
+    r = acquire_dfxrm(DfxrmAcquireOptions(preset="tiny", scan="layers", out=tmp_path / "acq", n_phi=15, n_chi=9,
+                                          heights_um=(-1.0, 0.0, 1.0), detector_dir=tiled_server.detector_dir),
+                      server=tiled_server)
+    assert r["exit_status"] == "success" and r["n_events"] == 3 * 15 * 9
+    path = write_scan_file(tmp_path / "layers.h5", scan_from_run(tiled_server.client()[r["uid"]]))
+    out = tmp_path / "volumes.h5"
+    p = subprocess.run([sys.executable, "-m", "bp_plugin.cli", "dfxrm", "maps", str(path), "--out", str(out),
+                        "--no-progress", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "volumes (3, " in p.stdout and "(layers, y, x)" in p.stdout, p.stdout
+    scan, f = scan_from_file(path)
+    with f:
+        ref = layer_volumes(scan)
+    with h5py.File(out, "r") as h:
+        for k in ("tilt_phi", "tilt_chi", "mask"):
+            np.testing.assert_array_equal(h["maps"][k][()], ref[k], err_msg=k)
+    assert out.with_suffix(".png").exists()
