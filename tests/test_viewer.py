@@ -4,7 +4,8 @@ Debian's chromium (/usr/bin/chromium) driven by Python playwright; the page read
 ``streaming.viewer_server`` (same origin, API key added server side). The reconstructions are
 published with the project's own ``TiledPublisher``, exactly as the online reconstruction does.
 Writes ``out/viewer-test.png`` (a screenshot of the page after a streamed update) for a human look,
-and ``/tmp/viewer_dfxrm.png`` (the DF-XRM panel after a streamed update).
+``/tmp/viewer_dfxrm.png`` (the DF-XRM panel after a streamed update) and
+``/tmp/viewer_dfxrm_layers.png`` (a layer scan's volume: a layer and the two cuts).
 """
 from __future__ import annotations
 
@@ -233,6 +234,7 @@ def test_proxy_reports_unreachable_tiled():
 
 # ---------------------------------------------------------------- DF-XRM
 DFX_SHOT = Path("/tmp/viewer_dfxrm.png")
+LAYERS_SHOT = Path("/tmp/viewer_dfxrm_layers.png")
 DY, DX = 48, 64
 DFX_EXPECTED = 11 * 11 * 5
 LEFT_DEG, RIGHT_DEG = 30.0, 210.0   # tilt directions (from +phi towards +chi) of the two halves
@@ -422,3 +424,19 @@ def test_a_layer_scan_volume_is_browsed_layer_by_layer(tiled_server, viewer, pag
     w, h = page.evaluate("""() => { const [x, y, w, h] = document.querySelector("#dfx-scalar").dataset.plot.split(",").map(Number);
                                     return [w, h]; }""")
     assert h / w == pytest.approx(DY * vy / (DX * vx), rel=0.03)
+
+    # the two other cuts through the volume: at the middle y and x first, then where the slider says
+    def wait_cut(axis, index, values):
+        page.wait_for_function(
+            """([a, i, lo, hi]) => { const d = document.querySelector(`#dfx-cut-${a}`).dataset;
+                 const close = (u, v) => Math.abs(parseFloat(u) - v) <= 1e-5 * Math.abs(v) + 1e-12;
+                 return d.index === String(i) && close(d.min, lo) && close(d.max, hi); }""",
+            arg=[axis, index, float(np.nanmin(values)), float(np.nanmax(values))], timeout=WAIT_MS)
+
+    assert page.is_visible("#dfx-cuts")
+    wait_cut("y", DY // 2, f[:, DY // 2, :])
+    wait_cut("x", DX // 2, f[:, :, DX // 2])
+    page.eval_on_selector("#dfx-cut-y-pos", "el => { el.value = '5'; el.dispatchEvent(new Event('input')); }")
+    assert np.nanmax(f[:, 5, :]) != np.nanmax(f[:, DY // 2, :])           # fwhm_phi grows with y: a new range
+    wait_cut("y", 5, f[:, 5, :])
+    page.locator("#dfxrm").screenshot(path=str(LAYERS_SHOT))

@@ -31,10 +31,11 @@ const D = {};   // the DF-XRM run on screen; reset by dfxReset when the run chan
 
 function dfxReset() {
   Object.assign(D, {meta: null, shapes: {}, arrays: {}, snap: 0, drawn: null, radius: null, tilt: null,
-                    layers: 0, layer: null, layerPicked: false,
+                    layers: 0, layer: null, layerPicked: false, cut: {y: null, x: null}, cuts: {},
                     map: D.map || new URLSearchParams(location.search).get("map") || "strain"});
   $("dfx-map").replaceChildren();
   $("dfx-layer-ctl").hidden = true;
+  $("dfx-cuts").hidden = true;
   $("dfx-msg").textContent = "";
   $("metrics").hidden = true;   // the previous run's figures of merit
 }
@@ -165,6 +166,55 @@ function dfxDraw() {
   const scale = dfxScale();
   dfxDrawTilt(scale);
   dfxDrawScalar(scale);
+  if (D.layers) dfxCuts(scale).catch((e) => { $("dfx-msg").textContent = e.message; });
+}
+
+// ---------------------------------------------------------------- a layer scan's two other cuts
+/** The shown map cut through the volume at one y (h x x) and at one x (h x y), on the colour scale
+ *  of the layer view (redrawn with the range of all three); the tilts' colour wheel stays on the
+ *  layer view, whose dashed lines mark where the cuts are. */
+async function dfxCuts(scale) {
+  const name = dfxShown(), sh = D.shapes[name], L = D.layers, gen = S.gen, snap = D.snap;
+  $("dfx-cuts").hidden = !name;
+  if (!name) return;
+  const [ny, nx] = sh, vox = (D.meta.layers || {}).voxel_m || [1e-6, 1e-6, 1e-6];
+  for (const a of ["y", "x"]) {
+    const n = a === "y" ? ny : nx;
+    if (D.cut[a] === null || D.cut[a] >= n) D.cut[a] = Math.floor(n / 2);
+    const sl = $(`dfx-cut-${a}-pos`);
+    sl.max = String(n - 1); sl.value = String(D.cut[a]);
+  }
+  const key = `${name}|${D.cut.y}|${D.cut.x}|${snap}`;
+  if (D.cuts.key !== key) {
+    const [cy, cx] = await Promise.all([getFloat32(S.run, name, `:,${D.cut.y},:`, L * nx),
+                                        getFloat32(S.run, name, `:,:,${D.cut.x}`, L * ny)]);
+    if (gen !== S.gen || snap !== D.snap) return;
+    D.cuts = {key, y: cy, x: cx};
+  }
+  // one colour scale for the layer and both cuts: the layers differ, and the cuts cross them all
+  const Q = dfxQuantity(name), lut = LUTS[Q.cmap];
+  const all = new Float32Array(D.arrays[name].length + D.cuts.y.length + D.cuts.x.length);
+  all.set(D.arrays[name]); all.set(D.cuts.y, D.arrays[name].length); all.set(D.cuts.x, D.arrays[name].length + D.cuts.y.length);
+  const [lo, hi] = colourRange(all, Q.cmap);
+  dfxDrawScalar(scale, [lo, hi]);
+  const px = (data) => (i) => { const v = data[i]; return v === v ? lut[Math.max(0, Math.min(255, Math.round((v - lo) / (hi - lo) * 255)))] : NAN_RGB; };
+  const um = (v) => v * 1e6, hs = (D.meta.layers || {}).heights_m || [];
+  const h0 = hs.length ? um(Math.min(...hs)) - um(vox[0]) / 2 : 0;
+  const views = {y: {cols: nx, d: um(vox[2]), hLabel: "x (µm)", other: "y", at: D.cut.y * um(vox[1])},
+                 x: {cols: ny, d: um(vox[1]), hLabel: "y (µm)", other: "x", at: D.cut.x * um(vox[2])}};
+  for (const [a, v] of Object.entries(views)) {
+    const cv = $(`dfx-cut-${a}`), data = D.cuts[a];
+    drawImagePlot(cv, {rows: L, cols: v.cols, scale, h: [0, v.cols * v.d], v: [h0, h0 + L * um(vox[0])],
+                       hLabel: v.hLabel, vLabel: "h (µm)", pixel: px(data)});
+    $(`dfx-cut-${a}-cap`).textContent = `${Q.name} · cut at ${a} = ${fmtSig(v.at, 3)} µm (h × ${v.other === "y" ? "x" : "y"})`;
+    const ext = finiteRange(data);
+    Object.assign(cv.dataset, {map: name, index: String(D.cut[a]), min: fmtAttr(ext[0]), max: fmtAttr(ext[1])});
+  }
+}
+
+async function dfxSelectCut(a, k) {
+  D.cut[a] = k;
+  try { await dfxCuts(dfxScale()); } catch (e) { $("dfx-msg").textContent = e.message; }
 }
 
 /** Pixel size in µm (1 with pixel axes when the geometry lacks it) and the map's extent. */
@@ -255,13 +305,15 @@ function dfxRadiusControls(R) {
   $("dfx-radius-auto").disabled = !(D.radius > 0);
 }
 
-function dfxDrawScalar(scale) {
+/** The shown map; `range`: its colour range when it is shared with a layer scan's cuts. */
+function dfxDrawScalar(scale, range) {
   const name = dfxShown(), data = D.arrays[name], cv = $("dfx-scalar");
   if (!data) return;
-  const Q = dfxQuantity(name), f = dfxFrame(name), [lo, hi] = colourRange(data, Q.cmap), lut = LUTS[Q.cmap];
+  const Q = dfxQuantity(name), f = dfxFrame(name), [lo, hi] = range || colourRange(data, Q.cmap), lut = LUTS[Q.cmap];
   $("dfx-map-cap").textContent = `${Q.name} · ${Q.unit}`;
+  const [dy, dx] = [(f.v[1] - f.v[0]) / f.rows, (f.h[1] - f.h[0]) / f.cols];
   drawImagePlot(cv, {
-    ...f, scale,
+    ...f, scale, marks: D.layers && D.cut.y !== null ? {h: (D.cut.x + 0.5) * dx, v: (D.cut.y + 0.5) * dy} : null,
     pixel: (i) => { const v = data[i]; return v === v ? lut[Math.max(0, Math.min(255, Math.round((v - lo) / (hi - lo) * 255)))] : NAN_RGB; },
   });
   dfxOverlay(cv, f, scale);
@@ -348,6 +400,8 @@ function dfxInit() {
   $("dfx-radius-auto").addEventListener("click", () => dfxSetRadius(null));
   $("dfx-map").addEventListener("change", (ev) => dfxSelectMap(ev.target.value));
   $("dfx-layer").addEventListener("input", (ev) => dfxSelectLayer(parseInt(ev.target.value, 10)));
+  for (const a of ["y", "x"])
+    $(`dfx-cut-${a}-pos`).addEventListener("input", (ev) => dfxSelectCut(a, parseInt(ev.target.value, 10)));
   window.addEventListener("resize", () => { if (S.tech === "dfxrm" && D.meta && Object.keys(D.arrays).length) dfxDraw(); });
 }
 
@@ -373,6 +427,7 @@ async function dfxSelectMap(name) {
   try {
     if (!D.arrays[name] && !(await dfxFetch(S.run, [name], S.gen))) return;
     dfxDrawScalar(dfxScale());
+    if (D.layers) await dfxCuts(dfxScale());
   } catch (e) {
     $("dfx-msg").textContent = e.message;
   }
