@@ -63,10 +63,11 @@ class DfxrmLayerRun(DfxrmRun):
             acc.add(frame, angles)
             self.seen[k] = True
             lo = layer * self.layer_points
-            full = bool(self.seen[lo:lo + self.layer_points].all())
-        if full:
-            # no frame can join a full layer: its maps once, outside the lock, then its sums go
-            maps = compute_maps(acc, self.geometry, self.map_options)
+            # no frame can join a full layer: its maps once, from a flushed copy (a snapshot for the
+            # live volumes may copy the sums meanwhile), outside the lock; then its sums go
+            full = acc.copy() if self.seen[lo:lo + self.layer_points].all() else None
+        if full is not None:
+            maps = compute_maps(full, self.geometry, self.map_options)
             with self.lock:
                 self.done[layer] = maps
                 self.accs.pop(layer, None)
