@@ -105,7 +105,8 @@ def run_to_dataset(run, path, *, overwrite: bool = False, mask: np.ndarray | Non
             "scan_id": start.get("scan_id"), "order": scan.order, "snake": scan.snake,
             "roi_origin": [int(r0), int(c0)], "exit_status": (run.metadata.get("stop") or {}).get("exit_status"),
             **({"simulated": True, **start["bp_sim"]} if "bp_sim" in start else {})}
-    with DatasetWriter(path, geo, translations, angles, mask, count_time_s=float(scan.count_time_s or 0.0),
+    ct = float(scan.count_time_s) if scan.count_time_s else None     # None: the detector did not say
+    with DatasetWriter(path, geo, translations, angles, mask, count_time_s=ct,
                        metadata=meta, overwrite=overwrite) as w:
         for k in range(n):
             w.write_frame(int(ia[k]), int(ip[k]), frames[k], flush=(k == n - 1))

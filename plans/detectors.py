@@ -17,7 +17,11 @@ from .axes import awaited, is_async
 
 def prepares(detector) -> bool:
     """An ophyd-async detector that must be prepared before it describes (a StandardDetector)."""
-    return is_async(detector) and hasattr(detector, "prepare") and hasattr(detector, "stage")
+    if not is_async(detector):
+        return False
+    from ophyd_async.core import StandardDetector      # only where ophyd-async devices are used
+
+    return isinstance(detector, StandardDetector)
 
 
 def open_detector(detector, count_time: float | None = None):

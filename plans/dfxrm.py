@@ -44,7 +44,10 @@ def _geometry(geometry) -> DfxrmGeometry:
 def _check_camera(detectors, count_time):
     """Plan stub: ``(detectors, camera, image key, frame shape)``. An ophyd-async camera is
     prepared to describe its frames, then unstaged: the scan stages it again and its first trigger
-    prepares it anew (ophyd-async's own rule), so its exposure is the camera's own setting."""
+    prepares it anew (ophyd-async's own rule), so its exposure is the camera's own setting, and
+    the check's preparation leaves one empty file of the camera's (its writer opens one per
+    preparation). Without an exposure the background and noise floor default to 0 unless
+    ``background_counts`` is given."""
     detectors = list(detectors)
     if not detectors:
         raise PlanError("no detector given: pass the DF-XRM camera first in the list")

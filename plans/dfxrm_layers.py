@@ -72,6 +72,9 @@ def layer_scan(detectors, z, phi, chi, geometry, heights, *, phi_range_deg=(-0.0
     @bpp.run_decorator(md=_md)
     def inner():
         for k, hz in enumerate(h):
+            # a pause during the layer's move rewinds to here, not to the last point of the layer
+            # before (which would be measured twice and shift every later frame's layer)
+            yield from bps.checkpoint()
             yield from move(z, float(hz), timeout=move_timeout, what=f"the move to layer {k}")
             yield from bps.mv(layer, k)
             for i, pv in enumerate(p):

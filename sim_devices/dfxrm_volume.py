@@ -138,9 +138,20 @@ class Grain3D:
         ``(x, y, h)`` each ``(BEAM_NODES, rows, cols)`` and the nodes' weights ``(BEAM_NODES,)``."""
         t, w = np.polynomial.hermite_e.hermegauss(BEAM_NODES)
         w = w / w.sum()
-        h = z_m + t * self.config.beam_sigma_m
-        y, x = self.layers.sample_yx(h[:, None, None])
-        return np.broadcast_to(x, y.shape), y, np.broadcast_to(h[:, None, None], y.shape), w
+        h = (z_m + t * self.config.beam_sigma_m)[:, None, None]
+        # each pixel's ray, from the beams' directions (not from the stacking's transform, which
+        # this simulator tests): in the (y, h) plane the diffracted beam runs along
+        # k = (cos 2theta, sin 2theta); image rows count along e_v = (-sin 2theta, cos 2theta), the
+        # object plane's axis in the scattering plane; columns along x
+        t2 = math.radians(self.geometry.tth_ref_deg)
+        k, e_v = np.array([math.cos(t2), math.sin(t2)]), np.array([-math.sin(t2), math.cos(t2)])
+        rows, cols = np.indices(self.layers.frame_shape, dtype=float)
+        p = self.geometry.pixel_size_m
+        v = (rows - (rows.shape[0] - 1) / 2) * p                 # the pixel's point in the object plane
+        s = (h - v * e_v[1]) / k[1]                              # along the ray, up to the height h
+        y = v * e_v[0] + s * k[0]
+        x = np.broadcast_to((cols - (cols.shape[1] - 1) / 2) * p, y.shape)
+        return x, y, np.broadcast_to(h, y.shape), w
 
     def expected(self, phi_deg: float, chi_deg: float, tth_deg: float, z_m: float, count_time_s: float) -> np.ndarray:
         """Expected counts ``(rows, cols)`` with the motors at (phi, chi, 2theta) and the beam at ``z_m``."""

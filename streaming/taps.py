@@ -1,6 +1,7 @@
 """Where the streamer finds a live detector's frames when its events only reference a file.
 
-Two taps, one interface (``take(uri, index, dataset) -> frame or None``, ``mask``, ``detach()``):
+Two taps, one interface (``take(uri, index, dataset) -> frame or None``, ``mask``, ``release()`` at
+each run's stop, ``detach()``):
 
 - :class:`DetectorFrameTap`: the detector hands each frame over as it writes it (a detector with
   ``frame_listeners``, like the simulated ones: an Eiger's ZeroMQ stream is the hardware analogue);

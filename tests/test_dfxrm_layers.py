@@ -1,6 +1,7 @@
 """DF-XRM in 3D, layer by layer: the imaging transform, a recorded layer scan, its volumes against
 the simulated 3D grain's truth (tilts in every layer, boundaries in 3D, the inclined domain wall)."""
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_boundaries_and_the_inclined_domain_wall_are_found_in_3d(layers):
     # the wall: in its sub-grain (the truth's labels say which voxels), where the measured chi
     # flips by domain_tilt_deg; its y in each layer, fitted against the layer's height, gives its
     # inclination (the naive stack, whose layers are each shifted by h cos 2theta / p rows, would
-    # give atan(tan 25 deg - 1 / tan 2theta) = -68 deg)
+    # give atan(tan 25 deg - 1 / tan 2theta) = -69 deg)
     host = truth["inside"] & (truth["labels"] == g.wall_cell) & (vols["mask"] > 0)
     mean_chi = np.nanmedian(vols["tilt_chi"][host])        # measured: between the two domains' tilts
     ys, hs = [], []
@@ -238,3 +239,31 @@ def test_a_recorded_layer_run_exports_and_gives_volumes_from_the_command_line(ti
         for k in ("tilt_phi", "tilt_chi", "mask"):
             np.testing.assert_array_equal(h["maps"][k][()], ref[k], err_msg=k)
     assert out.with_suffix(".png").exists()
+
+
+def test_a_pause_at_a_layer_move_measures_no_point_twice(tmp_path):
+    """A pause (Ctrl-C, a suspender) while the sample moves to the next layer: resumed, the scan
+    repeats that move only, so every layer keeps its own layer_points frames in order."""
+    mic = SimDfxrmMicroscope("tiny", write_dir=tmp_path, volume=Grain3DConfig())
+    RE = RunEngine({})
+    events = []
+    RE.subscribe(lambda name, doc: events.append(doc["data"]) if name == "event" else None)
+    set_z, paused = mic.z.set, []
+
+    def set_and_pause(value, **kw):             # the move to layer 1 (0.5 s) is interrupted once
+        if value == 1.0 and not paused:
+            paused.append(True)
+            threading.Thread(target=RE.request_pause, kwargs={"defer": False}).start()   # as Ctrl-C does
+        return set_z(value, **kw)
+
+    mic.z.velocity = 2.0                         # um/s
+    mic.z.set = set_and_pause
+    from bluesky.utils import RunEngineInterrupted
+
+    with pytest.raises(RunEngineInterrupted):
+        RE(layer_scan([mic.detector], mic.z, mic.phi, mic.chi, mic.geometry, [0.0, 1.0], n_phi=5, n_chi=3,
+                      phi_range_deg=(-0.02, 0.02), chi_range_deg=(-0.02, 0.02)))
+    RE.resume()
+    assert paused and len(events) == 2 * 15
+    assert [e["dfxrm_layer"] for e in events] == [0] * 15 + [1] * 15
+    assert [e["sample_z"] for e in events] == [0.0] * 15 + [1.0] * 15

@@ -125,7 +125,7 @@ def test_an_ophyd_async_detector_streams_live_from_its_file_and_exports_from_til
     for cb in (lambda name, doc: docs.append((name, doc)), writer, BufferingWrapper(streamer)):
         RE.subscribe(cb)
     try:
-        RE(bragg_ptycho_scan([cam], eta, px, py, bl.geometry, count_time=0.5))
+        RE(bragg_ptycho_scan([cam], eta, px, py, bl.geometry))        # the exposure: the camera's own
     finally:
         writer.shutdown(wait=True)
     th.join(180)
@@ -133,7 +133,7 @@ def test_an_ophyd_async_detector_streams_live_from_its_file_and_exports_from_til
     start = docs[0][1]
     uid, sp = start["uid"], start["bp_scan"]
     assert sp["image_key"] == "cam" and tuple(sp["frame_shape"]) == bl.detector.frame_shape
-    assert sp["count_time_s"] == 0.5 and len(cam.file_history) == 1      # prepared once: one file
+    assert sp["count_time_s"] is None and len(cam.file_history) == 1     # prepared once: one file
     st = svc.finished[uid]
     assert st["state"] == "final" and st["rejected"] == 0, st
     assert (st["placed"], st["recovered"]) == (300, 0), st
@@ -164,6 +164,11 @@ def test_alignment_refuses_an_ophyd_async_camera_in_one_line(setup, tmp_path):
     with pytest.raises(PlanError, match="'cam' is an ophyd-async StandardDetector") as e:
         RE(find_bragg_peak(cam, eta, half_range=0.2, num=21))
     assert "\n" not in str(e.value) and not cam.file_history        # refused before anything was written
+    # a Bragg scan refused by the detector check (after its preparation: count_time is its livetime)
+    # leaves it unstaged, its file closed, nothing moved
+    with pytest.raises(PlanError, match="leaves the 172 x 172 frame"):
+        RE(bragg_ptycho_scan([cam], eta, px, py, bl.geometry, count_time=0.5, roi_origin=(150, 150)))
+    assert cam.count_time_s == 0.5 and cam.file is None and len(cam.file_history) == 1
 
 
 def test_a_dfxrm_scan_with_an_ophyd_async_camera_gives_live_maps_equal_to_the_batch_ones(tiled_server, tmp_path):

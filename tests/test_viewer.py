@@ -440,3 +440,21 @@ def test_a_layer_scan_volume_is_browsed_layer_by_layer(tiled_server, viewer, pag
     assert np.nanmax(f[:, 5, :]) != np.nanmax(f[:, DY // 2, :])           # fwhm_phi grows with y: a new range
     wait_cut("y", 5, f[:, 5, :])
     page.locator("#dfxrm").screenshot(path=str(LAYERS_SHOT))
+
+
+def test_a_weak_beam_series_is_drawn_as_maps_not_as_a_volume(tiled_server, viewer, page):
+    """A weak-beam series publishes its images as a 3D stack beside 2D maps: no layer slider, and
+    its integrated intensity is drawn (the stack is not a volume of layers)."""
+    client = tiled_server.client()
+    uid = f"dfw-{uuid.uuid4().hex[:8]}"
+    md, maps = dfx_snapshot(uid, 4, state="final")
+    md["scan"] = {"kind": "weak_beam", "axes": ["phi", "chi", "tth"], "offsets_deg": [[0.02, 0, 0]] * 4}
+    arrays = {"intensity": maps["intensity"], "mask": maps["mask"],
+              "weak_beam": np.stack([maps["intensity"]] * 4).astype(np.float32)}
+    pub = dfx_publisher(client, uid)
+    pub.close(md, arrays)
+    assert pub.last_error is None, pub.last_error
+    page.goto(viewer.url + f"?run={uid}")
+    page.wait_for_selector(f"body[data-run='{uid}'][data-tech='dfxrm'][data-updated]")
+    wait_dfx_map(page, "intensity", np.nanmin(maps["intensity"]), np.nanmax(maps["intensity"]))
+    assert page.is_hidden("#dfx-layer-ctl") and page.is_hidden("#dfx-cuts")

@@ -8,7 +8,8 @@ beam, in the layer). Projected along the diffracted beam, a sample point ``(x, y
 
     column ``c = c_c + x / p``,   row ``r = r_c + (h cos 2theta - y sin 2theta) / p``,
 
-with ``p`` the pixel in the sample plane and ``(r_c, c_c)`` the image centre (pixel-centre
+with ``p`` the image pixel in the object plane (normal to the diffracted beam; ``geometry.pixel_size_m``)
+and ``(r_c, c_c)`` the image centre (pixel-centre
 indices). So inside a layer y is foreshortened by ``sin 2theta`` (a row is ``p / sin 2theta`` of
 sample), and raising the layer by ``dh`` moves its image by ``dh cos 2theta / p`` rows: a volume
 stacked without undoing that shift shears every boundary that crosses the layers.
@@ -77,7 +78,7 @@ class LayerGeometry:
         s, c = self._sc
         h = np.asarray(heights_m, float)
         half = self.centre[0] * self.pixel_size_m
-        lo, hi = (h.min() * c - half) / s, (h.max() * c + half) / s
+        lo, hi = ((h * c).min() - half) / s, ((h * c).max() + half) / s   # cos 2theta < 0 past 90 deg
         dy = self.voxel_m[0]
         n = int(math.floor((hi - lo) / dy + 1e-9)) + 1
         return lo + dy * np.arange(n)
@@ -104,9 +105,9 @@ class LayerGeometry:
         n_rows = maps.shape[1]
         for k in range(len(h)):
             r = self.row_of(y, h[k])
-            r0 = np.floor(r).astype(int)
+            r0 = np.clip(np.floor(r).astype(int), 0, max(n_rows - 2, 0))     # the last row: r0 + 1, f = 1
             f = (r - r0)[:, None]
-            ok = (r0 >= 0) & (r0 + 1 < n_rows)
+            ok = (r >= 0) & (r <= n_rows - 1)
             lo = np.where(ok[:, None], maps[k, np.clip(r0, 0, n_rows - 1)], np.nan)
             hi = np.where(ok[:, None], maps[k, np.clip(r0 + 1, 0, n_rows - 1)], np.nan)
             v = lo * (1 - f) + hi * f

@@ -51,7 +51,7 @@ async function dfxRefresh(uid, status, gen) {
   ]);
   if (gen !== S.gen) return;
   D.meta = md.data.attributes.metadata;
-  [D.shapes, D.layers] = dfxShapes(children.data);
+  [D.shapes, D.layers] = dfxShapes(children.data, Boolean(D.meta.layers));
   dfxLayerControl();
   D.snap++;
   D.arrays = {};
@@ -70,16 +70,17 @@ async function dfxRefresh(uid, status, gen) {
   document.body.dataset.updated = String(status.updated);
 }
 
-/** [{name: [rows, cols]}, layers] of the run's float maps: 2D, or the (layers, rows, cols)
- *  volumes of a layer scan (layers 0 for 2D maps). */
-function dfxShapes(children) {
+/** [{name: [rows, cols]}, layers] of the run's float maps: 2D, or when `layered` (the metadata's
+ *  `layers`) the (layers, rows, cols) volumes of a layer scan; layers 0 for 2D maps (a weak-beam
+ *  series' 3D image stack is no volume of maps). */
+function dfxShapes(children, layered) {
   const out = {};
   let layers = 0;
   for (const c of children) {
     const st = c.attributes.structure;
     if (!(st && st.shape && st.data_type && st.data_type.kind === "f")) continue;
     if (st.shape.length === 2) out[c.id] = st.shape;
-    else if (st.shape.length === 3) { out[c.id] = st.shape.slice(1); layers = st.shape[0]; }
+    else if (layered && st.shape.length === 3) { out[c.id] = st.shape.slice(1); layers = st.shape[0]; }
   }
   return [out, layers];
 }
