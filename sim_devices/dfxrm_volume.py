@@ -31,6 +31,8 @@ import numpy as np
 from bp_plugin.dfxrm.geometry import DfxrmGeometry
 from bp_plugin.dfxrm.layers import LayerGeometry
 
+from .dfxrm_sample import DfxrmSampleConfig
+
 #: Gauss-Hermite nodes over the line beam's height (exact for a field linear or quadratic in h)
 BEAM_NODES = 5
 
@@ -60,12 +62,13 @@ class Grain3DConfig:
     domain_tilt_deg: float = 0.02
     wall_angle_deg: float = 25.0
     dislocations: tuple = ((1.0e-6, -1.2e-6, -0.1, 0.15, 2.86e-10),)
-    strain_gradient: float = 2e-4
-    subgrain_strain: float = 5e-5
-    mosaic_sigma_deg: float = 0.003
-    resolution_deg: dict = field(default_factory=lambda: {"phi": 0.004, "chi": 0.008, "tth": 0.004})
-    peak_counts_per_s: float = 4000.0
-    background_counts_per_s: float = 5.0
+    # the grain's strain and the microscope's response: the 2D sample's defaults, defined once there
+    strain_gradient: float = DfxrmSampleConfig.strain_gradient
+    subgrain_strain: float = DfxrmSampleConfig.subgrain_strain
+    mosaic_sigma_deg: float = DfxrmSampleConfig.mosaic_sigma_deg
+    resolution_deg: dict = field(default_factory=lambda: dict(DfxrmSampleConfig().resolution_deg))
+    peak_counts_per_s: float = DfxrmSampleConfig.peak_counts_per_s
+    background_counts_per_s: float = DfxrmSampleConfig.background_counts_per_s
     beam_sigma_m: float = 0.1e-6
     seed: int = 0
 
