@@ -25,7 +25,7 @@ from bp_plugin.scan_document import ScanDocument
 from .checks import (PlanError, angle_unit_deg, check_detector, check_sampling, check_targets, length_unit_m,
                      resolve_geometry, scan_points)
 from .axes import read_axis
-from .detectors import close_detector, open_detector, stage_rest
+from .detectors import close_detector, detector_count_time, open_detector, stage_rest
 from .moves import MOVE_TIMEOUT_S, check_move_timeout, move
 
 
@@ -111,8 +111,7 @@ def bragg_ptycho_scan(detectors, rocking, x, y, geometry, *, eta_centre: float |
 
     index = ScanIndex(name="bp_index")
     n_points = len(pts.angle_index)
-    ct = count_time if count_time is not None or opened else (
-        det.count_time.get() if hasattr(getattr(det, "count_time", None), "get") else None)
+    ct = count_time if count_time is not None or opened else detector_count_time(det)
     scan_md = ScanDocument(
         n_points=n_points, n_angles=geo.n_angles, n_positions=len(pts.x), raster_shape=geo.raster_shape,
         order=order, snake=snake, rocking_motor=rocking.name, x_motor=x.name, y_motor=y.name,

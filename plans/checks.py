@@ -76,17 +76,21 @@ def frame_shape_of(shape) -> tuple[int, int] | None:
     return shape[-2], shape[-1]
 
 
+def image_keys(keys: dict) -> list[tuple[str, tuple[int, int]]]:
+    """``[(data key, (rows, cols)), ...]`` of the data keys that are one 2D frame per event."""
+    return [(k, s) for k, v in keys.items() if (s := frame_shape_of(v.get("shape"))) is not None]
+
+
 def check_detector(detector, keys: dict, geo: ExperimentGeometry, roi_origin: tuple[int, int] | None):
     """The detector gives 2D frames that hold the reconstruction crop; returns (image key, shape, roi origin).
 
     ``keys``: its data keys (``describe()``, :func:`plans.detectors.open_detector`); an image is a
     key of shape ``(rows, cols)``, or ``(1, rows, cols)`` as ophyd-async describes a frame per event."""
-    images = [(k, v) for k, v in keys.items() if frame_shape_of(v.get("shape")) is not None]
+    images = image_keys(keys)
     if not images:
         raise PlanError(f"detector {detector.name!r} produces no 2D image (its data keys: {sorted(keys)}); "
                         "pass an area detector")
-    key, d = images[0]
-    shape = frame_shape_of(d["shape"])
+    key, shape = images[0]
     n1, n2 = geo.crop
     if shape[0] < n1 or shape[1] < n2:
         raise PlanError(f"detector {detector.name!r} frames are {shape[0]} x {shape[1]} pixels, smaller than the "

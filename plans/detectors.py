@@ -42,6 +42,13 @@ def open_detector(detector, count_time: float | None = None):
     return keys, opened
 
 
+def detector_count_time(detector) -> float | None:
+    """The exposure (s) an ophyd detector's ``count_time`` signal holds now; None without one
+    (an ophyd-async detector's is its preparation's livetime, not a signal read here)."""
+    signal = getattr(detector, "count_time", None)
+    return signal.get() if hasattr(signal, "get") else None
+
+
 def close_detector(detector, opened: bool):
     """Plan stub: unstage a detector :func:`open_detector` opened (a refused plan)."""
     if opened:

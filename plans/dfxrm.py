@@ -20,9 +20,9 @@ from bluesky import plans as bp
 
 from bp_plugin.dfxrm.geometry import DfxrmGeometry
 
-from .checks import PlanError, angle_unit_deg, check_targets, frame_shape_of
+from .checks import PlanError, angle_unit_deg, check_targets, image_keys
 from .axes import is_async, read_axis
-from .detectors import close_detector, open_detector
+from .detectors import close_detector, detector_count_time, open_detector
 from .moves import MOVE_TIMEOUT_S, timed_step
 
 PLAN_VERSION = 1
@@ -61,7 +61,7 @@ def _check_camera(detectors, count_time):
         yield from close_detector(det, opened)
     else:
         desc = {}
-    images = [(k, frame_shape_of(v.get("shape"))) for k, v in desc.items() if frame_shape_of(v.get("shape"))]
+    images = image_keys(desc)
     if not images:
         raise PlanError(f"detector {getattr(det, 'name', det)!r} gives no 2D frames; the first detector must be "
                         "the DF-XRM camera")
@@ -98,8 +98,7 @@ def _metadata(kind, det, key, frame_shape, geo, axes, motors, centre, shape, *, 
     if order not in (2, 4):
         raise PlanError(f"order {order!r}: the moments are kept to order 2 (centre of mass, widths) or 4 "
                         "(plus skewness and kurtosis)")
-    ct = count_time if count_time is not None else (
-        det.count_time.get() if hasattr(getattr(det, "count_time", None), "get") else None)
+    ct = count_time if count_time is not None else detector_count_time(det)
     if background is None:
         bg = getattr(det, "background_counts", None)
         background = float(bg(ct)) if callable(bg) and ct is not None else 0.0
