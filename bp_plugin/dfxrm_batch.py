@@ -148,7 +148,6 @@ def layer_volumes(scan: DfxrmScan, *, options: MapOptions | None = None, chunk: 
            for k in range(len(heights))]
     out = stack_layer_maps(per, heights, lg)
     _, y, x = lg.volume_grid(heights)
-    step = float(np.median(np.abs(np.diff(heights)))) if len(heights) > 1 else None
     out.update(layer_maps=per, heights_m=heights, y_m=y[0, :, 0].copy(), x_m=x[0, 0].copy(),
-               voxel_m=(step, *lg.voxel_m), incomplete=[k for k in range(len(heights)) if (k + 1) * n_per > n])
+               voxel_m=lg.volume_voxel_m(heights), incomplete=[k for k in range(len(heights)) if (k + 1) * n_per > n])
     return out

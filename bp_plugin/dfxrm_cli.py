@@ -59,6 +59,7 @@ def _source(a):
 def cmd_maps(a) -> int:
     from .backend import get_backend
     from .dfxrm.output import plot_maps, write_maps
+    from .dfxrm.layers import fullest_layer
     from .dfxrm_batch import batch_maps, layer_volumes
 
     scan, f = _source(a)
@@ -76,7 +77,7 @@ def cmd_maps(a) -> int:
         vols = {k: v for k, v in maps.items() if isinstance(v, np.ndarray) and v.ndim == 3}
         write_maps(out, vols, geometry=scan.geometry.to_dict(), scan=scan.scan, source=str(a.source))
         per = maps["layer_maps"]
-        k = int(np.argmax([0 if m is None else int(np.asarray(m["mask"]).sum()) for m in per]))
+        k = fullest_layer(per)
         png = plot_maps(out.with_suffix(".png"), per[k], scan.geometry.pixel_size_m, title=f"{title}, layer {k}")
         print(f"{len(scan.angles_deg)} frames -> {out}: volumes {vols['tilt_phi'].shape} (layers, y, x) of "
               f"{', '.join(k for k in vols if k != 'intensity')}, voxel (h, y, x) "

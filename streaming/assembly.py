@@ -31,6 +31,7 @@ import numpy as np
 from bp_plugin.geometry import ExperimentGeometry
 
 from .protocol import Message, crop_roi
+from .taps import DEFAULT_DATASET
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ class RunAssembly:
             return
         origin = src.get("roi_origin") or (0, 0)
         with h5py.File(src["file"], "r", libver="latest", swmr=True) as f:
-            d = f[src.get("dataset", "/entry/data/data")]
+            d = f[src.get("dataset", DEFAULT_DATASET)]
             for _, _, k in todo:
                 if not 0 <= int(k) < d.shape[0]:
                     raise IndexError(f"frame {k} is not in the file ({d.shape[0]} frames)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bp_plugin.dfxrm.layers import LayerGeometry, stack_layer_maps
+from bp_plugin.dfxrm.layers import LayerGeometry, fullest_layer, stack_layer_maps
 from bp_plugin.dfxrm.maps import compute_maps
 from bp_plugin.dfxrm.moments import MomentAccumulator
 
@@ -38,16 +38,8 @@ class DfxrmLayerRun(DfxrmRun):
                              f"{self.n_frames_expected} frames announced")
         self.layer_geometry = LayerGeometry(tth_deg=float(s["tth_deg"]), pixel_size_m=self.geometry.pixel_size_m,
                                             frame_shape=self.shape)
-        self._xp = xp
-        self.acc = None                       # one set of sums per layer being measured instead
-        self.accs: dict[int, MomentAccumulator] = {}
+        self.accs: dict[int, MomentAccumulator] = {}    # sums of the layers being measured (_new_acc)
         self.done: dict[int, dict] = {}       # finished layers' maps
-
-    def _new_acc(self) -> MomentAccumulator:
-        s = self.scan
-        return MomentAccumulator(self.shape, self.axes, s.get("centre_deg"), order=int(s.get("order", 2)),
-                                 background=self.background, floor=float(s.get("noise_floor_counts", 0.0)),
-                                 xp=self._xp)
 
     def checkpoint(self) -> None:
         """None for layer scans (see the module docstring)."""
@@ -88,10 +80,9 @@ class DfxrmLayerRun(DfxrmRun):
         md = super().metadata(state, metrics)
         with self.lock:
             done = sorted(self.done)
-        vy, vx = self.layer_geometry.voxel_m
-        step = float(np.median(np.abs(np.diff(self.heights_m)))) if self.n_layers > 1 else None
         md["layers"] = {"heights_m": self.heights_m.tolist(), "finished": done, "layer_points": self.layer_points,
-                        "voxel_m": [step, vy, vx], "dims": ["h", "y", "x"], "tth_deg": self.layer_geometry.tth_deg}
+                        "voxel_m": list(self.layer_geometry.volume_voxel_m(self.heights_m)), "dims": ["h", "y", "x"],
+                        "tth_deg": self.layer_geometry.tth_deg}
         return md
 
 
@@ -110,7 +101,7 @@ class DfxrmLayerLive(DfxrmLive):
             from bp_plugin.dfxrm.output import plot_maps
 
             per = run.layer_maps()
-            k = int(np.argmax([0 if m is None else int(np.asarray(m["mask"]).sum()) for m in per]))
+            k = fullest_layer(per)
             if per[k] is not None:
                 plot_maps(run.folder / "maps.png", {n: v for n, v in per[k].items() if not n.startswith("com_")},
                           run.geometry.pixel_size_m, title=f"DF-XRM layer {k} of scan {run.uid[:8]} "
@@ -118,10 +109,14 @@ class DfxrmLayerLive(DfxrmLive):
         return out
 
 
+def _run_class(header: dict):
+    """The run class of a DF-XRM start header: a layer scan's, or a 2D scan's."""
+    return DfxrmLayerRun if (header.get("scan") or {}).get("kind") == "layers" else DfxrmRun
+
+
 def open_dfxrm_run(header: dict, folder, *, xp=np):
-    """The run of a DF-XRM start header: a layer scan's, or a 2D scan's (resumed when ``folder``
-    holds one an earlier process started)."""
-    cls = DfxrmLayerRun if (header.get("scan") or {}).get("kind") == "layers" else DfxrmRun
+    """The run of a DF-XRM start header (resumed when ``folder`` holds one an earlier process started)."""
+    cls = _run_class(header)
     return cls.resume(folder, xp=xp) or cls(header, folder, xp=xp)
 
 
@@ -133,8 +128,7 @@ def resume_dfxrm_run(folder, *, xp=np):
     p = Path(folder) / "dfxrm_start.json"
     if not p.exists():
         return None
-    kind = (json.loads(p.read_text()).get("scan") or {}).get("kind")
-    return (DfxrmLayerRun if kind == "layers" else DfxrmRun).resume(folder, xp=xp)
+    return _run_class(json.loads(p.read_text())).resume(folder, xp=xp)
 
 
 def dfxrm_work(run, *, figures: bool):

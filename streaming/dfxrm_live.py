@@ -22,6 +22,8 @@ from bp_plugin.dfxrm.geometry import DfxrmGeometry
 from bp_plugin.dfxrm.maps import MAP_UNITS, MapOptions, compute_maps
 from bp_plugin.dfxrm.moments import MomentAccumulator
 
+from .taps import DEFAULT_DATASET
+
 log = logging.getLogger(__name__)
 
 ROOT = "dfxrm"
@@ -59,9 +61,8 @@ class DfxrmRun:
         self.shape = tuple(int(v) for v in scan["frame_shape"])
         self.n_frames_expected = int(header["n_frames"])
         self.background = float(scan.get("background_counts", 0.0))
-        self.acc = MomentAccumulator(self.shape, self.axes, scan.get("centre_deg"), order=int(scan.get("order", 2)),
-                                     background=self.background, floor=float(scan.get("noise_floor_counts", 0.0)),
-                                     xp=xp)
+        self._xp = xp
+        self.acc = None if self.layered else self._new_acc()    # a layer run: sums per layer instead
         self.weak = None
         if self.kind == "weak_beam":
             nbytes = self.n_frames_expected * self.shape[0] * self.shape[1] * 4
@@ -82,6 +83,13 @@ class DfxrmRun:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.folder / "dfxrm_start.json").exists():
             (self.folder / "dfxrm_start.json").write_text(json.dumps(header))
+
+    def _new_acc(self) -> MomentAccumulator:
+        """Empty running sums for this scan's frames, axes, order, background and noise floor."""
+        s = self.scan
+        return MomentAccumulator(self.shape, self.axes, s.get("centre_deg"), order=int(s.get("order", 2)),
+                                 background=self.background, floor=float(s.get("noise_floor_counts", 0.0)),
+                                 xp=self._xp)
 
     @classmethod
     def resume(cls, folder, *, xp=np) -> "DfxrmRun | None":
@@ -221,7 +229,7 @@ class DfxrmRun:
             with f:
                 for k, i, angles in todo:
                     try:
-                        frame = f[src.get("dataset", "/entry/data/data")][i]
+                        frame = f[src.get("dataset", DEFAULT_DATASET)][i]
                         if frame.shape != self.shape:
                             raise ValueError(f"shape {frame.shape}, the run's is {self.shape}")
                     except (OSError, KeyError, IndexError, ValueError) as exc:

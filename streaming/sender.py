@@ -29,7 +29,7 @@ import zmq
 from bp_plugin.scan_document import run_scan
 
 from . import protocol
-from .taps import as_frame, uri_path as _uri_path
+from .taps import DEFAULT_DATASET, as_frame, uri_path as _uri_path
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class FrameSender:
 
 #: resource specs of ophyd's areaDetector HDF5 plug-in, and the dataset its frames are in
 AD_HDF5_SPECS = ("AD_HDF5", "AD_HDF5_SWMR")
-AD_HDF5_DATASET = "/entry/data/data"
+AD_HDF5_DATASET = DEFAULT_DATASET               # areaDetector's HDF5 plug-in writes NeXus
 
 
 class BlueskyFrameStreamer:

@@ -59,6 +59,16 @@ class LayerGeometry:
         """The in-layer voxel (y, x) of the stacked volumes (m): ``(p / sin 2theta, p)``."""
         return self.pixel_size_m / self._sc[0], self.pixel_size_m
 
+    @staticmethod
+    def layer_step_m(heights_m) -> float | None:
+        """The volumes' voxel along h (m): the median spacing of the heights (None for one layer)."""
+        h = np.asarray(heights_m, float)
+        return float(np.median(np.abs(np.diff(h)))) if h.size > 1 else None
+
+    def volume_voxel_m(self, heights_m) -> tuple:
+        """The stacked volumes' voxel (h, y, x) in m (h None for one layer)."""
+        return (self.layer_step_m(heights_m), *self.voxel_m)
+
     def sample_yx(self, h_m):
         """``(y, x)`` in the sample (m) of every pixel for a layer at height ``h_m`` (scalar or an
         array broadcasting against ``(rows, cols)``); y ``(..., rows, cols)``, x ``(rows, cols)``."""
@@ -119,6 +129,11 @@ class LayerGeometry:
 
 #: the maps a layer scan stacks into volumes
 VOLUME_MAPS = ("intensity", "tilt_phi", "tilt_chi", "fwhm_phi", "fwhm_chi", "cov_phi_chi")
+
+
+def fullest_layer(per_layer) -> int:
+    """Index of the layer whose maps hold the most crystal pixels (its ``mask``; None: not measured)."""
+    return int(np.argmax([0 if m is None else int(np.asarray(m["mask"]).sum()) for m in per_layer]))
 
 
 def stack_layer_maps(per_layer, heights_m, geometry: LayerGeometry) -> dict:

@@ -57,7 +57,7 @@ async function dfxRefresh(uid, status, gen) {
   D.arrays = {};
   dfxDescribe();
   dfxMenu();
-  const map = dfxShown(), names = [...dfxTiltNames(), ...(map ? [map] : [])];
+  const names = dfxDrawnNames();
   // no "updated" yet: the container is being created and its arrays written one by one
   if (!names.length || status.updated === undefined) {
     $("dfx-msg").textContent = "Waiting for the first maps of this run…";
@@ -88,6 +88,8 @@ function dfxShapes(children, layered) {
 /** The scalar map drawn: the one picked if this run has it, else the first the run has. */
 const dfxShown = () => (D.shapes[D.map] ? D.map : Object.keys(DFX_MAPS).find((n) => D.shapes[n]));
 const dfxTiltNames = () => (D.shapes.tilt_phi && D.shapes.tilt_chi ? ["tilt_phi", "tilt_chi"] : []);
+/** The maps a draw needs: the tilts (when both exist) and the scalar map shown. */
+const dfxDrawnNames = () => { const map = dfxShown(); return [...dfxTiltNames(), ...(map ? [map] : [])]; };
 
 /** Fetch maps of the current snapshot into D.arrays; false when one is not published yet (404). */
 async function dfxFetch(uid, names, gen) {

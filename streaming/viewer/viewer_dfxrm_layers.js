@@ -26,8 +26,7 @@ async function dfxSelectLayer(k) {
   dfxLayerControl();
   D.snap++; D.arrays = {};
   try {
-    const map = dfxShown();
-    if (!(await dfxFetch(S.run, [...dfxTiltNames(), ...(map ? [map] : [])], S.gen))) return;
+    if (!(await dfxFetch(S.run, dfxDrawnNames(), S.gen))) return;
     dfxDraw();
   } catch (e) {
     $("dfx-msg").textContent = e.message;
