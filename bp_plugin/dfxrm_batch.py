@@ -151,3 +151,48 @@ def layer_volumes(scan: DfxrmScan, *, options: MapOptions | None = None, chunk: 
     out.update(layer_maps=per, heights_m=heights, y_m=y[0, :, 0].copy(), x_m=x[0, 0].copy(),
                voxel_m=lg.volume_voxel_m(heights), incomplete=[k for k in range(len(heights)) if (k + 1) * n_per > n])
     return out
+
+
+def topo_projections(scan: DfxrmScan, *, chunk: int = 64, progress: bool = False) -> tuple[np.ndarray, list]:
+    """The integrated projections ``(n_projections, rows, cols)`` of a topo-tomography scan
+    (:func:`plans.dfxrm_topo.topo_scan`, frames in acquisition order, ``projection_points`` per
+    omega), read ``chunk`` frames at a time, and the projections left out (NaN) because their
+    rocking curve is not complete (a stopped run)."""
+    from tqdm import tqdm
+
+    from .dfxrm.topotomo import integrated_projections
+
+    s = scan.scan
+    if s.get("kind") != "topotomo":
+        raise DfxrmSourceError(f"a {s.get('kind')!r} scan has no projections; topo_projections takes a topotomo scan")
+    n_per, n_proj = int(s["projection_points"]), int(s["n_projections"])
+    n = len(scan.angles_deg)
+    sums = np.zeros((n_proj, *s["frame_shape"]))
+    counts = np.zeros(n_proj, int)
+    for i in tqdm(range(0, n, chunk), desc="projections", unit="chunk", disable=not progress):
+        block = _block(scan, i, min(n, i + chunk))
+        idx = (i + np.arange(len(block))) // n_per
+        for k in np.unique(idx):
+            sel = idx == k
+            sums[k] += block[sel].sum(0)
+            counts[k] += int(sel.sum())
+    short = [k for k in range(n_proj) if counts[k] < n_per]
+    counts[short] = 0                   # a partial rocking curve would dim its projection
+    return integrated_projections(sums, counts, float(s.get("background_counts", 0.0))), short
+
+
+def topo_shape(scan: DfxrmScan, *, chunk: int = 64, progress: bool = False) -> dict:
+    """The grain's shape from a topo-tomography scan: :func:`bp_plugin.dfxrm.topotomo.reconstruct_shape`
+    of :func:`topo_projections`, plus ``projections`` and ``incomplete`` (the omegas left out)."""
+    from .dfxrm.topotomo import TopoGeometry, reconstruct_shape
+
+    proj, short = topo_projections(scan, chunk=chunk, progress=progress)
+    s = scan.scan
+    geo = TopoGeometry(tth_deg=float(s["tth_deg"]), pixel_size_m=scan.geometry.pixel_size_m,
+                       frame_shape=tuple(s["frame_shape"]))
+    try:
+        out = reconstruct_shape(proj, s["omegas_deg"], geo, progress=progress)
+    except ValueError as exc:
+        raise DfxrmSourceError(f"topo-tomography scan: {exc}") from None
+    out.update(projections=proj, incomplete=short)
+    return out

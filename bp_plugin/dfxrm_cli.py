@@ -63,6 +63,8 @@ def cmd_maps(a) -> int:
     from .dfxrm_batch import batch_maps, layer_volumes
 
     scan, f = _source(a)
+    if scan.scan.get("kind") == "topotomo":
+        return _topo_maps(a, scan, f)
     layered = scan.scan.get("kind") == "layers"
     xp = get_backend(a.device).xp
     try:
@@ -87,6 +89,30 @@ def cmd_maps(a) -> int:
     write_maps(out, maps, geometry=scan.geometry.to_dict(), scan=scan.scan, source=str(a.source))
     png = plot_maps(out.with_suffix(".png"), maps, scan.geometry.pixel_size_m, title=title)
     print(f"{len(scan.angles_deg)} frames -> {out} ({', '.join(k for k in maps if k != 'intensity')}); figure {png}")
+    return 0
+
+
+def _topo_maps(a, scan, f) -> int:
+    """``dfxrm maps`` of a topo-tomography scan: the grain's volume and shape, and their figure."""
+    from .dfxrm.output import plot_topo, write_maps
+    from .dfxrm_batch import topo_shape
+
+    try:
+        r = topo_shape(scan, progress=not a.no_progress)
+    finally:
+        if f is not None:
+            f.close()
+    out = Path(a.out)
+    arrays = {"volume": r["volume"], "shape": r["shape"], "projections": r["projections"],
+              **{f"{k}_m": v for k, v in r["axes_m"].items()}}
+    write_maps(out, arrays, geometry=scan.geometry.to_dict(), scan=scan.scan, source=str(a.source),
+               metrics={"grain_volume_m3": r["grain_volume_m3"], "threshold": r["threshold"],
+                        "n_projections": r["n_projections"], "incomplete": r["incomplete"]})
+    png = plot_topo(out.with_suffix(".png"), r, title=f"DF-XRM topo-tomography {scan.run_uid or a.source}")
+    print(f"{len(scan.angles_deg)} frames -> {out}: grain shape {r['shape'].shape} (w, b, a) of "
+          f"{r['grain_volume_m3'] * 1e18:.3g} um^3 from {r['n_projections']} projections, voxel "
+          f"{r['voxel_m'][0] * 1e6:.3g} um" + (f"; left out (rocking incomplete): {r['incomplete']}"
+                                              if r["incomplete"] else "") + f"; figure {png}")
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .recording import TILED_BATCH
 
-SCAN_KINDS = ("mosaicity", "strain", "combined", "weak_beam", "layers")
+SCAN_KINDS = ("mosaicity", "strain", "combined", "weak_beam", "layers", "topotomo")
 #: the layers of a ``layers`` scan by default: sample heights (um), the simulated 3D grain's middle
 LAYER_HEIGHTS_UM = (-2.0, -1.333, -0.667, 0.0, 0.667, 1.333, 2.0)
 
@@ -22,8 +22,9 @@ class DfxrmAcquireOptions:
 
     Attributes:
         preset: simulated microscope (tiny, small, full).
-        scan: ``mosaicity`` (phi x chi), ``strain`` (2theta), ``combined``, ``weak_beam`` or
-            ``layers`` (a mosaicity grid at each height of a simulated 3D grain, ``heights_um``).
+        scan: ``mosaicity`` (phi x chi), ``strain`` (2theta), ``combined``, ``weak_beam``,
+            ``layers`` (a mosaicity grid at each height of a simulated 3D grain, ``heights_um``) or
+            ``topotomo`` (a phi rocking at each ``omegas_deg`` about Q of a simulated 3D grain).
         out: output folder (``detector/`` HDF5 frames, ``tiled/`` embedded server).
         detector_dir: where the camera writes (default ``out/detector``); a Tiled server must be
             allowed to read it to serve the frames.
@@ -32,6 +33,7 @@ class DfxrmAcquireOptions:
         n_phi, n_chi, n_tth: points per axis (None: the preset's).
         weak_beam_offsets_deg: (dphi, dchi, dtth) offsets of a weak-beam series.
         heights_um: the layers of a ``layers`` scan (sample heights, um).
+        omegas_deg: the projections of a ``topotomo`` scan (None: the plan's full turn).
         count_time: exposure per frame (s; None: the preset's).
         order: moments kept (2, or 4 for skewness and kurtosis too).
         realtime: exposures last ``count_time`` as on the real camera.
@@ -51,6 +53,7 @@ class DfxrmAcquireOptions:
     n_tth: int | None = None
     weak_beam_offsets_deg: tuple = ((0.02, 0.0, 0.0), (-0.02, 0.0, 0.0), (0.0, 0.03, 0.0), (0.0, -0.03, 0.0))
     heights_um: tuple = LAYER_HEIGHTS_UM
+    omegas_deg: tuple | None = None
     count_time: float | None = None
     order: int = 2
     realtime: bool = False
@@ -78,10 +81,31 @@ def dfxrm_plan(mic, opts: DfxrmAcquireOptions):
         from .dfxrm_layers import layer_scan
 
         return layer_scan(det, mic.z, mic.phi, mic.chi, geo, list(opts.heights_um), md=opts.md, **tilt)
+    if opts.scan == "topotomo":
+        from .dfxrm_topo import topo_scan
+
+        kw = {"n_phi": opts.n_phi} if opts.n_phi else {}
+        return topo_scan(det, mic.omega, mic.phi, geo, opts.omegas_deg, count_time=opts.count_time, md=opts.md, **kw)
     if opts.scan == "weak_beam":
         return dfxrm.weak_beam_series(det, mic.phi, mic.chi, mic.tth, geo, opts.weak_beam_offsets_deg, md=opts.md,
                                       count_time=opts.count_time)
     raise ValueError(f"unknown DF-XRM scan {opts.scan!r}; choose one of {SCAN_KINDS}")
+
+
+def sim_microscope(opts: DfxrmAcquireOptions, write_dir):
+    """The simulated microscope ``opts.scan`` needs: the preset's 2D grain, or a 3D one under a
+    line beam (layers) or lit whole with the rotation about Q (topotomo)."""
+    from sim_devices.dfxrm_microscope import SimDfxrmMicroscope, get_dfxrm_preset
+    from sim_devices.dfxrm_topo import topo_grain
+    from sim_devices.dfxrm_volume import Grain3DConfig
+
+    kw = dict(write_dir=write_dir, seed=opts.seed, realtime=opts.realtime)
+    if opts.scan == "layers":
+        return SimDfxrmMicroscope(opts.preset, volume=Grain3DConfig(), **kw)
+    if opts.scan == "topotomo":
+        p = get_dfxrm_preset(opts.preset)
+        return SimDfxrmMicroscope(p, volume=topo_grain(p.shape, p.geometry().pixel_size_m), imaging="projections", **kw)
+    return SimDfxrmMicroscope(opts.preset, **kw)
 
 
 def acquire_dfxrm(opts: DfxrmAcquireOptions, *, server=None, callbacks_for=None) -> dict:
@@ -90,15 +114,11 @@ def acquire_dfxrm(opts: DfxrmAcquireOptions, *, server=None, callbacks_for=None)
     Returns: ``uid``, ``tiled_url``, ``api_key``, ``n_events``, ``seconds``, ``detector_files``,
     ``exit_status``.
     """
-    from sim_devices.dfxrm_microscope import SimDfxrmMicroscope
-    from sim_devices.dfxrm_volume import Grain3DConfig
-
     from .recording import record_run
 
     out = Path(opts.out)
     result, _ = record_run(
-        lambda det_dir: SimDfxrmMicroscope(opts.preset, write_dir=det_dir, seed=opts.seed, realtime=opts.realtime,
-                                           volume=Grain3DConfig() if opts.scan == "layers" else None),
+        lambda det_dir: sim_microscope(opts, det_dir),
         lambda mic: dfxrm_plan(mic, opts), out=out,
         detector_dir=Path(opts.detector_dir) if opts.detector_dir else out / "detector", server=server,
         tiled_url=opts.tiled_url, api_key=opts.api_key, batch_size=opts.batch_size, callbacks_for=callbacks_for)

@@ -11,7 +11,9 @@ tth   deg   the 2theta arm: objective lens and detector move together
 ===== ===== ===================================================================================
 
 With a 3D grain (``volume=``, layer scans) the sample's height ``sample_z`` (um, along the
-beam-normal axis) selects the layer the line beam lights (:mod:`sim_devices.dfxrm_volume`).
+beam-normal axis) selects the layer the line beam lights (:mod:`sim_devices.dfxrm_volume`). With
+``imaging="projections"`` the grain is lit whole, a near-field camera takes the diffracted beam
+and ``omega`` (deg) turns the sample about Q: topo-tomography (:mod:`sim_devices.dfxrm_topo`).
 
 The camera is a 2048 x 2048 sCMOS (uint16) behind an objective; a preset reads a region of it and
 bins it (``tiny``: 256 x 256 binned 4x = 64 x 64 pixels, ``small``: 1024 x 1024 -> 256 x 256,
@@ -31,6 +33,7 @@ from bp_plugin.truth import write_truth_file
 
 from .detector import SimAreaDetector
 from .dfxrm_sample import DfxrmSample, DfxrmSampleConfig, build_sample
+from .dfxrm_topo import GrainProjector
 from .dfxrm_volume import Grain3D, Grain3DConfig
 from .motors import SimAxis
 
@@ -119,10 +122,15 @@ class SimDfxrmMicroscope:
         volume: a 3D grain (:class:`sim_devices.dfxrm_volume.Grain3DConfig`) imaged layer by layer
             under a line beam; adds the sample's height axis ``sample_z`` (um), the layer the beam
             lights. None: the 2D grain of the preset.
+        imaging: with a 3D grain, ``"layers"`` (line beam, objective) or ``"projections"`` (the
+            grain lit whole, a near-field camera, and the ``omega`` axis about Q).
     """
 
     def __init__(self, preset: str | DfxrmPreset = "tiny", *, write_dir="out/detector", seed: int = 0,
-                 noise: bool = True, realtime: bool = False, volume: Grain3DConfig | None = None):
+                 noise: bool = True, realtime: bool = False, volume: Grain3DConfig | None = None,
+                 imaging: str = "layers"):
+        if imaging not in ("layers", "projections"):
+            raise ValueError(f"imaging {imaging!r}: choose 'layers' (line beam) or 'projections' (topo-tomography)")
         self.preset = p = get_dfxrm_preset(preset) if isinstance(preset, str) else preset
         self.seed, self.noise = int(seed), bool(noise)
         self.sample = build_preset_sample(p, seed)
@@ -133,6 +141,10 @@ class SimDfxrmMicroscope:
         # layer-by-layer: a 3D grain under a line beam, and the sample's height (the layer it lights)
         self.volume = None if volume is None else Grain3D(replace(volume, seed=volume.seed + self.seed), geo, p.shape)
         self.z = SimAxis(name="sample_z", egu="um", limits=(-50.0, 50.0), init_pos=0.0) if volume else None
+        self.projector = self.omega = None
+        if volume is not None and imaging == "projections":
+            self.projector = GrainProjector(self.volume)
+            self.omega = SimAxis(name="omega", egu="deg", limits=(-370.0, 370.0), init_pos=0.0)
         self._frame_count = 0
         self.detector = SimAreaDetector(
             name="dfxrm_cam", frame_source=self._frame, frame_shape=p.shape, pixel_size_m=geo.pixel_size_m,
@@ -144,7 +156,7 @@ class SimDfxrmMicroscope:
             truth = write_sample_truth(self.sample, Path(write_dir) / f"truth_dfxrm_{p.name}_seed{self.seed}.h5")
             self.detector.sim_metadata["truth_file"] = str(truth.resolve())
         else:
-            self.detector.sim_metadata["volume"] = True
+            self.detector.sim_metadata.update(volume=True, imaging=imaging)
         # what the instrument scientist would know of the real microscope: the objective's angular
         # resolution and the camera's dark level (the plans record both in the start document)
         self.detector.resolution_deg = dict((volume or self.sample.config).resolution_deg)
@@ -156,7 +168,7 @@ class SimDfxrmMicroscope:
 
     @property
     def motors(self) -> dict[str, SimAxis]:
-        return {m.name: m for m in (self.phi, self.chi, self.tth, self.z) if m is not None}
+        return {m.name: m for m in (self.phi, self.chi, self.tth, self.z, self.omega) if m is not None}
 
     @property
     def devices(self) -> dict:
@@ -170,6 +182,8 @@ class SimDfxrmMicroscope:
     def _frame(self, count_time_s: float) -> np.ndarray:
         rng = np.random.default_rng((self.seed, self._frame_count)) if self.noise else None
         self._frame_count += 1
+        if self.projector is not None:
+            return self.projector.frame(self.phi.position, self.omega.position, count_time_s, rng)
         if self.volume is not None:
             return self.volume.frame(self.phi.position, self.chi.position, self.tth.position, self.z.position * 1e-6,
                                      count_time_s, rng)

@@ -53,6 +53,8 @@ class Grain3DConfig:
         mosaic_sigma_deg, resolution_deg, peak_counts_per_s, background_counts_per_s: as the 2D
             sample's (:class:`sim_devices.dfxrm_sample.DfxrmSampleConfig`).
         beam_sigma_m: the line beam's height (Gaussian sigma).
+        centre_m: the ellipsoid's centre (x, y, h): where the grain sits from the axes the stage
+            turns and steps about (its sub-grains move with it; dislocation cores are absolute).
         seed: seed of the layout.
     """
 
@@ -70,6 +72,7 @@ class Grain3DConfig:
     peak_counts_per_s: float = DfxrmSampleConfig.peak_counts_per_s
     background_counts_per_s: float = DfxrmSampleConfig.background_counts_per_s
     beam_sigma_m: float = 0.1e-6
+    centre_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
     seed: int = 0
 
 
@@ -89,14 +92,15 @@ class Grain3D:
         rng = np.random.default_rng(cfg.seed)
         n = max(1, int(cfg.n_subgrains))
         a = np.asarray(cfg.semi_axes_m, float)
-        self.seeds = rng.uniform(-0.6, 0.6, (n, 3)) * a                      # (x, y, h) of each cell
+        self.centre = np.asarray(cfg.centre_m, float)
+        self.seeds = rng.uniform(-0.6, 0.6, (n, 3)) * a + self.centre        # (x, y, h) of each cell
         ang = rng.uniform(0, 2 * np.pi, n)
         rad = cfg.subgrain_tilt_deg * np.sqrt(rng.uniform(0.3, 1.0, n)) if n > 1 else np.zeros(1)
         self.sg_phi = rad * np.cos(ang) - (rad * np.cos(ang)).mean()
         self.sg_chi = rad * np.sin(ang) - (rad * np.sin(ang)).mean()
         self.sg_strain = rng.normal(0, cfg.subgrain_strain, n)
         # the wall lives in the cell nearest the grain's centre (the largest, most often)
-        self.wall_cell = int(np.argmin(np.linalg.norm(self.seeds / a, axis=1)))
+        self.wall_cell = int(np.argmin(np.linalg.norm((self.seeds - self.centre) / a, axis=1)))
         self.wall_y0 = float(self.seeds[self.wall_cell, 1])
 
     # --- fields at points (arrays of any one shape) ------------------------------------------------
@@ -105,8 +109,9 @@ class Grain3D:
         return np.argmin(d2, axis=-1)
 
     def inside(self, x, y, h) -> np.ndarray:
-        a = self.config.semi_axes_m
-        return (np.asarray(x) / a[0]) ** 2 + (np.asarray(y) / a[1]) ** 2 + (np.asarray(h) / a[2]) ** 2 < 1
+        a, c = self.config.semi_axes_m, self.centre
+        return (((np.asarray(x) - c[0]) / a[0]) ** 2 + ((np.asarray(y) - c[1]) / a[1]) ** 2
+                + ((np.asarray(h) - c[2]) / a[2]) ** 2 < 1)
 
     def wall_side(self, y, h) -> np.ndarray:
         """+1 / -1 either side of the domain wall plane."""
@@ -128,7 +133,7 @@ class Grain3D:
             r2 = dx * dx + dy * dy + p * p
             phi = phi + np.degrees(-b * dy / (2 * np.pi * r2))
             chi = chi + np.degrees(b * dx / (2 * np.pi * r2))
-        strain = cfg.strain_gradient * x / (2 * cfg.semi_axes_m[0]) + self.sg_strain[lab]
+        strain = cfg.strain_gradient * (x - self.centre[0]) / (2 * cfg.semi_axes_m[0]) + self.sg_strain[lab]
         return {"inside": self.inside(x, y, h), "labels": lab, "tilt_phi": phi, "tilt_chi": chi, "strain": strain}
 
     def sigma_deg(self, axis: str) -> float:

@@ -39,6 +39,10 @@ MAP_UNITS = {
     "com_tth": "deg", "fwhm_tth": "deg", "strain": "1 (axial strain eps_zz)",
     "skew_phi": "1", "skew_chi": "1", "skew_tth": "1", "kurt_phi": "1 (excess)", "kurt_chi": "1 (excess)",
     "kurt_tth": "1 (excess)", "nye_xy": "1/um", "nye_yx": "1/um", "nye_zz": "1/um",
+    # topo-tomography (bp_plugin.dfxrm.topotomo)
+    "volume": "counts per voxel (filtered back-projection of the integrated projections)",
+    "shape": "1 = inside the grain", "projections": "counts (background subtracted, summed over the rocking)",
+    "w_m": "m (along Q)", "b_m": "m", "a_m": "m",
 }
 
 

@@ -99,3 +99,42 @@ def plot_maps(path, maps: dict, pixel_size_m: float, title: str = "") -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_topo(path, result: dict, title: str = "") -> Path:
+    """Topo-tomography PNG: the first projection, and the reconstructed volume's three slices
+    through the grain's centre (w along Q; a, b in the plane normal to it) with the shape's outline
+    (:func:`bp_plugin.dfxrm.topotomo.reconstruct_shape` output plus ``projections``); axes in um."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vol, shape, ax_m = result["volume"], result["shape"], result["axes_m"]
+    centre = [int(round(float(np.mean(i)))) if i.size else n // 2
+              for i, n in zip(np.nonzero(shape), shape.shape)]
+    um = {k: v * 1e6 for k, v in ax_m.items()}
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+    proj = result.get("projections")
+    if proj is not None and len(proj):
+        p = np.asarray(proj[0], float)
+        axes[0].imshow(p, cmap="gray", interpolation="nearest")
+        axes[0].set_title("projection at the first omega (counts)", fontsize=9)
+        axes[0].set_xlabel("column"), axes[0].set_ylabel("row")
+    else:
+        axes[0].axis("off")
+    cuts = (("w", "b", "a", vol[centre[0]], shape[centre[0]], f"slice normal to Q, w = {um['w'][centre[0]]:.2f} um"),
+            ("b", "w", "a", vol[:, centre[1]], shape[:, centre[1]], f"b = {um['b'][centre[1]]:.2f} um"),
+            ("a", "w", "b", vol[:, :, centre[2]], shape[:, :, centre[2]], f"a = {um['a'][centre[2]]:.2f} um"))
+    for ax, (_, rows, cols, img, sh, t) in zip(axes[1:], cuts):
+        ext = (um[cols][0], um[cols][-1], um[rows][-1], um[rows][0])
+        ax.imshow(img, cmap="magma", extent=ext, interpolation="nearest")
+        ax.contour(sh, levels=[0.5], colors="cyan", linewidths=0.8, extent=(ext[0], ext[1], ext[3], ext[2]))
+        ax.set_title(t + " (outline: shape)", fontsize=9)
+        ax.set_xlabel(f"{cols} (um)", fontsize=8), ax.set_ylabel(f"{rows} (um)", fontsize=8)
+    fig.suptitle(title or f"topo-tomography: grain volume {result['grain_volume_m3'] * 1e18:.3g} um^3 from "
+                 f"{result['n_projections']} projections", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
