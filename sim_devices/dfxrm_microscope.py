@@ -33,7 +33,7 @@ from bp_plugin.truth import write_truth_file
 
 from .detector import SimAreaDetector
 from .dfxrm_sample import DfxrmSample, DfxrmSampleConfig, build_sample
-from .dfxrm_topo import GrainProjector
+from .dfxrm_topo import GrainProjector, write_topo_truth
 from .dfxrm_volume import Grain3D, Grain3DConfig
 from .motors import SimAxis
 
@@ -157,6 +157,10 @@ class SimDfxrmMicroscope:
             self.detector.sim_metadata["truth_file"] = str(truth.resolve())
         else:
             self.detector.sim_metadata.update(volume=True, imaging=imaging)
+        if self.projector is not None:      # the shape a topo-tomography should find, on its grid
+            truth = write_topo_truth(self.projector, p.shape,
+                                     Path(write_dir) / f"truth_dfxrm_topo_{p.name}_seed{self.seed}.h5")
+            self.detector.sim_metadata["truth_file"] = str(truth.resolve())
         # what the instrument scientist would know of the real microscope: the objective's angular
         # resolution and the camera's dark level (the plans record both in the start document)
         self.detector.resolution_deg = dict((volume or self.sample.config).resolution_deg)

@@ -19,8 +19,12 @@ integrated intensity, proportional to the crystal's thickness along the ray.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+
+from bp_plugin.dfxrm.topotomo import TopoGeometry
+from bp_plugin.truth import write_truth_file
 
 from .dfxrm_volume import Grain3D, Grain3DConfig
 
@@ -120,3 +124,12 @@ def topo_grain(frame_shape, pixel_size_m: float, *, seed: int = 0) -> Grain3DCon
     half = min(frame_shape) * pixel_size_m / 2
     return Grain3DConfig(semi_axes_m=(0.55 * half, 0.62 * half, 0.45 * half),
                          centre_m=(0.08 * half, -0.06 * half, 0.04 * half), seed=seed)
+
+
+def write_topo_truth(projector: GrainProjector, frame_shape, path) -> Path:
+    """The grain's shape (uint8 ``(n_w, n, n)``, 1 inside) on the grid a topo-tomography of
+    ``frame_shape`` images reconstructs onto (:meth:`TopoGeometry.axes_m`), as a truth file."""
+    geo = projector.grain.geometry
+    ax = TopoGeometry(tth_deg=geo.tth_ref_deg, pixel_size_m=geo.pixel_size_m, frame_shape=tuple(frame_shape)).axes_m()
+    shape = projector.truth_shape(*np.meshgrid(ax["w"], ax["b"], ax["a"], indexing="ij")).astype(np.uint8)
+    return write_truth_file(path, {"shape": shape}, {"dims": "w, b, a (bp_plugin.dfxrm.topotomo)"})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 @dataclass
 class DfxrmDemoOptions:
-    """``preset``: tiny / small / full; ``scan``: mosaicity / strain / combined / weak_beam / layers;
+    """``preset``: tiny / small / full; ``scan``: mosaicity / strain / combined / weak_beam / layers / topotomo;
     ``order``: moments kept (2, or 4 for skewness and kurtosis)."""
 
     preset: str = "small"
@@ -73,5 +73,15 @@ def _summary(md: dict, r: dict, t_scan: float, total_s: float, out: Path, viewer
         s["layers_finished"] = layers.get("finished")
         print(f"volumes: {len(layers.get('heights_m', []))} layers (finished {len(layers.get('finished', []))}), "
               f"voxel (h, y, x) {', '.join(f'{v * 1e6:.3g}' for v in layers.get('voxel_m', []) if v)} um")
+    topo = md.get("topotomo")
+    if topo:
+        s.update({k: m.get(k) for k in ("grain_volume_m3", "shape_dice", "shape_volume_error")})
+        s["projections_finished"] = len(topo.get("finished", []))
+        line = (f"topo-tomography: {s['projections_finished']}/{len(topo.get('omegas_deg', []))} projections; "
+                + (f"grain {s['grain_volume_m3'] * 1e18:.3g} um^3" if s["grain_volume_m3"] else "no shape"))
+        if s["shape_dice"] is not None:
+            line += (f"; against the simulated grain: overlap (Dice) {s['shape_dice']:.3f}, volume error "
+                     f"{100 * s['shape_volume_error']:+.1f} %")
+        print(line)
     print(f"maps: {s['maps']}; figure: {s['figure']}")
     return s

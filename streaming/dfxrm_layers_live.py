@@ -25,7 +25,7 @@ from .dfxrm_live import DfxrmLive, DfxrmRun
 class DfxrmLayerRun(DfxrmRun):
     """One layer scan being received (``scan.kind = "layers"``); see the module docstring."""
 
-    layered = True
+    volume_kind = "layers"
 
     def __init__(self, header: dict, folder, *, xp=np):
         super().__init__(header, folder, xp=xp)
@@ -107,31 +107,3 @@ class DfxrmLayerLive(DfxrmLive):
                           run.geometry.pixel_size_m, title=f"DF-XRM layer {k} of scan {run.uid[:8]} "
                           f"(h = {run.heights_m[k] * 1e6:.2f} um)")
         return out
-
-
-def _run_class(header: dict):
-    """The run class of a DF-XRM start header: a layer scan's, or a 2D scan's."""
-    return DfxrmLayerRun if (header.get("scan") or {}).get("kind") == "layers" else DfxrmRun
-
-
-def open_dfxrm_run(header: dict, folder, *, xp=np):
-    """The run of a DF-XRM start header (resumed when ``folder`` holds one an earlier process started)."""
-    cls = _run_class(header)
-    return cls.resume(folder, xp=xp) or cls(header, folder, xp=xp)
-
-
-def resume_dfxrm_run(folder, *, xp=np):
-    """The run an earlier process started in ``folder``, of whichever kind (None if there is none)."""
-    import json
-    from pathlib import Path
-
-    p = Path(folder) / "dfxrm_start.json"
-    if not p.exists():
-        return None
-    return _run_class(json.loads(p.read_text())).resume(folder, xp=xp)
-
-
-def dfxrm_work(run, *, figures: bool):
-    """The worker's side of ``run``: volumes for a layer scan, maps otherwise."""
-    return (DfxrmLayerLive if isinstance(run, DfxrmLayerRun) else DfxrmLive)(run, figures=figures)
-

@@ -34,6 +34,11 @@ UNITS = MAP_UNITS | {"weak_beam": "counts (background subtracted)"}
 NOT_PUBLISHED = ("com_phi", "com_chi", "com_tth")
 
 
+#: the runs of the 3D scan kinds (each its own sums, not one accumulator of the whole scan)
+VOLUME_RUNS = {"layers": "streaming.dfxrm_layers_live.DfxrmLayerRun",
+               "topotomo": "streaming.dfxrm_topo_live.DfxrmTopoRun"}
+
+
 class DfxrmRun:
     """One DF-XRM run being received: moments, counters, stop message.
 
@@ -46,7 +51,7 @@ class DfxrmRun:
     """
 
     technique = "dfxrm"
-    layered = False                    # DfxrmLayerRun: a volume of layers
+    volume_kind: str | None = None     # the 3D scan kind a subclass takes, with sums of its own
     MAX_WEAK_BYTES = 4 << 30
 
     def __init__(self, header: dict, folder, *, xp=np):
@@ -56,13 +61,15 @@ class DfxrmRun:
         self.geometry = DfxrmGeometry.from_dict(header["geometry"])
         self.axes = tuple(scan["axes"])
         self.kind = scan.get("kind", "mosaicity")
-        if self.kind == "layers" and not self.layered:    # one map of every layer would be no map of any
-            raise ValueError("a layer scan takes streaming.dfxrm_layers_live.DfxrmLayerRun, not DfxrmRun")
+        if self.kind != self.volume_kind and (self.volume_kind or self.kind in VOLUME_RUNS):
+            # one map of every layer (or projection) would be no map of any
+            raise ValueError(f"a {self.kind} scan takes {VOLUME_RUNS.get(self.kind, 'DfxrmRun')}, "
+                             f"not {type(self).__name__}")
         self.shape = tuple(int(v) for v in scan["frame_shape"])
         self.n_frames_expected = int(header["n_frames"])
         self.background = float(scan.get("background_counts", 0.0))
         self._xp = xp
-        self.acc = None if self.layered else self._new_acc()    # a layer run: sums per layer instead
+        self.acc = None if self.volume_kind else self._new_acc()    # a 3D run: sums of its own instead
         self.weak = None
         if self.kind == "weak_beam":
             nbytes = self.n_frames_expected * self.shape[0] * self.shape[1] * 4
@@ -291,7 +298,7 @@ def published(maps: dict) -> dict:
 def truth_metrics(run: DfxrmRun, maps: dict) -> dict:
     """Errors against the ground truth when the run came from the simulated microscope."""
     sim = run.start.get("sim") or {}
-    if sim.get("technique") != "dfxrm" or run.kind in ("weak_beam", "layers"):   # no volume truth file yet
+    if sim.get("technique") != "dfxrm" or run.kind in ("weak_beam", "layers", "topotomo"):   # 2D maps' truth
         return {}
     from bp_plugin.dfxrm.quality import map_errors
     from bp_plugin.truth import truth_from_start

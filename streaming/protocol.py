@@ -111,7 +111,8 @@ def _finite(v) -> bool:
 
 def check_dfxrm_start(h: dict) -> None:
     """Raise :class:`ProtocolError` unless a DF-XRM ``start`` header is one a receiver can act on:
-    ``scan.axes`` 1-3 distinct names of ``phi``, ``chi``, ``tth``; ``scan.frame_shape`` two positive
+    ``scan.axes`` 1-3 distinct names of ``phi``, ``chi``, ``tth`` (a topo-tomography: ``omega``,
+    ``phi`` and its own fields, :func:`_check_topotomo`); ``scan.frame_shape`` two positive
     integers up to 16384; ``scan.centre_deg`` absent, null or one finite number per axis;
     ``scan.order`` absent, 2 or 4; ``background_counts`` / ``noise_floor_counts`` finite and >= 0;
     ``resolution_deg`` absent or axis -> finite sigma >= 0; ``n_frames`` in 1 .. 10^7; the running
@@ -120,8 +121,10 @@ def check_dfxrm_start(h: dict) -> None:
     if not isinstance(scan, dict):
         raise ProtocolError("DF-XRM start message without a scan object")
     axes = scan.get("axes")
-    if not (isinstance(axes, list) and 1 <= len(axes) <= 3 and all(isinstance(a, str) and a in DFXRM_AXES for a in axes)
-            and len(set(axes)) == len(axes)):
+    if scan.get("kind") == "topotomo":
+        _check_topotomo(scan, h.get("n_frames"))
+    elif not (isinstance(axes, list) and 1 <= len(axes) <= 3 and all(isinstance(a, str) and a in DFXRM_AXES for a in axes)
+              and len(set(axes)) == len(axes)):
         raise ProtocolError(f"DF-XRM start message: scan.axes {axes!r} must list 1-3 distinct names of {DFXRM_AXES}")
     fs = scan.get("frame_shape")
     if not (isinstance(fs, list) and len(fs) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
@@ -154,6 +157,22 @@ def check_dfxrm_start(h: dict) -> None:
         DfxrmGeometry.from_dict(h["geometry"])
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"DF-XRM start message: geometry is not usable: {exc}") from None
+
+
+def _check_topotomo(scan: dict, n_frames) -> None:
+    """A topo-tomography's own fields: axes ``["omega", "phi"]``, ``omegas_deg`` finite,
+    ``projection_points`` a positive integer, their product the frames announced, ``tth_deg`` in (0, 180)."""
+    om, pts, tth = scan.get("omegas_deg"), scan.get("projection_points"), scan.get("tth_deg")
+    if scan.get("axes") != ["omega", "phi"]:
+        raise ProtocolError(f"DF-XRM topo-tomography start message: scan.axes {scan.get('axes')!r} must be "
+                            "['omega', 'phi']")
+    if not (isinstance(om, list) and om and all(_finite(v) for v in om)):
+        raise ProtocolError("DF-XRM topo-tomography start message: scan.omegas_deg must be a list of finite angles")
+    if not (isinstance(pts, int) and not isinstance(pts, bool) and pts > 0 and pts * len(om) == n_frames):
+        raise ProtocolError(f"DF-XRM topo-tomography start message: projection_points {pts!r} x {len(om)} omegas "
+                            f"must be the {n_frames} frames announced")
+    if not (_finite(tth) and 0 < tth < 180):
+        raise ProtocolError(f"DF-XRM topo-tomography start message: tth_deg {tth!r} must be in (0, 180)")
 
 
 MAX_POSITIONS = 100_000

@@ -26,7 +26,7 @@ from typing import Callable
 
 from . import protocol
 from .assembly import RunAssembly, check_resources
-from .dfxrm_layers_live import dfxrm_work, open_dfxrm_run, resume_dfxrm_run
+from .dfxrm_runs import dfxrm_work, open_dfxrm_run, resume_dfxrm_run
 from .dfxrm_live import DIMS, ROOT, UNITS, DfxrmRun
 from .live import LiveReconstruction
 

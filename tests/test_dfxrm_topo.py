@@ -106,3 +106,96 @@ def test_a_topo_scan_refuses_bad_omegas_before_motion(tmp_path):
         reconstruct_shape(np.zeros((10, *SHAPE)), np.arange(10) * 10.0,
                           TopoGeometry(tth_deg=17.9, pixel_size_m=PIXEL, frame_shape=SHAPE))
     assert math.isclose(TopoGeometry(17.9, PIXEL, SHAPE).axes_m()["w"][1] - TopoGeometry(17.9, PIXEL, SHAPE).axes_m()["w"][0], PIXEL)
+
+
+@pytest.mark.slow
+def test_live_topo_projections_in_tiled_and_the_shape_equal_the_batch_ones(tiled_server, tmp_path):
+    """A topo-tomography streamed to the service: the projections appear in Tiled one omega at a
+    time while the scan runs; at the end the shape, equal to the batch path's on the recorded
+    frames, and its overlap with the simulated grain's truth."""
+    from bluesky.callbacks.buffer import BufferingWrapper
+    from bluesky_tiled_plugins import TiledWriter
+
+    from bp_plugin.dfxrm_batch import scan_from_run, topo_shape
+    from streaming.dfxrm_sender import DfxrmFrameStreamer
+    from streaming.live import LiveOptions
+    from streaming.sender import FrameSender
+    from streaming.service import ReconstructorService, ServiceOptions
+    from streaming.taps import frame_tap
+
+    omegas = np.arange(0.0, 360.0, 9.0)
+    mic = SimDfxrmMicroscope("tiny", write_dir=tiled_server.detector_dir, volume=topo_grain(SHAPE, PIXEL),
+                             imaging="projections")
+    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", max_runs=1,
+                                              device="cpu", tiled_url=tiled_server.url, api_key=tiled_server.api_key,
+                                              live=LiveOptions(figures=True, publish_interval_s=0.2)))
+    th = svc.start()
+    streamer = DfxrmFrameStreamer(FrameSender(svc.address), frame_tap(mic.detector))
+    streamer.confirm_timeout_s = 120
+    writer = BufferingWrapper(TiledWriter(tiled_server.client(), batch_size=20))
+    seen = set()
+
+    def watch(name, doc):                  # the published projections while the scan runs
+        if name == "event" and doc["seq_num"] % 60 == 0:
+            try:
+                seen.add(len(tiled_server.client()["dfxrm"][uid[0]].metadata["topotomo"]["finished"]))
+            except (KeyError, TypeError):
+                pass
+
+    uid = []
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: uid.append(doc["uid"]) if name == "start" else None)
+    for cb in (writer, BufferingWrapper(streamer), watch):
+        RE.subscribe(cb)
+    try:
+        RE(topo_scan([mic.detector], mic.omega, mic.phi, mic.geometry, omegas))
+    finally:
+        writer.shutdown(wait=True)
+    th.join(180)
+    streamer.close()
+    st = svc.finished[uid[0]]
+    assert st["state"] == "final" and st["placed"] == len(omegas) * 21 and st["rejected"] == 0, st
+    node = tiled_server.client()["dfxrm"][uid[0]]
+    assert node.metadata["topotomo"]["finished"] == list(range(len(omegas)))
+    assert any(0 < n < len(omegas) for n in seen), seen              # projections appeared one by one
+    batch = topo_shape(scan_from_run(tiled_server.client()[uid[0]]))
+    np.testing.assert_allclose(node["projections"].read(), batch["projections"], rtol=1e-6)
+    np.testing.assert_array_equal(node["shape"].read(), batch["shape"])
+    m = node.metadata["metrics"]
+    assert m["shape_dice"] >= DICE_MIN and abs(m["shape_volume_error"]) <= VOLUME_ERROR_MAX, m
+    assert m["grain_volume_m3"] == pytest.approx(batch["grain_volume_m3"])
+    assert (tmp_path / "w" / uid[0] / "maps.png").exists()
+
+
+@pytest.mark.slow
+def test_a_recorded_topo_run_gives_its_shape_from_the_command_line(tiled_server, tmp_path):
+    """``dfxrm acquire --scan topotomo`` recorded in Tiled, exported to a scan file, and ``dfxrm
+    maps`` on it: the shape in maps.h5 equals topo_shape's; a run stopped in a rocking curve
+    leaves that projection out and still gives the shape."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    from bp_plugin.dfxrm_batch import DfxrmScan, scan_from_file, scan_from_run, topo_shape, write_scan_file
+    from plans.dfxrm_acquire import DfxrmAcquireOptions, acquire_dfxrm
+
+    r = acquire_dfxrm(DfxrmAcquireOptions(preset="tiny", scan="topotomo", out=tmp_path / "acq",
+                                          omegas_deg=tuple(np.arange(0.0, 360.0, 9.0)),
+                                          detector_dir=tiled_server.detector_dir), server=tiled_server)
+    assert r["exit_status"] == "success" and r["n_events"] == 40 * 21
+    path = write_scan_file(tmp_path / "topo.h5", scan_from_run(tiled_server.client()[r["uid"]]))
+    out = tmp_path / "shape.h5"
+    p = subprocess.run([sys.executable, "-m", "bp_plugin.cli", "dfxrm", "maps", str(path), "--out", str(out),
+                        "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "grain shape (" in p.stdout and "from 40 projections" in p.stdout, p.stdout
+    scan, f = scan_from_file(path)
+    with f:
+        ref = topo_shape(scan)
+        cut = topo_shape(DfxrmScan(scan.frames[:39 * 21 + 5], scan.angles_deg[:39 * 21 + 5], scan.scan, scan.geometry))
+    with h5py.File(out, "r") as h:
+        np.testing.assert_array_equal(h["maps"]["shape"][()], ref["shape"])
+    assert cut["incomplete"] == [39] and cut["n_projections"] == 39
+    assert shape_overlap(cut["shape"], ref["shape"])["dice"] > 0.97
+    assert out.with_suffix(".png").exists()
