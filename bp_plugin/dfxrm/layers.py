@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .maps import nye_components
+
 
 @dataclass(frozen=True)
 class LayerGeometry:
@@ -128,7 +130,7 @@ class LayerGeometry:
 
 
 #: the maps a layer scan stacks into volumes
-VOLUME_MAPS = ("intensity", "tilt_phi", "tilt_chi", "fwhm_phi", "fwhm_chi", "cov_phi_chi")
+VOLUME_MAPS = ("intensity", "tilt_phi", "tilt_chi", "fwhm_phi", "fwhm_chi", "cov_phi_chi", "strain", "fwhm_tth")
 
 
 def fullest_layer(per_layer) -> int:
@@ -139,8 +141,9 @@ def fullest_layer(per_layer) -> int:
 def stack_layer_maps(per_layer, heights_m, geometry: LayerGeometry) -> dict:
     """Volumes from each layer's maps (:func:`bp_plugin.dfxrm.maps.compute_maps` output, or None
     for a layer not measured yet: NaN there): each of :data:`VOLUME_MAPS` the layers have, NaN
-    outside each layer's crystal mask, and ``mask`` (uint8, 1 where a layer's crystal maps to),
-    all ``(layers, ny, cols)``; the batch path and the live service both stack through here."""
+    outside each layer's crystal mask, ``mask`` (uint8, 1 where a layer's crystal maps to) and
+    the in-layer Nye components ``nye_xy``, ``nye_yx``, ``nye_zz`` (1/um) of the tilt volumes, all
+    ``(layers, ny, cols)``; the batch path and the live service both stack through here."""
     shape = tuple(geometry.frame_shape)
     nan = np.full(shape, np.nan)
     ref = next((m for m in per_layer if m is not None), None)
@@ -153,4 +156,8 @@ def stack_layer_maps(per_layer, heights_m, geometry: LayerGeometry) -> dict:
 
     out = {k: geometry.stack([layer(m, k) for m in per_layer], heights_m) for k in names}
     out["mask"] = np.isfinite(geometry.stack([layer(m, "mask") for m in per_layer], heights_m)).astype(np.uint8)
+    # the Nye components of each layer on the volume's own grid (rows of an image are p / sin 2theta
+    # of sample apart: the image's Nye maps would have the y gradients that much too steep)
+    nye = nye_components(out.get("tilt_phi"), out.get("tilt_chi"), geometry.voxel_m)
+    out.update({k: v.astype(np.float32) for k, v in nye.items()})
     return out

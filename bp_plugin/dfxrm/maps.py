@@ -147,16 +147,19 @@ def compute_maps(acc: MomentAccumulator, geometry: DfxrmGeometry, opts: MapOptio
     return {k: (v if k == "mask" else np.asarray(v, np.float32)) for k, v in out.items()}
 
 
-def nye_components(tilt_phi_deg, tilt_chi_deg, pixel_size_m: float) -> dict:
-    """Nye tensor components from tilt maps (deg, ``(rows, cols)``; either may be None), in 1/um.
+def nye_components(tilt_phi_deg, tilt_chi_deg, pixel_size_m) -> dict:
+    """Nye tensor components from tilt maps (deg, ``(..., rows, cols)``: a map, or a volume of
+    layers; either may be None), in 1/um.
 
     ``nye_xy = d_x beta_zx``, ``nye_yx = -d_y beta_zy``, ``nye_zz = d_x beta_zy - d_y beta_zx`` with
-    ``beta_zx``, ``beta_zy`` the tilts in rad and central differences on the pixel grid (x = columns,
-    y = rows). Integrated over an area (um^2) ``nye_zz`` gives the net Burgers vector along Q (um)
-    of the dislocations threading it; integrated across a boundary ``nye_xy`` gives its tilt (rad).
+    ``beta_zx``, ``beta_zy`` the tilts in rad and central differences on the grid (x = the last
+    axis, y = the one before; ``pixel_size_m`` the step of both, or ``(step_y, step_x)``).
+    Integrated over an area (um^2) ``nye_zz`` gives the net Burgers vector along Q (um) of the
+    dislocations threading it; integrated across a boundary ``nye_xy`` gives its tilt (rad).
     """
     out = {}
-    per_um = 1.0 / (pixel_size_m * 1e6)
+    step_y, step_x = (pixel_size_m, pixel_size_m) if np.ndim(pixel_size_m) == 0 else pixel_size_m
+    per_um_y, per_um_x = 1.0 / (step_y * 1e6), 1.0 / (step_x * 1e6)
     bx = None if tilt_phi_deg is None else np.radians(np.asarray(tilt_phi_deg, float))
     by = None if tilt_chi_deg is None else np.radians(np.asarray(tilt_chi_deg, float))
 
@@ -164,11 +167,11 @@ def nye_components(tilt_phi_deg, tilt_chi_deg, pixel_size_m: float) -> dict:
         return np.gradient(a, axis=axis) if a.shape[axis] > 1 else np.full(a.shape, np.nan)
 
     if bx is not None:
-        out["nye_xy"] = d(bx, 1) * per_um
+        out["nye_xy"] = d(bx, -1) * per_um_x
     if by is not None:
-        out["nye_yx"] = -d(by, 0) * per_um
+        out["nye_yx"] = -d(by, -2) * per_um_y
     if bx is not None and by is not None:
-        out["nye_zz"] = (d(by, 1) - d(bx, 0)) * per_um
+        out["nye_zz"] = d(by, -1) * per_um_x - d(bx, -2) * per_um_y
     return out
 
 
