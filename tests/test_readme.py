@@ -109,7 +109,7 @@ def test_the_readme_dfxrm_block_runs_as_written(tmp_path):
     """The DF-XRM block: the demo (tiny), an acquisition recorded in its embedded Tiled, the catalog
     served again, the run exported by its uid and mapped in a fresh process (which must register the
     frames' compression filter itself)."""
-    p = run_block("bp-plugin dfxrm demo", tmp_path)
+    p = run_block("dfxrm demo --preset tiny --scan mosaicity", tmp_path)
     assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
     uid = (tmp_path / "out/dfxrm/run_uid").read_text().strip()
     assert f"run {uid}:" in p.stdout and "(success)" in p.stdout, p.stdout[-2000:]
@@ -119,3 +119,12 @@ def test_the_readme_dfxrm_block_runs_as_written(tmp_path):
         maps = set(f["maps"])
     assert {"com_phi", "com_chi", "skew_phi", "kurt_chi", "tilt_phi"} <= maps, maps   # order 4: skewness too
     assert (tmp_path / "maps.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_readme_topotomo_block_runs_as_written(tmp_path):
+    """The topo-tomography demo block: a full turn streamed, the shape and its overlap with the truth."""
+    p = run_block("--scan topotomo", tmp_path)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
+    assert "90/90 projections" in p.stdout and "overlap (Dice)" in p.stdout, p.stdout[-2000:]
+    assert list((tmp_path / "out/topo-demo/reconstructor").glob("*/maps.png"))
