@@ -14,6 +14,8 @@ With a 3D grain (``volume=``, layer scans) the sample's height ``sample_z`` (um,
 beam-normal axis) selects the layer the line beam lights (:mod:`sim_devices.dfxrm_volume`). With
 ``imaging="projections"`` the grain is lit whole, a near-field camera takes the diffracted beam
 and ``omega`` (deg) turns the sample about Q: topo-tomography (:mod:`sim_devices.dfxrm_topo`).
+A 3D grain also has a sample environment, ``temperature`` (K), whose setpoint moves its sub-grain
+boundaries (in situ time series: :mod:`plans.time_series`).
 
 The camera is a 2048 x 2048 sCMOS (uint16) behind an objective; a preset reads a region of it and
 bins it (``tiny``: 256 x 256 binned 4x = 64 x 64 pixels, ``small``: 1024 x 1024 -> 256 x 256,
@@ -124,11 +126,14 @@ class SimDfxrmMicroscope:
             lights. None: the 2D grain of the preset.
         imaging: with a 3D grain, ``"layers"`` (line beam, objective) or ``"projections"`` (the
             grain lit whole, a near-field camera, and the ``omega`` axis about Q).
+        temperature_rate_K_per_s: with a 3D grain, the sample environment's ramp rate (its
+            ``temperature`` setpoint, K, moves the grain's sub-grain boundaries:
+            ``Grain3DConfig.boundary_drift_m_per_K``); None: a new setpoint is reached at once.
     """
 
     def __init__(self, preset: str | DfxrmPreset = "tiny", *, write_dir="out/detector", seed: int = 0,
                  noise: bool = True, realtime: bool = False, volume: Grain3DConfig | None = None,
-                 imaging: str = "layers"):
+                 imaging: str = "layers", temperature_rate_K_per_s: float | None = None):
         if imaging not in ("layers", "projections"):
             raise ValueError(f"imaging {imaging!r}: choose 'layers' (line beam) or 'projections' (topo-tomography)")
         self.preset = p = get_dfxrm_preset(preset) if isinstance(preset, str) else preset
@@ -141,6 +146,10 @@ class SimDfxrmMicroscope:
         # layer-by-layer: a 3D grain under a line beam, and the sample's height (the layer it lights)
         self.volume = None if volume is None else Grain3D(replace(volume, seed=volume.seed + self.seed), geo, p.shape)
         self.z = SimAxis(name="sample_z", egu="um", limits=(-50.0, 50.0), init_pos=0.0) if volume else None
+        # the sample environment: a furnace / cryostream whose setpoint ramps at its rate
+        self.temperature = None if volume is None else SimAxis(
+            name="temperature", egu="K", limits=(4.0, 1500.0), init_pos=self.volume.temperature_K,
+            velocity=temperature_rate_K_per_s)
         self.projector = self.omega = None
         if volume is not None and imaging == "projections":
             self.projector = GrainProjector(self.volume)
@@ -172,7 +181,8 @@ class SimDfxrmMicroscope:
 
     @property
     def motors(self) -> dict[str, SimAxis]:
-        return {m.name: m for m in (self.phi, self.chi, self.tth, self.z, self.omega) if m is not None}
+        return {m.name: m for m in (self.phi, self.chi, self.tth, self.z, self.omega, self.temperature)
+                if m is not None}
 
     @property
     def devices(self) -> dict:
@@ -186,6 +196,8 @@ class SimDfxrmMicroscope:
     def _frame(self, count_time_s: float) -> np.ndarray:
         rng = np.random.default_rng((self.seed, self._frame_count)) if self.noise else None
         self._frame_count += 1
+        if self.volume is not None:
+            self.volume.temperature_K = self.temperature.position
         if self.projector is not None:
             return self.projector.frame(self.phi.position, self.omega.position, count_time_s, rng)
         if self.volume is not None:

@@ -63,8 +63,10 @@ class GrainProjector:
         """The crystal's samples along every pixel's ray with the sample at ``omega_deg``: the
         flat pixel index of each sample inside the grain (int32) and its instrument-frame phi tilt
         (deg, float32), rows taken a block at a time (a ray crosses hundreds of samples at 256 x
-        256 and more); the last omega's are kept, since a rocking curve reuses them."""
-        if self._cache is not None and self._cache[0] == omega_deg:
+        256 and more); the last omega's (at the grain's temperature) are kept, since a rocking
+        curve reuses them."""
+        key = (omega_deg, self.grain.temperature_K)
+        if self._cache is not None and self._cache[0] == key:
             return self._cache[1:]
         g = self.grain
         p = g.geometry.pixel_size_m
@@ -86,7 +88,7 @@ class GrainProjector:
             f = g.fields(q[:, 0], q[:, 1], q[:, 2])
             pix.append(((rr + r0) * n_cols + cc).astype(np.int32))
             tilt.append((f["tilt_phi"] * math.cos(om) - f["tilt_chi"] * math.sin(om)).astype(np.float32))
-        self._cache = (omega_deg, np.concatenate(pix), np.concatenate(tilt))
+        self._cache = (key, np.concatenate(pix), np.concatenate(tilt))
         return self._cache[1:]
 
     def expected(self, phi_deg: float, omega_deg: float, count_time_s: float) -> np.ndarray:

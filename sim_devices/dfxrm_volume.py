@@ -55,6 +55,10 @@ class Grain3DConfig:
         beam_sigma_m: the line beam's height (Gaussian sigma).
         centre_m: the ellipsoid's centre (x, y, h): where the grain sits from the axes the stage
             turns and steps about (its sub-grains move with it; dislocation cores are absolute).
+        boundary_drift_m_per_K: how far each sub-grain's Voronoi seed moves per kelvin from
+            ``reference_temperature_K`` (each along its own random direction), so the sub-grain
+            boundaries migrate as the sample environment heats or cools (0: they stay).
+        reference_temperature_K: the temperature of the layout as drawn.
         seed: seed of the layout.
     """
 
@@ -73,6 +77,8 @@ class Grain3DConfig:
     background_counts_per_s: float = DfxrmSampleConfig.background_counts_per_s
     beam_sigma_m: float = 0.1e-6
     centre_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    boundary_drift_m_per_K: float = 0.0
+    reference_temperature_K: float = 300.0
     seed: int = 0
 
 
@@ -102,6 +108,20 @@ class Grain3D:
         # the wall lives in the cell nearest the grain's centre (the largest, most often)
         self.wall_cell = int(np.argmin(np.linalg.norm((self.seeds - self.centre) / a, axis=1)))
         self.wall_y0 = float(self.seeds[self.wall_cell, 1])
+        d = rng.normal(size=(n, 3))                 # drawn last: the layout of a given seed is unchanged
+        self._seeds0 = self.seeds.copy()
+        self._drift = d / np.linalg.norm(d, axis=1, keepdims=True) * cfg.boundary_drift_m_per_K
+        self.temperature_K = cfg.reference_temperature_K
+
+    @property
+    def temperature_K(self) -> float:
+        """The sample's temperature (K): the sub-grain boundaries sit where it puts them."""
+        return self._temperature_K
+
+    @temperature_K.setter
+    def temperature_K(self, value: float) -> None:
+        self._temperature_K = float(value)
+        self.seeds = self._seeds0 + (self._temperature_K - self.config.reference_temperature_K) * self._drift
 
     # --- fields at points (arrays of any one shape) ------------------------------------------------
     def labels(self, x, y, h) -> np.ndarray:

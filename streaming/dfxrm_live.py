@@ -279,6 +279,8 @@ class DfxrmRun:
                                               "resolution_deg", "background_counts", "order") if k in self.scan}
         md = {"kind": "dfxrm-maps", "version": PUBLICATION_VERSION, "raw_uid": self.uid, "status": self.status(state),
               "scan": scan, "geometry": g, "units": UNITS}
+        if isinstance(self.start.get("series"), dict):      # an in-situ series' repetition: its place
+            md["series"] = self.start["series"]
         if metrics:
             md["metrics"] = metrics
         return md

@@ -28,7 +28,8 @@ class DfxrmFrameStreamer(BlueskyFrameStreamer):
         self._scan = doc["dfxrm_scan"]
         self.uid = doc["uid"]
         self.sender.send(protocol.encode_dfxrm_start(self.uid, self.sender.next_seq(self.uid), doc["dfxrm_geometry"],
-                                                     self._scan, self._scan["n_points"], sim=doc.get("dfxrm_sim")))
+                                                     self._scan, self._scan["n_points"], sim=doc.get("dfxrm_sim"),
+                                                     series=doc.get("series")))
 
     def _event(self, doc):
         if not self.uid or doc["descriptor"] != self._primary:

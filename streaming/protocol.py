@@ -89,11 +89,13 @@ def encode_start(run_uid: str, seq: int, geometry: dict, translations_m, n_frame
 
 
 def encode_dfxrm_start(run_uid: str, seq: int, geometry: dict, scan: dict, n_frames: int, *,
-                       sim: dict | None = None) -> list:
+                       sim: dict | None = None, series: dict | None = None) -> list:
     """``start`` message of a DF-XRM run: ``scan`` is the plan's ``dfxrm_scan`` (axes, centre, shape,
-    background, resolution), ``geometry`` a ``DfxrmGeometry`` dict."""
+    background, resolution), ``geometry`` a ``DfxrmGeometry`` dict, ``series`` the run's place in
+    an in-situ series (:mod:`plans.time_series`; published with its maps)."""
+    extra = {"series": series} if series else {}
     h = _header("start", run_uid, seq, technique="dfxrm", geometry=geometry, translations_m=[],
-                n_frames=int(n_frames), scan=scan, sim=sim)
+                n_frames=int(n_frames), scan=scan, sim=sim, **extra)
     raw = _dump(h)
     check_dfxrm_start(json.loads(raw))       # the receiver's view: refuse here what it would refuse
     return [raw]
@@ -121,6 +123,11 @@ def check_dfxrm_start(h: dict) -> None:
     if not isinstance(scan, dict):
         raise ProtocolError("DF-XRM start message without a scan object")
     axes = scan.get("axes")
+    ser = h.get("series")
+    if ser is not None and not (isinstance(ser, dict) and isinstance(ser.get("uid"), str)
+                                and isinstance(ser.get("index"), int) and not isinstance(ser.get("index"), bool)):
+        raise ProtocolError(f"DF-XRM start message: series {ser!r:.80} must be an object with a string uid and "
+                            "an integer index (plans.time_series)")
     if scan.get("kind") == "topotomo":
         _check_topotomo(scan, h.get("n_frames"))
     elif not (isinstance(axes, list) and 1 <= len(axes) <= 3 and all(isinstance(a, str) and a in DFXRM_AXES for a in axes)

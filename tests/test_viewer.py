@@ -458,3 +458,37 @@ def test_a_weak_beam_series_is_drawn_as_maps_not_as_a_volume(tiled_server, viewe
     page.wait_for_selector(f"body[data-run='{uid}'][data-tech='dfxrm'][data-updated]")
     wait_dfx_map(page, "intensity", np.nanmin(maps["intensity"]), np.nanmax(maps["intensity"]))
     assert page.is_hidden("#dfx-layer-ctl") and page.is_hidden("#dfx-cuts")
+
+
+def test_the_repetitions_of_an_in_situ_series_are_stepped_through_in_time(tiled_server, viewer, page):
+    """Three runs of one temperature series (metadata ``series``), published out of order: the Time
+    slider shows where the run on screen sits (2 / 3 at 400 K) and switches to another repetition's
+    run, whose own maps are then drawn."""
+    client = tiled_server.client()
+    series = {"uid": f"ser-{uuid.uuid4().hex}", "n": 3, "name": "temperature", "motor": "temperature", "units": "K"}
+    uids = [f"dfs{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
+    strains = {}
+    for i in (2, 0, 1):
+        md, maps = dfx_snapshot(uids[i], DFX_EXPECTED, offset=1e-4 * i, state="final")
+        md["series"] = {**series, "index": i, "setpoint": 300.0 + 100 * i, "readback": 300.0 + 100 * i}
+        strains[i] = maps["strain"]
+        pub = dfx_publisher(client, uids[i])
+        pub.close(md, maps)
+        assert pub.last_error is None, pub.last_error
+    page.goto(viewer.url + f"?run={uids[1]}&map=strain")
+    page.wait_for_selector(f"body[data-run='{uids[1]}'][data-updated][data-series-index='1']")
+    assert page.is_visible("#dfx-series-ctl")
+    pw.expect(page.locator("#dfx-series-num")).to_contain_text("2 / 3 · temperature 400 K · 3 published")
+    wait_dfx_map(page, "strain", np.nanmin(strains[1]), np.nanmax(strains[1]))
+    page.eval_on_selector("#dfx-series", "el => { el.value = '2'; el.dispatchEvent(new Event('change')); }")
+    page.wait_for_selector(f"body[data-run='{uids[2]}'][data-updated][data-series-index='2']", timeout=WAIT_MS)
+    pw.expect(page.locator("#dfx-series-num")).to_contain_text("3 / 3 · temperature 500 K")
+    wait_dfx_map(page, "strain", np.nanmin(strains[2]), np.nanmax(strains[2]))
+    assert f"run={uids[2]}" in page.url
+    # a run outside any series has no Time control
+    md, maps = dfx_snapshot(f"dfn-{uuid.uuid4().hex[:8]}", DFX_EXPECTED, state="final")
+    pub = dfx_publisher(client, md["raw_uid"])
+    pub.close(md, maps)
+    page.goto(viewer.url + f"?run={md['raw_uid']}")
+    page.wait_for_selector(f"body[data-run='{md['raw_uid']}'][data-updated]")
+    assert page.is_hidden("#dfx-series-ctl")

@@ -35,6 +35,7 @@ function dfxReset() {
                     map: D.map || new URLSearchParams(location.search).get("map") || "strain"});
   $("dfx-map").replaceChildren();
   $("dfx-layer-ctl").hidden = true;
+  $("dfx-series-ctl").hidden = true;
   $("dfx-cuts").hidden = true;
   $("dfx-msg").textContent = "";
   $("metrics").hidden = true;   // the previous run's figures of merit
@@ -53,6 +54,8 @@ async function dfxRefresh(uid, status, gen) {
   D.meta = md.data.attributes.metadata;
   [D.shapes, D.layers] = dfxShapes(children.data, Boolean(D.meta.layers));
   dfxLayerControl();
+  await dfxSeriesControl(gen);
+  if (gen !== S.gen) return;
   D.snap++;
   D.arrays = {};
   dfxDescribe();
@@ -340,6 +343,7 @@ function dfxInit() {
   $("dfx-radius-auto").addEventListener("click", () => dfxSetRadius(null));
   $("dfx-map").addEventListener("change", (ev) => dfxSelectMap(ev.target.value));
   $("dfx-layer").addEventListener("input", (ev) => dfxSelectLayer(parseInt(ev.target.value, 10)));
+  $("dfx-series").addEventListener("change", (ev) => dfxSelectRepetition(parseInt(ev.target.value, 10)));
   for (const a of ["y", "x"])
     $(`dfx-cut-${a}-pos`).addEventListener("input", (ev) => dfxSelectCut(a, parseInt(ev.target.value, 10)));
   window.addEventListener("resize", () => { if (S.tech === "dfxrm" && D.meta && Object.keys(D.arrays).length) dfxDraw(); });
