@@ -30,13 +30,18 @@ def cmd_acquire(a) -> int:
             return [DfxrmFrameStreamer(senders[-1], DetectorFrameTap(mic.detector))]
     opts = DfxrmAcquireOptions(preset=a.preset, scan=a.scan, out=Path(a.out), tiled_url=a.tiled_url,
                                api_key=resolve_key(a.api_key_file), seed=a.seed, n_phi=a.n_phi, n_chi=a.n_chi,
-                               n_tth=a.n_tth,
-                               count_time=a.count_time, realtime=a.realtime, order=a.order)
+                               n_tth=a.n_tth, count_time=a.count_time, realtime=a.realtime, order=a.order,
+                               temperatures_K=tuple(a.temperatures) if a.temperatures else None)
     try:
         r = acquire_dfxrm(opts, callbacks_for=callbacks)
     finally:          # a failed plan still flushes and closes the sockets (the stop message goes out)
         for s in senders:
             s.close()
+    if len(r["uids"]) > 1:
+        for t, uid in zip(a.temperatures, r["uids"]):
+            print(f"series run {uid} at {t:g} K")
+        print(f"{len(r['uids'])} runs of the series in {r['seconds']:.1f} s ({r['exit_status']})")
+        return 0 if r["exit_status"] == "success" and len(r["uids"]) == len(a.temperatures) else 1
     print(f"run {r['uid']}: {r['n_events']} frames in {r['seconds']:.1f} s ({r['exit_status']}); "
           f"camera files: {', '.join(r['detector_files'])}")
     return 0 if r["exit_status"] == "success" else 1
@@ -158,6 +163,8 @@ def add_dfxrm_parser(sub, add_tiled_args) -> None:
     q.add_argument("--realtime", action="store_true", help="exposures last count-time, as on a real camera")
     q.add_argument("--order", type=int, default=2, choices=[2, 4], help="4: skewness and kurtosis maps too")
     q.add_argument("--stream", default=None, metavar="ADDRESS", help="also stream the frames to the service")
+    q.add_argument("--temperatures", type=float, nargs="+", default=None, metavar="K",
+                   help="an in-situ series: the scan repeated at each sample temperature (K), one linked run each")
     q.set_defaults(func=cmd_acquire)
 
     m = dsub.add_parser("maps", help="maps of a recorded scan (DF-XRM scan file or run uid in Tiled)")

@@ -47,7 +47,8 @@ def record_run(devices_for: Callable[[Path], object], plan_for: Callable[[object
             streamer taps the detector).
 
     Returns:
-        ``(result, devices)``: ``uid``, ``tiled_url``, ``api_key``, ``key_file``, ``n_events``,
+        ``(result, devices)``: ``uid`` (the first run's), ``uids`` (every run's, in order: a series),
+        ``tiled_url``, ``api_key``, ``key_file``, ``n_events`` (of the last run),
         ``seconds``, ``frames_per_s``, ``detector_files``, ``exit_status``, ``server_dir``; and the
         devices. The run's uid is also written to ``out/run_uid`` (:data:`RUN_UID_FILE`), for
         scripts. Raises KeyboardInterrupt after closing the run when Ctrl-C stopped it.
@@ -94,7 +95,7 @@ def record_run(devices_for: Callable[[Path], object], plan_for: Callable[[object
         if uid:
             out.mkdir(parents=True, exist_ok=True)
             (out / RUN_UID_FILE).write_text(f"{uid}\n")     # for scripts: bp-plugin export $(cat out/run_uid)
-        return {"uid": uid, "tiled_url": url, "api_key": key,
+        return {"uid": uid, "uids": list(uids or ()), "tiled_url": url, "api_key": key,
                 "key_file": str(server.key_file) if own and server.key_file else None,
                 "n_events": n, "seconds": seconds, "frames_per_s": n / seconds if seconds else 0.0,
                 "detector_files": [str(p) for p in getattr(det, "file_history", [])],

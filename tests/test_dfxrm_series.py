@@ -115,3 +115,30 @@ def test_a_streamed_series_is_linked_in_tiled_run_by_run(tiled_server, tmp_path)
     assert sorted(maps) == sorted(uids)
     got = sorted((maps[u].metadata["series"]["index"], maps[u].metadata["series"]["readback"], u) for u in uids)
     assert got == [(i, t, u) for i, (t, u) in enumerate(zip(TEMPERATURES_K, uids))]
+
+
+@pytest.mark.slow
+def test_a_series_from_the_command_line_records_one_linked_run_per_temperature(tmp_path):
+    """``bp-plugin dfxrm acquire --temperatures 300 500``: two runs in its embedded Tiled, one per
+    temperature, each naming the series and its readback."""
+    import subprocess
+    import sys
+
+    from bp_plugin.tiled_server import connect, start_tiled_server
+
+    out = tmp_path / "acq"
+    p = subprocess.run([sys.executable, "-m", "bp_plugin.cli", "dfxrm", "acquire", "--preset", "tiny", "--scan",
+                        "mosaicity", "--n-phi", "15", "--n-chi", "9", "--temperatures", "300", "500", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = [line.split()[2] for line in p.stdout.splitlines() if line.startswith("series run ")]
+    assert len(runs) == 2 and "2 runs of the series" in p.stdout, p.stdout
+    server = start_tiled_server(out / "tiled", readable=[out / "detector"])
+    try:
+        client = connect(server.url, server.api_key)
+        series = [client[u].metadata["start"]["series"] for u in runs]
+        assert series[0]["uid"] == series[1]["uid"] and [s["index"] for s in series] == [0, 1]
+        assert [s["readback"] for s in series] == pytest.approx([300.0, 500.0])
+        assert all(client[u].metadata["stop"]["exit_status"] == "success" for u in runs)
+    finally:
+        server.stop()
