@@ -492,3 +492,33 @@ def test_the_repetitions_of_an_in_situ_series_are_stepped_through_in_time(tiled_
     page.goto(viewer.url + f"?run={md['raw_uid']}")
     page.wait_for_selector(f"body[data-run='{md['raw_uid']}'][data-updated]")
     assert page.is_hidden("#dfx-series-ctl")
+
+
+def test_a_topo_tomography_is_browsed_projection_by_projection_then_slice_by_slice(tiled_server, viewer, page):
+    """A topo-tomography's stacks of different depths: the projections (the slider opens on the
+    newest complete one, with its omega) and, picked from the menu, the volume's slices along Q."""
+    client = tiled_server.client()
+    uid = f"dft-{uuid.uuid4().hex[:8]}"
+    md, maps = dfx_snapshot(uid, DFX_EXPECTED, state="final")
+    md["scan"] = {"kind": "topotomo", "axes": ["omega", "phi"], "centre_deg": [0.0, 0.0], "shape": [4, 21]}
+    md["topotomo"] = {"omegas_deg": [0.0, 90.0, 180.0, 270.0], "finished": [0, 1, 2], "projection_points": 21,
+                      "tth_deg": 17.9, "voxel_m": [150e-9] * 3}
+    proj = np.stack([maps["intensity"] * (1 + i) for i in range(4)]).astype(np.float32)
+    proj[3] = np.nan                                                    # its rocking is not complete
+    vol = np.stack([maps["intensity"][:32, :32] * (10 + i) for i in range(5)]).astype(np.float32)
+    md["units"] = {"projections": MAP_UNITS["projections"], "volume": MAP_UNITS["volume"]}
+    pub = dfx_publisher(client, uid)
+    pub.close(md, {"projections": proj, "volume": vol, "shape": (vol > 0).astype(np.uint8)})
+    assert pub.last_error is None, pub.last_error
+    page.goto(viewer.url + f"?run={uid}")
+    page.wait_for_selector(f"body[data-run='{uid}'][data-updated][data-layer='2']")
+    pw.expect(page.locator("#dfx-layer-ctl")).to_contain_text("Projection")
+    pw.expect(page.locator("#dfx-layer-num")).to_contain_text("3 / 4 · ω 180°")
+    wait_dfx_map(page, "projections", np.nanmin(proj[2]), np.nanmax(proj[2]))
+    page.select_option("#dfx-map", "volume")
+    pw.expect(page.locator("#dfx-layer-num")).to_contain_text("3 / 5 · w 0 µm along Q")
+    wait_dfx_map(page, "volume", np.nanmin(vol[2]), np.nanmax(vol[2]))
+    page.eval_on_selector("#dfx-layer", "el => { el.value = '4'; el.dispatchEvent(new Event('input')); }")
+    wait_dfx_map(page, "volume", np.nanmin(vol[4]), np.nanmax(vol[4]))
+    pw.expect(page.locator("#dfx-layer-num")).to_contain_text("5 / 5 · w 0.3 µm")
+    assert page.is_hidden("#dfx-cuts")

@@ -24,13 +24,16 @@ const DFX_MAPS = {
   nye_zz: {name: "Nye α_zz", short: "α_zz", cmap: "div"},
   nye_xy: {name: "Nye α_xy", short: "α_xy", cmap: "div"},
   nye_yx: {name: "Nye α_yx", short: "α_yx", cmap: "div"},
+  // topo-tomography (docs/dfxrm.md, "Projections around Q"): stacks browsed with the slider
+  projections: {name: "projections around Q", short: "projection", cmap: "seq"},
+  volume: {name: "grain volume (back-projection)", short: "volume", cmap: "seq"},
 };
 const DFX_KEY_W = 184, DFX_MAP_MAX_PX = 420;
 const DFX_BLACK = [0, 0, 0];
 const D = {};   // the DF-XRM run on screen; reset by dfxReset when the run changes
 
 function dfxReset() {
-  Object.assign(D, {meta: null, shapes: {}, arrays: {}, snap: 0, drawn: null, radius: null, tilt: null,
+  Object.assign(D, {meta: null, shapes: {}, depths: {}, arrays: {}, snap: 0, drawn: null, radius: null, tilt: null,
                     layers: 0, layer: null, layerPicked: false, cut: {y: null, x: null}, cuts: {},
                     map: D.map || new URLSearchParams(location.search).get("map") || "strain"});
   $("dfx-map").replaceChildren();
@@ -52,7 +55,8 @@ async function dfxRefresh(uid, status, gen) {
   ]);
   if (gen !== S.gen) return;
   D.meta = md.data.attributes.metadata;
-  [D.shapes, D.layers] = dfxShapes(children.data, Boolean(D.meta.layers));
+  [D.shapes, D.depths] = dfxShapes(children.data, Boolean(D.meta.layers || D.meta.topotomo));
+  D.layers = D.depths[dfxShown()] || 0;
   dfxLayerControl();
   await dfxSeriesControl(gen);
   if (gen !== S.gen) return;
@@ -73,19 +77,19 @@ async function dfxRefresh(uid, status, gen) {
   document.body.dataset.updated = String(status.updated);
 }
 
-/** [{name: [rows, cols]}, layers] of the run's float maps: 2D, or when `layered` (the metadata's
- *  `layers`) the (layers, rows, cols) volumes of a layer scan; layers 0 for 2D maps (a weak-beam
- *  series' 3D image stack is no volume of maps). */
-function dfxShapes(children, layered) {
-  const out = {};
-  let layers = 0;
+/** [{name: [rows, cols]}, {name: depth}] of the run's float maps: 2D, or when `stacked` (the
+ *  metadata's `layers` or `topotomo`) the 3D stacks browsed slice by slice with the slider (a
+ *  layer scan's volumes, a topo-tomography's projections and volume; depth 0 for 2D maps: a
+ *  weak-beam series' 3D image stack is no volume of maps). */
+function dfxShapes(children, stacked) {
+  const out = {}, depths = {};
   for (const c of children) {
     const st = c.attributes.structure;
     if (!(st && st.shape && st.data_type && st.data_type.kind === "f")) continue;
     if (st.shape.length === 2) out[c.id] = st.shape;
-    else if (layered && st.shape.length === 3) { out[c.id] = st.shape.slice(1); layers = st.shape[0]; }
+    else if (stacked && st.shape.length === 3) { out[c.id] = st.shape.slice(1); depths[c.id] = st.shape[0]; }
   }
-  return [out, layers];
+  return [out, depths];
 }
 
 /** The scalar map drawn: the one picked if this run has it, else the first the run has. */
@@ -157,7 +161,7 @@ function dfxDraw() {
   const scale = dfxScale();
   dfxDrawTilt(scale);
   dfxDrawScalar(scale);
-  if (D.layers) dfxCuts(scale).catch((e) => { $("dfx-msg").textContent = e.message; });
+  if (D.layers && D.meta.layers) dfxCuts(scale).catch((e) => { $("dfx-msg").textContent = e.message; });
 }
 
 /** Pixel size in µm (1 with pixel axes when the geometry lacks it) and the map's extent. */
@@ -351,13 +355,18 @@ function dfxInit() {
 
 async function dfxSelectMap(name) {
   D.map = name;
+  const L = D.depths[name] || 0;
+  if (L !== D.layers) {                 // a stack of another depth (projections / volume)
+    D.layers = L; D.layer = null; D.layerPicked = false; D.arrays = {}; D.snap++;
+    dfxLayerControl();
+  }
   const p = new URLSearchParams(location.search);
   name !== "strain" ? p.set("map", name) : p.delete("map");
   history.replaceState(null, "", location.pathname + (p.toString() ? "?" + p : ""));
   try {
     if (!D.arrays[name] && !(await dfxFetch(S.run, [name], S.gen))) return;
     dfxDrawScalar(dfxScale());
-    if (D.layers) await dfxCuts(dfxScale());
+    if (D.layers && D.meta.layers) await dfxCuts(dfxScale());
   } catch (e) {
     $("dfx-msg").textContent = e.message;
   }

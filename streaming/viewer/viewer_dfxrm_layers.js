@@ -5,11 +5,14 @@
  */
 "use strict";
 
-/** The layer slider of a layer scan: follows the newest finished layer until the user picks one. */
+/** The layer slider of a layer scan: follows the newest finished layer until the user picks one
+ *  (a topo-tomography's stacks: dfxTopoControl). */
 function dfxLayerControl() {
   const ctl = $("dfx-layer-ctl"), sl = $("dfx-layer"), L = D.layers;
   ctl.hidden = !L;
   if (!L) { D.layer = null; return; }
+  if (D.meta.topotomo) return dfxTopoControl(sl, L);
+  $("dfx-layer-name").textContent = "Layer";
   const fin = ((D.meta.layers || {}).finished || []);
   if (!D.layerPicked || D.layer === null || D.layer >= L) D.layer = fin.length ? Math.max(...fin) : 0;
   sl.max = String(L - 1);
@@ -80,4 +83,20 @@ async function dfxCuts(scale) {
 async function dfxSelectCut(a, k) {
   D.cut[a] = k;
   try { await dfxCuts(dfxScale()); } catch (e) { $("dfx-msg").textContent = e.message; }
+}
+
+// ---------------------------------------------------------------- a topo-tomography's stacks
+/** The slider over a topo-tomography's projections (one per omega; opens on the newest complete
+ *  one) or its volume's slices along Q (opens on the middle one). */
+function dfxTopoControl(sl, L) {
+  const T = D.meta.topotomo, proj = dfxShown() === "projections", fin = T.finished || [];
+  if (!D.layerPicked || D.layer === null || D.layer >= L) D.layer = proj ? (fin.length ? Math.max(...fin) : 0) : Math.floor(L / 2);
+  sl.max = String(L - 1);
+  sl.value = String(D.layer);
+  $("dfx-layer-name").textContent = proj ? "Projection" : "Slice";
+  const p = (D.meta.geometry || {}).pixel_size_m || 0, om = (T.omegas_deg || [])[D.layer];
+  $("dfx-layer-num").textContent = proj
+    ? `${D.layer + 1} / ${L}` + (om === undefined ? "" : ` · ω ${fmtSig(om, 4)}°`) + (fin.includes(D.layer) ? "" : " (rocking to come)")
+    : `${D.layer + 1} / ${L} · w ${fmtSig((D.layer - Math.floor(L / 2)) * p * 1e6, 3)} µm along Q`;
+  document.body.dataset.layer = String(D.layer);
 }
