@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,14 @@ def _slab_chunks(a: np.ndarray):
     return da.from_array(a, chunks=(min(len(a), per),) + a.shape[1:])
 
 
+def _slabs(a: np.ndarray, lengths):
+    """``(index, slab)`` of ``a`` cut along axis 0 into slabs of ``lengths`` (contiguous views)."""
+    start = 0
+    for b, n in enumerate(lengths):
+        yield b, a[start:start + n]
+        start += n
+
+
 class TiledPublisher:
     """Keeps ``reconstructions/<raw_uid>`` in a Tiled server up to date.
 
@@ -109,6 +118,8 @@ class TiledPublisher:
         self.last_error: str | None = None
         self._node = None
         self._children: dict = {}
+        self._slab_crcs: dict = {}          # name -> {slab index: CRC32 of what was last written}
+        self.slabs_written = 0              # slabs of 3D arrays rewritten after their first publication
         self._slot = None
         self._cv = threading.Condition()
         self._closing = False
@@ -212,14 +223,32 @@ class TiledPublisher:
             if child is not None:
                 if tuple(child.shape) != a.shape:
                     raise ValueError(f"{name}: published shape {tuple(child.shape)} cannot change to {a.shape}")
-                child.write(a)
+                self._rewrite(name, child, a)
             else:
                 data = _slab_chunks(a) if a.ndim == 3 else a
                 dims = self.dims.get(name)
                 dims = dims if dims is None or len(dims) == a.ndim else None   # a volume of 2D maps: see metadata
                 self._children[name] = node.write_array(data, key=name, dims=dims,
                                                         metadata={"units": self.units.get(name, "")})
+                if a.ndim == 3:
+                    self._slab_crcs[name] = {b: zlib.crc32(s) for b, s in _slabs(a, data.chunks[0])}
         node.update_metadata(metadata=metadata, drop_revision=True)
+
+    def _rewrite(self, name: str, child, a: np.ndarray) -> None:
+        """A published array's new values. A 3D one chunked in slabs along axis 0 has only the
+        slabs that changed since the last publication written (a volume growing layer by layer,
+        projections arriving one by one: the finished ones are not sent again)."""
+        chunks = getattr(child.structure(), "chunks", None)
+        if a.ndim != 3 or not chunks or any(len(c) != 1 for c in chunks[1:]):
+            child.write(a)
+            return
+        crcs = self._slab_crcs.setdefault(name, {})
+        for b, slab in _slabs(a, chunks[0]):
+            crc = zlib.crc32(slab)
+            if crcs.get(b) != crc:
+                child.write_block(slab, (b, 0, 0))
+                crcs[b] = crc
+                self.slabs_written += 1
 
 
 # --- the final snapshot on disk until it is published ------------------------------------------------
