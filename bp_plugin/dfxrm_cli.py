@@ -85,7 +85,8 @@ def cmd_maps(a) -> int:
         write_maps(out, vols, geometry=scan.geometry.to_dict(), scan=scan.scan, source=str(a.source))
         per = maps["layer_maps"]
         k = fullest_layer(per)
-        png = plot_maps(out.with_suffix(".png"), per[k], scan.geometry.pixel_size_m, title=f"{title}, layer {k}")
+        png = plot_maps(out.with_suffix(".png"), {n: v for n, v in per[k].items() if not n.startswith("nye_")},
+                        scan.geometry.pixel_size_m, title=f"{title}, layer {k}")   # Nye: in the volumes
         print(f"{len(scan.angles_deg)} frames -> {out}: volumes {vols['tilt_phi'].shape} (layers, y, x) of "
               f"{', '.join(k for k in vols if k != 'intensity')}, voxel (h, y, x) "
               f"{', '.join(f'{v * 1e6:.3g}' for v in maps['voxel_m'] if v)} um"
@@ -158,7 +159,8 @@ def add_dfxrm_parser(sub, add_tiled_args) -> None:
     q.add_argument("--n-phi", type=int, default=None, help="phi points (default: the preset's)")
     q.add_argument("--n-chi", type=int, default=None, help="chi points (default: the preset's)")
     q.add_argument("--n-tth", type=int, default=None,
-                   help="2theta points (default: the preset's for a strain scan, 7 for a combined one)")
+                   help="2theta points (default: the preset's for a strain scan, 7 for a combined one; "
+                        "a layer scan with it is a combined scan per layer: strain volumes)")
     q.add_argument("--count-time", type=float, default=None, help="exposure per frame, s (default: the preset's)")
     q.add_argument("--realtime", action="store_true", help="exposures last count-time, as on a real camera")
     q.add_argument("--order", type=int, default=2, choices=[2, 4], help="4: skewness and kurtosis maps too")

@@ -96,7 +96,8 @@ def _one_scan(mic, opts: DfxrmAcquireOptions, md: dict):
     if opts.scan == "layers":
         from .dfxrm_layers import layer_scan
 
-        return layer_scan(det, mic.z, mic.phi, mic.chi, geo, list(opts.heights_um), md=md, **tilt)
+        strain = {"tth": mic.tth, "tth_range_deg": p.tth_range_deg, "n_tth": opts.n_tth} if opts.n_tth else {}
+        return layer_scan(det, mic.z, mic.phi, mic.chi, geo, list(opts.heights_um), md=md, **tilt, **strain)
     if opts.scan == "topotomo":
         from .dfxrm_topo import topo_scan
 

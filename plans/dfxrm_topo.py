@@ -19,6 +19,8 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from ophyd import Signal
 
+from bp_plugin.dfxrm.topotomo import coverage_problem
+
 from .axes import read_axis
 from .checks import PlanError, angle_unit_deg, check_targets
 from .dfxrm import _check_axis, _check_camera, _geometry, _metadata, _resolution, _with_exposure
@@ -60,15 +62,11 @@ def topo_scan(detectors, omega, phi, geometry, omegas_deg=None, *, phi_range_deg
     if angle_unit_deg(ax_o, "omega") != 1.0:
         raise PlanError(f"omega motor {omega.name!r} has units {ax_o.egu!r}; give the rotation in degrees")
     om = np.arange(0.0, 360.0, OMEGA_STEP_DEG) if omegas_deg is None else np.asarray(omegas_deg, float).ravel()
-    if om.size < 8 or not np.all(np.isfinite(om)):
-        raise PlanError(f"omegas {omegas_deg!r}: give 8 or more finite angles (deg); a full turn in "
-                        f"{OMEGA_STEP_DEG:g} deg steps is the default")
-    if not (np.all(np.diff(om) > 0) or np.all(np.diff(om) < 0)):
+    if om.size > 1 and np.all(np.isfinite(om)) and not (np.all(np.diff(om) > 0) or np.all(np.diff(om) < 0)):
         raise PlanError("omegas must be strictly increasing or decreasing (each projection once, in order)")
-    span = float(abs(om[-1] - om[0])) + float(np.median(np.abs(np.diff(om))))
-    if span < 180 - 1e-6:
-        raise PlanError(f"omegas span {span:.0f} deg (counting one step): a shape needs at least 180 deg, "
-                        "and a full turn is best")
+    why = coverage_problem(om)
+    if why:
+        raise PlanError(f"omegas: {why} (default: a full turn in {OMEGA_STEP_DEG:g} deg steps)")
     check_targets(ax_o, om, "the projections")
     check_move_timeout(move_timeout)
     extra = {"omega_motor": omega.name, "omegas_deg": om.tolist(), "n_projections": int(om.size),

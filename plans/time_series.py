@@ -12,8 +12,9 @@ like any scan) and carries ``series`` in its start document, what links it to th
 ``t_start``     unix time the repetition's scan started (time series in situ: the time axis)
 =============== ==============================================================================
 
-The plan returns the run uids in order. Every check runs before the first move; a repetition
-that fails ends the series there (the runs before it stay complete and linked).
+The plan returns the run uids in order. Every check, the scan's own included (:func:`checks_of`),
+runs before the first move; a repetition that fails ends the series there (the runs before it stay
+complete and linked).
 """
 from __future__ import annotations
 
@@ -29,6 +30,26 @@ from .moves import check_move_timeout, move
 
 #: how long a setpoint may take to get where it was sent (a furnace ramps at a few K/s)
 SETPOINT_TIMEOUT_S = 600.0
+#: the messages that act (open a run, move, stage, trigger): a plan's checks are what comes before
+ACTS = ("open_run", "set", "stage", "trigger", "kickoff")
+
+
+def checks_of(plan):
+    """Plan stub: ``plan``'s messages up to the first that acts (:data:`ACTS`), then ``plan`` is
+    dropped: its checks run (reading motors and limits, describing the camera) and a
+    :class:`PlanError` they raise comes out here, with nothing moved. (An ophyd-async camera's
+    check stages it; that is where this stops, its description then checked by the scan itself.)"""
+    ret = None
+    try:
+        while True:
+            msg = plan.send(ret)
+            if msg.command in ACTS:
+                return
+            ret = yield msg
+    except StopIteration:
+        return
+    finally:
+        plan.close()
 
 
 def time_series(scan, setpoint, values, *, interval_s: float | None = None, settle_s: float = 0.0,
@@ -56,6 +77,9 @@ def time_series(scan, setpoint, values, *, interval_s: float | None = None, sett
     if not callable(scan):
         raise PlanError(f"scan must be a function md -> plan (e.g. lambda md: mosaicity_scan(..., md=md)), "
                         f"not {type(scan).__name__}")
+    if setpoint is None:
+        raise PlanError("setpoint: None; this instrument has no sample environment to step (the simulated "
+                        "microscope has one, `temperature`, with a 3D grain: volume=...)")
     if isinstance(setpoint, str) or not hasattr(setpoint, "name"):
         raise PlanError(f"setpoint: {setpoint!r} is not a positioner; pass the sample environment's (e.g. "
                         "microscope.temperature)")
@@ -70,6 +94,9 @@ def time_series(scan, setpoint, values, *, interval_s: float | None = None, sett
     check_move_timeout(move_timeout)
     series = {"uid": str(uuid.uuid4()), "n": int(v.size), "name": name or setpoint.name, "motor": setpoint.name,
               "units": ax.egu}
+    # the scan's own checks (ranges, steps, camera) before the setpoint moves: a furnace is not
+    # heated for a scan that would then be refused
+    yield from checks_of(scan({**(md or {}), "series": {**series, "index": 0, "setpoint": float(v[0])}}))
     uids, t0 = [], time.time()
     for i, value in enumerate(v):
         if interval_s and i:

@@ -133,5 +133,6 @@ def write_topo_truth(projector: GrainProjector, frame_shape, path) -> Path:
     ``frame_shape`` images reconstructs onto (:meth:`TopoGeometry.axes_m`), as a truth file."""
     geo = projector.grain.geometry
     ax = TopoGeometry(tth_deg=geo.tth_ref_deg, pixel_size_m=geo.pixel_size_m, frame_shape=tuple(frame_shape)).axes_m()
-    shape = projector.truth_shape(*np.meshgrid(ax["w"], ax["b"], ax["a"], indexing="ij")).astype(np.uint8)
+    b, a = np.meshgrid(ax["b"], ax["a"], indexing="ij")
+    shape = np.stack([projector.truth_shape(w, b, a) for w in ax["w"]]).astype(np.uint8)   # a slice at a time
     return write_truth_file(path, {"shape": shape}, {"dims": "w, b, a (bp_plugin.dfxrm.topotomo)"})

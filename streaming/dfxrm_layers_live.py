@@ -67,13 +67,15 @@ class DfxrmLayerRun(DfxrmRun):
         """Each layer's maps as they stand (None: not started); a layer finished since the last
         call has its maps computed now, once (the worker's thread)."""
         with self.lock:
-            full, self.full = self.full, {}
+            full = dict(self.full)
             done = dict(self.done)
             live = {k: a.copy() for k, a in self.accs.items()}
         finished = {k: compute_maps(a, self.geometry, self.map_options) for k, a in full.items()}
-        if finished:
+        if finished:            # the sums go only once their maps exist (a failure keeps them)
             with self.lock:
                 self.done.update(finished)
+                for k in finished:
+                    self.full.pop(k, None)
             done.update(finished)
         return [done[k] if k in done else compute_maps(live[k], self.geometry, self.map_options) if k in live
                 else None for k in range(self.n_layers)]
@@ -108,7 +110,10 @@ class DfxrmLayerLive(DfxrmLive):
             per = run.layer_maps()
             k = fullest_layer(per)
             if per[k] is not None:
-                plot_maps(run.folder / "maps.png", {n: v for n, v in per[k].items() if not n.startswith("com_")},
+                # the layer's image maps; no Nye: the image's rows are not the sample's y step
+                # (the Nye volumes are taken on the volume's voxels: stack_layer_maps)
+                plot_maps(run.folder / "maps.png", {n: v for n, v in per[k].items()
+                                                    if not n.startswith(("com_", "nye_"))},
                           run.geometry.pixel_size_m, title=f"DF-XRM layer {k} of scan {run.uid[:8]} "
                           f"(h = {run.heights_m[k] * 1e6:.2f} um)")
         return out

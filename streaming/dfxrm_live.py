@@ -34,9 +34,9 @@ UNITS = MAP_UNITS | {"weak_beam": "counts (background subtracted)"}
 NOT_PUBLISHED = ("com_phi", "com_chi", "com_tth")
 
 
-#: the runs of the 3D scan kinds (each its own sums, not one accumulator of the whole scan)
-VOLUME_RUNS = {"layers": "streaming.dfxrm_layers_live.DfxrmLayerRun",
-               "topotomo": "streaming.dfxrm_topo_live.DfxrmTopoRun"}
+#: the 3D scan kinds, each taken by its own run class with sums of its own, not one accumulator
+#: of the whole scan (streaming/dfxrm_runs.py maps each to its class and checks it has them all)
+VOLUME_KINDS = ("layers", "topotomo")
 
 
 class DfxrmRun:
@@ -61,10 +61,10 @@ class DfxrmRun:
         self.geometry = DfxrmGeometry.from_dict(header["geometry"])
         self.axes = tuple(scan["axes"])
         self.kind = scan.get("kind", "mosaicity")
-        if self.kind != self.volume_kind and (self.volume_kind or self.kind in VOLUME_RUNS):
+        if self.kind != self.volume_kind and (self.volume_kind or self.kind in VOLUME_KINDS):
             # one map of every layer (or projection) would be no map of any
-            raise ValueError(f"a {self.kind} scan takes {VOLUME_RUNS.get(self.kind, 'DfxrmRun')}, "
-                             f"not {type(self).__name__}")
+            raise ValueError(f"a {self.kind} scan is not for {type(self).__name__}; open it with "
+                             "streaming.dfxrm_runs.open_dfxrm_run")
         self.shape = tuple(int(v) for v in scan["frame_shape"])
         self.n_frames_expected = int(header["n_frames"])
         self.background = float(scan.get("background_counts", 0.0))

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from .dfxrm_layers_live import DfxrmLayerLive, DfxrmLayerRun
-from .dfxrm_live import DfxrmLive, DfxrmRun
+from .dfxrm_live import VOLUME_KINDS, DfxrmLive, DfxrmRun
 from .dfxrm_topo_live import DfxrmTopoLive, DfxrmTopoRun
 
-_RUNS = {"layers": (DfxrmLayerRun, DfxrmLayerLive), "topotomo": (DfxrmTopoRun, DfxrmTopoLive)}
+_RUNS = {cls.volume_kind: (cls, live) for cls, live in ((DfxrmLayerRun, DfxrmLayerLive), (DfxrmTopoRun, DfxrmTopoLive))}
+assert set(_RUNS) == set(VOLUME_KINDS), "every 3D scan kind needs its run class here"
 
 
 def _classes(header: dict):

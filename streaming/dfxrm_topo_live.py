@@ -27,7 +27,7 @@ class DfxrmTopoRun(DfxrmRun):
     """One topo-tomography scan being received (``scan.kind = "topotomo"``); see the module docstring."""
 
     volume_kind = "topotomo"
-    MAX_SUM_BYTES = 4 << 30
+    MAX_BYTES = 4 << 30                 # the projections (float32)
 
     def __init__(self, header: dict, folder, *, xp=np):
         super().__init__(header, folder, xp=xp)
@@ -38,14 +38,18 @@ class DfxrmTopoRun(DfxrmRun):
         if self.points * n != self.n_frames_expected:
             raise ValueError(f"topo-tomography scan of {n} projections x {self.points} frames, but "
                              f"{self.n_frames_expected} frames announced")
-        nbytes = n * self.shape[0] * self.shape[1] * 8
-        if nbytes > self.MAX_SUM_BYTES:
-            raise ValueError(f"{n} projections of {self.shape} need {nbytes / 2**30:.1f} GiB of sums; bin the "
-                             f"camera or take fewer omegas (under {self.MAX_SUM_BYTES / 2**30:.0f} GiB)")
+        nbytes = n * self.shape[0] * self.shape[1] * 4
+        if nbytes > self.MAX_BYTES:
+            raise ValueError(f"{n} projections of {self.shape} need {nbytes / 2**30:.1f} GiB; bin the "
+                             f"camera or take fewer omegas (under {self.MAX_BYTES / 2**30:.0f} GiB)")
         self.topo_geometry = TopoGeometry(tth_deg=float(s["tth_deg"]), pixel_size_m=self.geometry.pixel_size_m,
                                           frame_shape=self.shape)
-        self.sums = np.zeros((n, *self.shape))          # float64: exact for any rocking length
+        # the rockings being measured (float64: exact for any length); a complete one becomes its
+        # projection, written once, and its sums go
+        self.sums: dict[int, np.ndarray] = {}
         self.counts = np.zeros(n, int)
+        self.projections = np.full((n, *self.shape), np.nan, np.float32)
+        self._complete = np.zeros(n, bool)
 
     def checkpoint(self) -> None:
         """None for topo-tomography scans (see the module docstring)."""
@@ -55,22 +59,32 @@ class DfxrmTopoRun(DfxrmRun):
         with self.lock:
             if self.seen[k]:
                 return False
-            self.sums[j] += frame
+            acc = self.sums.get(j)
+            if acc is None:
+                acc = self.sums[j] = np.zeros(self.shape)
+            acc += frame
             self.counts[j] += 1
             self.seen[k] = True
+            if self.counts[j] >= self.points:       # one frame's worth of work, once per projection
+                self.projections[j] = integrated_projections(acc[None], [self.counts[j]], self.background)[0]
+                self._complete[j] = True
+                del self.sums[j]
             return True
 
     def finished(self) -> list[int]:
         """The projections whose rocking curve is complete."""
         with self.lock:
-            return [int(j) for j in np.flatnonzero(self.counts >= self.points)]
+            return [int(j) for j in np.flatnonzero(self._complete)]
 
     def maps(self) -> dict:
-        """``projections`` ``(n_projections, rows, cols)``: the complete ones, NaN for the rest."""
+        """``projections`` ``(n_projections, rows, cols)``: the complete ones, NaN for the rest.
+        A complete projection is never written again, so the copy is taken outside the lock (the
+        receiver goes on placing frames); a projection completed meanwhile is left NaN this time."""
         with self.lock:
-            sums, counts = self.sums.copy(), self.counts.copy()
-        counts[counts < self.points] = 0
-        return {"projections": integrated_projections(sums, counts, self.background)}
+            done = self._complete.copy()
+        out = self.projections.copy()
+        out[~done] = np.nan
+        return {"projections": out}
 
     def metadata(self, state: str, metrics: dict | None = None) -> dict:
         md = super().metadata(state, metrics)

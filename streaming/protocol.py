@@ -180,6 +180,10 @@ def _check_topotomo(scan: dict, n_frames) -> None:
                             f"must be the {n_frames} frames announced")
     if not (_finite(tth) and 0 < tth < 180):
         raise ProtocolError(f"DF-XRM topo-tomography start message: tth_deg {tth!r} must be in (0, 180)")
+    from bp_plugin.dfxrm.topotomo import coverage_problem
+    why = coverage_problem(om)
+    if why:
+        raise ProtocolError(f"DF-XRM topo-tomography start message: {why}")
 
 
 MAX_POSITIONS = 100_000

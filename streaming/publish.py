@@ -33,7 +33,7 @@ import json
 import logging
 import threading
 import time
-import zlib
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,11 @@ def _slab_chunks(a: np.ndarray):
 
     per = max(1, int(4e6 // max(1, a[0].nbytes)))
     return da.from_array(a, chunks=(min(len(a), per),) + a.shape[1:])
+
+
+def _digest(a: np.ndarray) -> bytes:
+    """128-bit BLAKE2b of an array's bytes: whether a slab changed since it was last written."""
+    return hashlib.blake2b(memoryview(np.ascontiguousarray(a)).cast("B"), digest_size=16).digest()
 
 
 def _slabs(a: np.ndarray, lengths):
@@ -118,7 +123,7 @@ class TiledPublisher:
         self.last_error: str | None = None
         self._node = None
         self._children: dict = {}
-        self._slab_crcs: dict = {}          # name -> {slab index: CRC32 of what was last written}
+        self._slab_digests: dict = {}          # name -> {slab index: digest of what was last written}
         self.slabs_written = 0              # slabs of 3D arrays rewritten after their first publication
         self._slot = None
         self._cv = threading.Condition()
@@ -231,23 +236,24 @@ class TiledPublisher:
                 self._children[name] = node.write_array(data, key=name, dims=dims,
                                                         metadata={"units": self.units.get(name, "")})
                 if a.ndim == 3:
-                    self._slab_crcs[name] = {b: zlib.crc32(s) for b, s in _slabs(a, data.chunks[0])}
+                    self._slab_digests[name] = {b: _digest(s) for b, s in _slabs(a, data.chunks[0])}
         node.update_metadata(metadata=metadata, drop_revision=True)
 
     def _rewrite(self, name: str, child, a: np.ndarray) -> None:
         """A published array's new values. A 3D one chunked in slabs along axis 0 has only the
-        slabs that changed since the last publication written (a volume growing layer by layer,
-        projections arriving one by one: the finished ones are not sent again)."""
+        slabs that changed since the last publication written (a BLAKE2b digest per slab): a
+        volume growing layer by layer, or projections arriving one by one, does not send the
+        finished ones again."""
         chunks = getattr(child.structure(), "chunks", None)
         if a.ndim != 3 or not chunks or any(len(c) != 1 for c in chunks[1:]):
             child.write(a)
             return
-        crcs = self._slab_crcs.setdefault(name, {})
+        seen = self._slab_digests.setdefault(name, {})
         for b, slab in _slabs(a, chunks[0]):
-            crc = zlib.crc32(slab)
-            if crcs.get(b) != crc:
+            d = _digest(slab)
+            if seen.get(b) != d:
                 child.write_block(slab, (b, 0, 0))
-                crcs[b] = crc
+                seen[b] = d
                 self.slabs_written += 1
 
 

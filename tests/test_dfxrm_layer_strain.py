@@ -54,21 +54,37 @@ def test_strain_and_tilt_volumes_of_a_combined_layer_scan_match_the_3d_truth(tmp
 
 
 def test_the_nye_volume_of_a_screw_is_taken_on_the_layer_voxels():
-    """A screw along the layer normal on a layer volume's grid (rows p / sin 2theta apart, columns
-    p): nye_zz integrates to b around it in every layer; treating the rows as p apart (the image's
-    grid) would make it about 1 / sin 2theta too large."""
+    """A screw along the layer normal imaged layer by layer: its tilt maps on each layer's image
+    (rows p apart on the camera, p / sin 2theta of sample), stacked by stack_layer_maps: the Nye
+    volume's nye_zz integrates to b around the line in every layer; the image's own Nye maps
+    (compute_maps' gradients per image pixel, whose rows run against y, 1 / sin 2theta too steep)
+    are far off (-0.34 b)."""
+    from bp_plugin.dfxrm.layers import stack_layer_maps
+
     lg = LayerGeometry(tth_deg=17.9, pixel_size_m=150e-9, frame_shape=(64, 64))
     heights = np.array([-1e-6, 0.0, 1e-6])
-    h, y, x = lg.volume_grid(heights)
     b, core = 2.86e-10, (0.3e-6, -0.4e-6)
-    dx, dy = x - core[0] - 0.1 * h, y - core[1]            # the line is inclined through the layers
-    r2 = dx * dx + dy * dy + (150e-9) ** 2
-    phi, chi = np.degrees(-b * dy / (2 * np.pi * r2)), np.degrees(b * dx / (2 * np.pi * r2))
+
+    def screw(x, y, h):                                  # the line is inclined through the layers
+        dx, dy = x - core[0] - 0.1 * h, y - core[1]
+        r2 = dx * dx + dy * dy + (150e-9) ** 2
+        return np.degrees(-b * dy / (2 * np.pi * r2)), np.degrees(b * dx / (2 * np.pi * r2)), dx * dx + dy * dy
+
+    per = []
+    for h in heights:                                    # each layer's maps, on its image
+        y, x = lg.sample_yx(h)
+        phi, chi, _ = screw(x, y, h)
+        image_nye = nye_components(phi, chi, lg.pixel_size_m)["nye_zz"]
+        per.append({"mask": np.ones(lg.frame_shape, np.uint8), "intensity": np.ones(lg.frame_shape),
+                    "tilt_phi": phi, "tilt_chi": chi, "image_nye_zz": image_nye})
+    vols = stack_layer_maps(per, heights, lg)
+    h, y, x = lg.volume_grid(heights)
+    disc = screw(x, y, h)[2] < (1.5e-6) ** 2
     vy, vx = lg.voxel_m
-    disc = dx * dx + dy * dy < (1.5e-6) ** 2
-    right = nye_components(phi, chi, (vy, vx))["nye_zz"]
-    wrong = nye_components(phi, chi, vx)["nye_zz"]
-    for k in range(3):
-        got = np.nansum(right[k][disc[k]]) * vy * vx * 1e12 * 1e-6
-        assert got == pytest.approx(b, rel=0.05), k
-        assert np.nansum(wrong[k][disc[k]]) * vy * vx * 1e12 * 1e-6 > 1.5 * b
+    for k, hk in enumerate(heights):
+        got = np.nansum(vols["nye_zz"][k][disc[k]]) * vy * vx * 1e12 * 1e-6
+        assert got == pytest.approx(b, rel=0.05), (k, got / b)
+        yi, xi = lg.sample_yx(hk)
+        on_image = screw(xi, yi, hk)[2] < (1.5e-6) ** 2     # the same disc, integrated on the image
+        naive = np.nansum(per[k]["image_nye_zz"][on_image]) * (lg.pixel_size_m * 1e6) ** 2 * 1e-6
+        assert abs(naive - b) > 0.5 * b, (k, naive / b)

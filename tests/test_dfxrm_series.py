@@ -142,3 +142,17 @@ def test_a_series_from_the_command_line_records_one_linked_run_per_temperature(t
         assert all(client[u].metadata["stop"]["exit_status"] == "success" for u in runs)
     finally:
         server.stop()
+
+
+def test_a_series_whose_scan_would_be_refused_moves_nothing(tmp_path):
+    """The scan's own checks run before the setpoint moves: a too coarse phi grid is refused with
+    the furnace still at its start, and no camera file is opened."""
+    mic = SimDfxrmMicroscope("tiny", write_dir=tmp_path, volume=Grain3DConfig(), temperature_rate_K_per_s=100.0)
+    RE = RunEngine({})
+    bad = lambda md: layer_scan([mic.detector], mic.z, mic.phi, mic.chi, mic.geometry, [0.0], n_phi=5,  # noqa: E731
+                                n_chi=N_CHI, md=md)
+    with pytest.raises(PlanError, match="phi step"):
+        RE(time_series(bad, mic.temperature, [400.0, 500.0]))
+    assert mic.temperature.position == 300.0 and not mic.detector.file_history
+    with pytest.raises(PlanError, match="no sample environment"):
+        RE(time_series(bad, SimDfxrmMicroscope("tiny", write_dir=tmp_path).temperature, [400.0]))

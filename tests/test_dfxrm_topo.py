@@ -67,7 +67,7 @@ def test_an_off_axis_grain_is_reconstructed_where_it_is():
     found = np.array([g[r["shape"].astype(bool)].mean() for g in grids])
     true = np.array([g[truth].mean() for g in grids])
     assert np.abs(found - true).max() < PIXEL, (found / PIXEL, true / PIXEL)
-    assert np.abs(true).max() > 5 * PIXEL             # the grain is off the axis in w, b and a
+    assert np.abs(true).min() > 2 * PIXEL             # the grain is off the axis in w, b and a
     assert shape_overlap(r["shape"], truth)["dice"] > 0.85
 
 
@@ -92,7 +92,7 @@ def test_a_topo_scan_records_its_projections_in_order(tmp_path):
 def test_a_topo_scan_refuses_bad_omegas_before_motion(tmp_path):
     mic = SimDfxrmMicroscope("tiny", write_dir=tmp_path, volume=topo_grain(SHAPE, PIXEL), imaging="projections")
     RE = RunEngine({})
-    for omegas, msg in ((np.arange(0, 120, 10.0), "span 120 deg"), ([0, 20, 10, 30, 40, 50, 60, 200], "strictly"),
+    for omegas, msg in ((np.arange(0, 120, 10.0), "cover 120 deg"), ([0, 20, 10, 30, 40, 50, 60, 200], "strictly"),
                         (np.arange(0, 400, 20.0), "outside its limits"), ([0, 1, 2], "8 or more"),
                         (np.r_[np.arange(0, 350, 50.0), np.nan], "finite")):
         with pytest.raises(PlanError, match=msg):
@@ -102,7 +102,7 @@ def test_a_topo_scan_refuses_bad_omegas_before_motion(tmp_path):
     assert mic.omega.position == 0.0 and not mic.detector.file_history
     with pytest.raises(ValueError, match="imaging"):
         SimDfxrmMicroscope("tiny", write_dir=tmp_path, volume=topo_grain(SHAPE, PIXEL), imaging="tomo")
-    with pytest.raises(ValueError, match="spanning"):
+    with pytest.raises(ValueError, match="cover 100 deg"):
         reconstruct_shape(np.zeros((10, *SHAPE)), np.arange(10) * 10.0,
                           TopoGeometry(tth_deg=17.9, pixel_size_m=PIXEL, frame_shape=SHAPE))
     assert math.isclose(TopoGeometry(17.9, PIXEL, SHAPE).axes_m()["w"][1] - TopoGeometry(17.9, PIXEL, SHAPE).axes_m()["w"][0], PIXEL)

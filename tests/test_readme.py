@@ -126,5 +126,9 @@ def test_the_readme_topotomo_block_runs_as_written(tmp_path):
     """The topo-tomography demo block: a full turn streamed, the shape and its overlap with the truth."""
     p = run_block("--scan topotomo", tmp_path)
     assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
-    assert "90/90 projections" in p.stdout and "overlap (Dice)" in p.stdout, p.stdout[-2000:]
+    import re
+
+    m = re.search(r"overlap \(Dice\) ([0-9.]+), volume error ([-+0-9.]+) %", p.stdout)
+    assert "90/90 projections" in p.stdout and m, p.stdout[-2000:]
+    assert float(m.group(1)) >= 0.95 and abs(float(m.group(2))) <= 8, m.group(0)   # tests/test_dfxrm_topo.py's bounds
     assert list((tmp_path / "out/topo-demo/reconstructor").glob("*/maps.png"))

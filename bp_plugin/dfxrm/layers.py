@@ -157,7 +157,8 @@ def stack_layer_maps(per_layer, heights_m, geometry: LayerGeometry) -> dict:
     out = {k: geometry.stack([layer(m, k) for m in per_layer], heights_m) for k in names}
     out["mask"] = np.isfinite(geometry.stack([layer(m, "mask") for m in per_layer], heights_m)).astype(np.uint8)
     # the Nye components of each layer on the volume's own grid (rows of an image are p / sin 2theta
-    # of sample apart: the image's Nye maps would have the y gradients that much too steep)
+    # of sample apart and run against y: the image's Nye maps would have the y gradients that much
+    # too steep, and of the wrong sign)
     nye = nye_components(out.get("tilt_phi"), out.get("tilt_chi"), geometry.voxel_m)
     out.update({k: v.astype(np.float32) for k, v in nye.items()})
     return out

@@ -86,6 +86,24 @@ class TopoGeometry:
         return np.stack([map_coordinates(p, [rr, cc], order=1, mode="constant") for p in proj], 1)
 
 
+#: the fewest projections a shape is reconstructed from
+MIN_PROJECTIONS = 8
+
+
+def coverage_problem(omegas_deg) -> str | None:
+    """Why these omegas (deg) cannot give a shape (None when they can): fewer than
+    :data:`MIN_PROJECTIONS`, or less than 180 deg covered (their span plus one median step). The
+    plan, the stream's start check and the reconstruction all ask this."""
+    om = np.asarray(omegas_deg, float).ravel()
+    if om.size < MIN_PROJECTIONS or not np.all(np.isfinite(om)):
+        return f"{om.size} projections: a shape needs {MIN_PROJECTIONS} or more, at finite omegas"
+    srt = np.sort(om)
+    covered = float(srt[-1] - srt[0] + np.median(np.diff(srt)))
+    if covered < 180 - 1e-6:
+        return f"the omegas cover {covered:.0f} deg (span plus one step): a shape needs 180 deg, a full turn is best"
+    return None
+
+
 def integrated_projections(sums, counts, background: float) -> np.ndarray:
     """Integrated-intensity projections ``(n_omega, rows, cols)`` float32 from the sum of each
     omega's rocking frames ``sums`` (same shape, counts) and how many frames each holds
@@ -112,7 +130,7 @@ def reconstruct_shape(projections, omegas_deg, geometry: TopoGeometry, *, progre
     ``grain_volume_m3``, ``axes_m`` (``w``, ``b``, ``a``), ``voxel_m``, ``n_projections``.
 
     Raises:
-        ValueError: fewer than 8 measured projections, or omegas spanning less than 180 deg.
+        ValueError: the measured projections' omegas cannot give a shape (:func:`coverage_problem`).
     """
     from skimage.filters import threshold_otsu
     from skimage.transform import iradon
@@ -125,10 +143,9 @@ def reconstruct_shape(projections, omegas_deg, geometry: TopoGeometry, *, progre
                          f"({om.size}, {geometry.frame_shape[0]}, {geometry.frame_shape[1]})")
     ok = np.isfinite(proj).all(axis=(1, 2))
     proj, om = proj[ok], om[ok]
-    span = float(om.max() - om.min()) if om.size else 0.0
-    if om.size < 8 or span < 180 - 360 / max(om.size, 1) - 1e-6:
-        raise ValueError(f"{om.size} projections over {span:.0f} deg: a shape needs at least 8 spanning "
-                         "180 deg (a full turn is best)")
+    why = coverage_problem(om)
+    if why:
+        raise ValueError(why)
     ax = geometry.axes_m()
     n = geometry.n_side
     vol = np.zeros((ax["w"].size, n, n), np.float32)

@@ -17,7 +17,14 @@ async function dfxSeriesControl(gen) {
   if (!S_ || S_.uid !== ser.uid || Date.now() - S_.at > DFX_SERIES_REFRESH_MS) {
     const q = "filter%5Beq%5D%5Bcondition%5D%5Bkey%5D=series.uid" +
               `&filter%5Beq%5D%5Bcondition%5D%5Bvalue%5D=${encodeURIComponent(JSON.stringify(ser.uid))}`;
-    const body = await getJSON(`${API}/search/dfxrm?${q}&fields=metadata&select_metadata=series&page%5Blimit%5D=300`);
+    let body;
+    try {
+      body = await getJSON(`${API}/search/dfxrm?${q}&fields=metadata&select_metadata=series&page%5Blimit%5D=300`);
+    } catch (e) {      // the maps of this run are still worth drawing: the series control waits
+      ctl.hidden = true;
+      $("dfx-msg").textContent = `The series of this run could not be listed (${e.message}); retrying.`;
+      return;
+    }
     if (gen !== S.gen) return;
     const runs = body.data.map((d) => ({id: d.id, s: (d.attributes.metadata || {}).selected || {}}))
       .filter((r) => Number.isInteger(r.s.index)).sort((a, b) => a.s.index - b.s.index);
