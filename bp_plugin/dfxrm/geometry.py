@@ -95,3 +95,28 @@ class DfxrmGeometry:
     def from_dict(cls, d: dict) -> "DfxrmGeometry":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ImagingGeometry:
+    """What a 3D DF-XRM reconstruction needs of the imaging: 2theta, the pixel, the image size
+    (:class:`bp_plugin.dfxrm.layers.LayerGeometry`, :class:`bp_plugin.dfxrm.topotomo.TopoGeometry`).
+
+    Attributes:
+        tth_deg: 2theta of the imaged reflection (deg).
+        pixel_size_m: the image pixel in the sample plane (m).
+        frame_shape: the image (rows, cols).
+    """
+
+    tth_deg: float
+    pixel_size_m: float
+    frame_shape: tuple[int, int]
+
+    #: how an error message names the geometry
+    what = "imaging geometry"
+
+    def __post_init__(self):
+        if not 0 < self.tth_deg < 180:
+            raise ValueError(f"{self.what}: 2theta {self.tth_deg} deg must be in (0, 180)")
+        if not self.pixel_size_m > 0:
+            raise ValueError(f"{self.what}: pixel_size_m {self.pixel_size_m} must be positive")

@@ -24,28 +24,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .geometry import ImagingGeometry
 from .maps import nye_components
 
 
 @dataclass(frozen=True)
-class LayerGeometry:
-    """The imaging geometry of the layers.
+class LayerGeometry(ImagingGeometry):
+    """The imaging geometry of the layers (``tth_deg``, ``pixel_size_m``, ``frame_shape``: see
+    :class:`~bp_plugin.dfxrm.geometry.ImagingGeometry`)."""
 
-    Attributes:
-        tth_deg: 2theta of the imaged reflection (deg).
-        pixel_size_m: the image pixel in the sample plane (m).
-        frame_shape: the image (rows, cols).
-    """
-
-    tth_deg: float
-    pixel_size_m: float
-    frame_shape: tuple[int, int]
-
-    def __post_init__(self):
-        if not 0 < self.tth_deg < 180:
-            raise ValueError(f"layer geometry: 2theta {self.tth_deg} deg must be in (0, 180)")
-        if not self.pixel_size_m > 0:
-            raise ValueError(f"layer geometry: pixel_size_m {self.pixel_size_m} must be positive")
+    what = "layer geometry"
 
     @property
     def _sc(self) -> tuple[float, float]:

@@ -32,27 +32,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .geometry import ImagingGeometry
+
 
 @dataclass(frozen=True)
-class TopoGeometry:
-    """The imaging geometry of a topo-tomography series.
+class TopoGeometry(ImagingGeometry):
+    """The imaging geometry of a topo-tomography series (``tth_deg``, ``pixel_size_m``: the
+    volume's voxel is this cube, ``frame_shape``: see :class:`~bp_plugin.dfxrm.geometry.ImagingGeometry`);
+    theta is the angle between the diffracted beam and the plane normal to Q."""
 
-    Attributes:
-        tth_deg: 2theta of the reflection (deg); theta is the angle between the diffracted beam
-            and the plane normal to Q.
-        pixel_size_m: the image pixel in the sample plane (m); the volume's voxel is this cube.
-        frame_shape: the image (rows, cols).
-    """
-
-    tth_deg: float
-    pixel_size_m: float
-    frame_shape: tuple[int, int]
-
-    def __post_init__(self):
-        if not 0 < self.tth_deg < 180:
-            raise ValueError(f"topo-tomography: 2theta {self.tth_deg} deg must be in (0, 180)")
-        if not self.pixel_size_m > 0:
-            raise ValueError(f"topo-tomography: pixel_size_m {self.pixel_size_m} must be positive")
+    what = "topo-tomography"
 
     @property
     def theta_rad(self) -> float:
