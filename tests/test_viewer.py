@@ -433,7 +433,7 @@ def test_a_layer_scan_volume_is_browsed_layer_by_layer(tiled_server, viewer, pag
                  return d.index === String(i) && close(d.min, lo) && close(d.max, hi); }""",
             arg=[axis, index, float(np.nanmin(values)), float(np.nanmax(values))], timeout=WAIT_MS)
 
-    assert page.is_visible("#dfx-cuts")
+    pw.expect(page.locator("#dfx-cuts")).to_be_visible(timeout=WAIT_MS)
     wait_cut("y", DY // 2, f[:, DY // 2, :])
     wait_cut("x", DX // 2, f[:, :, DX // 2])
     page.eval_on_selector("#dfx-cut-y-pos", "el => { el.value = '5'; el.dispatchEvent(new Event('input')); }")
