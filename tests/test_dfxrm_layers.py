@@ -156,45 +156,23 @@ def test_live_layer_volumes_in_tiled_equal_the_batch_ones(tiled_server, tmp_path
     """A layer scan streamed to the service: each layer's frames fold into that layer's sums, the
     volumes grow in Tiled while the scan runs (layers finished one after the other), and the final
     volumes equal the batch volumes of the recorded frames."""
-    from bluesky.callbacks.buffer import BufferingWrapper
-    from bluesky_tiled_plugins import TiledWriter
-
-    from streaming.dfxrm_sender import DfxrmFrameStreamer
-    from streaming.live import LiveOptions
-    from streaming.sender import FrameSender
-    from streaming.service import ReconstructorService, ServiceOptions
-    from streaming.taps import frame_tap
+    from dfxrm_stream import stream_dfxrm
 
     heights = np.array([-1.0, 0.0, 1.0])
     mic = SimDfxrmMicroscope("tiny", write_dir=tiled_server.detector_dir, volume=Grain3DConfig())
-    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", max_runs=1,
-                                              device="cpu", tiled_url=tiled_server.url, api_key=tiled_server.api_key,
-                                              live=LiveOptions(figures=True, publish_interval_s=0.2)))
-    th = svc.start()
-    streamer = DfxrmFrameStreamer(FrameSender(svc.address), frame_tap(mic.detector))
-    streamer.confirm_timeout_s = 120
-    writer = BufferingWrapper(TiledWriter(tiled_server.client(), batch_size=20))
     seen_finished = set()
 
-    def watch(name, doc):                  # the published layers while the scan runs, every 100 frames
+    def watch(name, doc, started):          # the published layers while the scan runs, every 100 frames
         if name == "event" and doc["seq_num"] % 100 == 0:
             try:
-                node = tiled_server.client()["dfxrm"][uid[0]]
+                node = tiled_server.client()["dfxrm"][started[0]]
                 seen_finished.add(tuple(node.metadata["layers"]["finished"]))
             except (KeyError, TypeError):
                 pass
 
-    uid = []
-    RE = RunEngine({})
-    RE.subscribe(lambda name, doc: uid.append(doc["uid"]) if name == "start" else None)
-    for cb in (writer, BufferingWrapper(streamer), watch):
-        RE.subscribe(cb)
-    try:
-        RE(layer_scan([mic.detector], mic.z, mic.phi, mic.chi, mic.geometry, heights, n_phi=21, n_chi=11))
-    finally:
-        writer.shutdown(wait=True)
-    th.join(180)
-    streamer.close()
+    uid, svc = stream_dfxrm(tiled_server, tmp_path / "w", mic,
+                            layer_scan([mic.detector], mic.z, mic.phi, mic.chi, mic.geometry, heights, n_phi=21,
+                                       n_chi=11), watch=watch)
     st = svc.finished[uid[0]]
     assert st["state"] == "final" and st["placed"] == 3 * 21 * 11 and st["rejected"] == 0, st
     node = tiled_server.client()["dfxrm"][uid[0]]

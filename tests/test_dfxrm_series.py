@@ -78,34 +78,14 @@ def test_a_series_refuses_bad_setpoints_before_motion(tmp_path):
 def test_a_streamed_series_is_linked_in_tiled_run_by_run(tiled_server, tmp_path):
     """Each repetition streamed to the service is its own published run whose metadata names the
     series; the raw runs and the published maps are both found by the series' uid."""
-    from bluesky.callbacks.buffer import BufferingWrapper
-    from bluesky_tiled_plugins import TiledWriter
+    from dfxrm_stream import stream_dfxrm
     from tiled.queries import Key
-
-    from streaming.dfxrm_sender import DfxrmFrameStreamer
-    from streaming.live import LiveOptions
-    from streaming.sender import FrameSender
-    from streaming.service import ReconstructorService, ServiceOptions
-    from streaming.taps import frame_tap
 
     mic = SimDfxrmMicroscope("tiny", write_dir=tiled_server.detector_dir,
                              volume=Grain3DConfig(boundary_drift_m_per_K=DRIFT_M_PER_K))
-    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", max_runs=3,
-                                              device="cpu", tiled_url=tiled_server.url, api_key=tiled_server.api_key,
-                                              live=LiveOptions(figures=False, publish_interval_s=0.5)))
-    th = svc.start()
-    streamer = DfxrmFrameStreamer(FrameSender(svc.address), frame_tap(mic.detector))
-    streamer.confirm_timeout_s = 120
-    writer = BufferingWrapper(TiledWriter(tiled_server.client(), batch_size=50))
-    RE = RunEngine({})
-    for cb in (writer, BufferingWrapper(streamer)):
-        RE.subscribe(cb)
-    try:
-        uids = RE(time_series(_layer(mic), mic.temperature, TEMPERATURES_K, settle_s=0.1))
-    finally:
-        writer.shutdown(wait=True)
-    th.join(240)
-    streamer.close()
+    uids, svc = stream_dfxrm(tiled_server, tmp_path / "w", mic,
+                             time_series(_layer(mic), mic.temperature, TEMPERATURES_K, settle_s=0.1), max_runs=3,
+                             figures=False, publish_interval_s=0.5, batch_size=50, join_s=240)
     assert all(svc.finished[u]["state"] == "final" for u in uids), svc.finished
     client = tiled_server.client()
     series_uid = client[uids[0]].metadata["start"]["series"]["uid"]

@@ -113,46 +113,24 @@ def test_live_topo_projections_in_tiled_and_the_shape_equal_the_batch_ones(tiled
     """A topo-tomography streamed to the service: the projections appear in Tiled one omega at a
     time while the scan runs; at the end the shape, equal to the batch path's on the recorded
     frames, and its overlap with the simulated grain's truth."""
-    from bluesky.callbacks.buffer import BufferingWrapper
-    from bluesky_tiled_plugins import TiledWriter
+    from dfxrm_stream import stream_dfxrm
 
     from bp_plugin.dfxrm_batch import scan_from_run, topo_shape
-    from streaming.dfxrm_sender import DfxrmFrameStreamer
-    from streaming.live import LiveOptions
-    from streaming.sender import FrameSender
-    from streaming.service import ReconstructorService, ServiceOptions
-    from streaming.taps import frame_tap
 
     omegas = np.arange(0.0, 360.0, 9.0)
     mic = SimDfxrmMicroscope("tiny", write_dir=tiled_server.detector_dir, volume=topo_grain(SHAPE, PIXEL),
                              imaging="projections")
-    svc = ReconstructorService(ServiceOptions(listen="tcp://127.0.0.1:0", workdir=tmp_path / "w", max_runs=1,
-                                              device="cpu", tiled_url=tiled_server.url, api_key=tiled_server.api_key,
-                                              live=LiveOptions(figures=True, publish_interval_s=0.2)))
-    th = svc.start()
-    streamer = DfxrmFrameStreamer(FrameSender(svc.address), frame_tap(mic.detector))
-    streamer.confirm_timeout_s = 120
-    writer = BufferingWrapper(TiledWriter(tiled_server.client(), batch_size=20))
     seen = set()
 
-    def watch(name, doc):                  # the published projections while the scan runs
+    def watch(name, doc, started):          # the published projections while the scan runs
         if name == "event" and doc["seq_num"] % 60 == 0:
             try:
-                seen.add(len(tiled_server.client()["dfxrm"][uid[0]].metadata["topotomo"]["finished"]))
+                seen.add(len(tiled_server.client()["dfxrm"][started[0]].metadata["topotomo"]["finished"]))
             except (KeyError, TypeError):
                 pass
 
-    uid = []
-    RE = RunEngine({})
-    RE.subscribe(lambda name, doc: uid.append(doc["uid"]) if name == "start" else None)
-    for cb in (writer, BufferingWrapper(streamer), watch):
-        RE.subscribe(cb)
-    try:
-        RE(topo_scan([mic.detector], mic.omega, mic.phi, mic.geometry, omegas))
-    finally:
-        writer.shutdown(wait=True)
-    th.join(180)
-    streamer.close()
+    uid, svc = stream_dfxrm(tiled_server, tmp_path / "w", mic,
+                            topo_scan([mic.detector], mic.omega, mic.phi, mic.geometry, omegas), watch=watch)
     st = svc.finished[uid[0]]
     assert st["state"] == "final" and st["placed"] == len(omegas) * 21 and st["rejected"] == 0, st
     node = tiled_server.client()["dfxrm"][uid[0]]
