@@ -153,6 +153,34 @@ def test_frames_integrated_over_their_step_are_modelled_so(tmp_path):
     assert errs["step"] < 0.85 * errs["point"] and errs["step"] < 0.18, errs
 
 
+def test_the_strain_metric_keeps_a_thin_foil_at_a_low_bragg_angle(tmp_path):
+    """'One reconstruction voxel from the surfaces' is the +-1 voxel box of the reconstruction grid
+    in the lab (ScanLayout.lab_footprint), not the voxel's longest edge in every direction: at
+    theta_B 15.8 deg (member 2) dr3 is about 3 x dr1 but lies nearly in the foil's plane, so its
+    144 nm foil keeps a core (the longest-edge erosion kept none: strain metric NaN)."""
+    from scipy import ndimage
+
+    from bp_plugin.recon.layout import ScanLayout
+
+    p = draw_member(2)
+    geo = replace(p.geometry, upsampling=p.geometry.upsampling_default())
+    lay = ScanLayout.from_scan(geo, np.zeros((1, 3)))
+    lab = 8e-9
+    fp = lay.lab_footprint(lab)
+    assert fp.shape[0] % 2 == 1 and np.array_equal(fp, fp[::-1, ::-1, ::-1])       # centred, symmetric
+    tb = geo.theta_bragg_rad
+    dr3, dr1, _ = lay.voxel_m
+    along_z = dr3 * math.sin(tb) + dr1 * math.cos(tb)        # the box's half-extent along z (e3, e1 in y-z)
+    rows = np.nonzero(fp.any(axis=(1, 2)))[0]
+    assert abs((rows[-1] - rows[0]) / 2 * lab - along_z) <= lab and along_z < 0.7 * max(lay.voxel_m)
+    z = (np.arange(61) - 30) * lab
+    foil = np.broadcast_to((np.abs(z) <= 72e-9)[:, None, None], (61, 41, 41))        # 144 nm, normal z
+    core = ndimage.binary_erosion(foil, structure=fp)[:, 20, 20]
+    assert core.any() and abs(z[core]).max() <= 72e-9 - along_z + lab
+    longest = int(math.ceil(max(lay.voxel_m) / lab))
+    assert not ndimage.binary_erosion(foil, iterations=longest)[:, 20, 20].any()
+
+
 def test_the_probe_error_weighs_the_beam_where_it_meets_the_crystal(tiny_dataset):
     """Beyond tiny's grain boundary the crystal does not diffract: beam lines that only cross it
     leave no trace in the frames. The probe error weighs each line by how much it lit the true

@@ -90,6 +90,26 @@ class ScanLayout:
         return (r3[:, None, None, None] * e[2] + r1[None, :, None, None] * e[0]
                 + r2[None, None, :, None] * e[1])
 
+    def lab_footprint(self, lab_voxel_m: float, reach: float = 1.0) -> np.ndarray:
+        """Lab-grid offsets within ``reach`` reconstruction voxels of a point along each axis.
+
+        The parallelepiped spanned by ``+-reach`` voxels along ``r3, r1, r2``, sampled on a lab
+        grid of spacing ``lab_voxel_m``: bool ``(nz, ny, nx)`` (odd sizes, centred), a structuring
+        element for erosions. A reconstruction voxel is far from a surface when this element
+        around it lies inside the crystal, which depends on the voxel's extent along the surface
+        normal, not on its longest edge (at a low Bragg angle, dr3 is long but lies nearly in the
+        foil's plane).
+        """
+        from ..geometry import recon_basis
+
+        e = recon_basis(self.geometry.theta_bragg_rad)[[2, 0, 1]]          # rows along r3, r1, r2
+        edges = e * (reach * np.asarray(self.voxel_m))[:, None]          # (3 edges, xyz)
+        half = np.ceil(np.abs(edges).sum(0) / lab_voxel_m).astype(int)   # (x, y, z) half-sizes
+        z, y, x = np.meshgrid(*(np.arange(-h, h + 1) for h in half[::-1]), indexing="ij")
+        pts = np.stack([x, y, z], -1) * lab_voxel_m
+        coords = pts @ np.linalg.inv(edges)                              # in units of the edges
+        return np.all(np.abs(coords) <= 1 + 1e-9, axis=-1)
+
     def describe(self) -> str:
         n3, n1, n2 = self.object_shape
         return (f"object grid {n3} x {n1} x {n2} voxels ({', '.join(f'{v * 1e9:.1f}' for v in self.voxel_m)} nm), "

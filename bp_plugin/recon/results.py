@@ -23,6 +23,7 @@ import math
 
 import h5py
 import numpy as np
+from scipy import ndimage
 
 from ..quality import ground_truth_at_resolution, probe_quality, relative_error, remove_ambiguities
 from ..strain import crystal_mask, object_to_lab, strain_maps
@@ -116,8 +117,12 @@ def strain_against_analytic(rec_maps: dict, ref_maps: dict, gt: dict, lit_lab: n
     """eps_zz of the reconstruction against the simulator's *analytic* strain, and the floor.
 
     Inside the true crystal (amplitude > 0.5 on the ground-truth grid), lit, and at least one
-    reconstruction voxel (its largest edge) away from every surface, void and dislocation core
-    (those are holes in the true amplitude, so one erosion keeps away from all of them):
+    reconstruction voxel away from every surface, void and dislocation core (those are holes in
+    the true amplitude, so one erosion keeps away from all of them): the crystal is eroded by
+    :meth:`ScanLayout.lab_footprint`, the +-1 voxel box of the reconstruction grid in the lab,
+    which is the reach of the lab maps' interpolation and of their phase gradient. (Its longest
+    edge in every direction, as before, left no voxel in foils a few voxels thick at low Bragg
+    angles, where dr3 is long but lies nearly in the foil's plane.)
     ``strain_rms_error_analytic`` (reconstruction - analytic), ``strain_floor_rms`` (the ground
     truth averaged over the reconstruction's voxels - analytic: what a perfect reconstruction at
     this voxel size scores), ``strain_truth_rms`` (the analytic strain's own RMS, the signal) and
@@ -125,8 +130,8 @@ def strain_against_analytic(rec_maps: dict, ref_maps: dict, gt: dict, lit_lab: n
     """
     if "eps_zz" not in gt or gt["eps_zz"].shape != ref_maps["eps_zz"].shape:
         return {}
-    erode = max(1, int(math.ceil(max(layout.voxel_m) / gt_voxel_m)))
-    far = crystal_mask(gt["amplitude"] if "amplitude" in gt else np.abs(gt["density"]), 0.5, erode) & lit_lab
+    inside = crystal_mask(gt["amplitude"] if "amplitude" in gt else np.abs(gt["density"]), 0.5, 0)
+    far = ndimage.binary_erosion(inside, structure=layout.lab_footprint(gt_voxel_m)) & lit_lab
     truth = gt["eps_zz"][far]
     rms = lambda d: float(np.sqrt(np.mean(d ** 2))) if d.size else float("nan")  # noqa: E731
     return {"strain_rms_error_analytic": rms(rec_maps["eps_zz"][far] - truth),
