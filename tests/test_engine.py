@@ -21,7 +21,7 @@ from bp_plugin.recon.engine import Reconstructor
 from bp_plugin.recon.layout import ScanLayout
 from bp_plugin.recon.probe_ops import ProbeOperator, na_focus
 from bp_plugin.recon.results import evaluate
-from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
+from bp_plugin.recon.run import AUTO_CURRICULUM_PER_ANGLE, ReconstructOptions, reconstruct_file
 from bp_plugin.recon.updates import object_step, probe_increment
 from bp_plugin.strain import find_vortices, strain_maps
 
@@ -269,7 +269,7 @@ def test_cli_reconstruct_writes_result_metrics_and_figures(tiny_scan, tmp_path):
     for key in ("object_error", "probe_error", "strain_rms_error", "tilt_rms_error_rad", "iterations", "seconds"):
         assert key in saved
     assert saved["iterations"] == 12 == m["iterations"]
-    assert saved["curriculum_iterations"] == 5 * ds.geometry.n_angles     # the default for 12 angles
+    assert saved["curriculum_iterations"] == AUTO_CURRICULUM_PER_ANGLE * ds.geometry.n_angles   # 12 angles: on by default
     for png in ("result_maps.png", "result_probe.png", "result_truth_maps.png"):
         assert (tmp_path / png).stat().st_size > 20_000
     m2 = reconstruct_file(path, out, ReconstructOptions(ml_iterations=4, resume=True, progress=False, figures=False))
@@ -279,9 +279,9 @@ def test_cli_reconstruct_writes_result_metrics_and_figures(tiny_scan, tmp_path):
 
 
 def test_default_angle_curriculum_by_number_of_angles():
-    from bp_plugin.recon.run import curriculum_per_angle
+    from bp_plugin.recon.run import AUTO_CURRICULUM_PER_ANGLE as N, curriculum_per_angle
 
-    assert curriculum_per_angle(None, 16, False) == 5 and curriculum_per_angle(None, 8, False) == 5
+    assert N == 10 and curriculum_per_angle(None, 16, False) == N and curriculum_per_angle(None, 8, False) == N
     assert curriculum_per_angle(None, 6, False) == 0           # few angles: it doubled the strain error
     assert curriculum_per_angle(None, 16, True) == 0           # a resumed run continues its schedule
     assert curriculum_per_angle(0, 16, False) == 0 and curriculum_per_angle(3, 6, False) == 3

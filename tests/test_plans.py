@@ -140,16 +140,16 @@ def test_export_reconstructs(tiled_server, tmp_path):
     setpoints = raster_translations(bl.geometry, snake=True)              # position index = scan order
     err = np.abs(ds.translations_m[:, :2] - setpoints[:, :2])
     assert 0 < err.max() < 5 * bl.preset.position_jitter_m               # readbacks, not setpoints
-    from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
+    from bp_plugin.recon.run import AUTO_CURRICULUM_PER_ANGLE, ReconstructOptions, reconstruct_file
 
     t0 = time.perf_counter()
     m = reconstruct_file(out, tmp_path / "result.h5", ReconstructOptions(iterations=60, ml_iterations=20,
                                                                          progress=False, figures=False))
     print(f"export {t1 - t_export:.1f} s, reconstruct {time.perf_counter() - t0:.1f} s, metrics {m}")
-    # measured on this exported run (seed 3, snake), with the default angle curriculum (5 per angle):
+    # measured on this exported run (seed 3, snake), with the angle curriculum at 5 per angle:
     # object 0.146, eps_zz RMS 2.9e-5, tilts 2.8e-5 rad (without it 0.201, 3.9e-5, 3.4e-5), as good as
     # a scan simulated straight to file (test_engine); thresholds about 30 % above
-    assert m["curriculum_iterations"] == 5 * bl.geometry.n_angles
+    assert m["curriculum_iterations"] == AUTO_CURRICULUM_PER_ANGLE * bl.geometry.n_angles
     assert m["object_error"] < 0.19 and m["strain_rms_error"] < 3.8e-5 and m["tilt_rms_error_rad"] < 3.6e-5
 
 
