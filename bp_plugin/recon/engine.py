@@ -37,6 +37,7 @@ from .layout import ScanLayout, slab_orientation, slab_support
 from .merge import IterationStart
 from .probe_ops import ProbeOperator, na_focus
 from .sequential import sequential_pass
+from .support import shrinkwrap
 from .updates import upsampling_ratio
 
 
@@ -276,8 +277,7 @@ class Reconstructor:
             if it in c.slab_steps:
                 self.support = xp.asarray(self._slab(it))
         elif it < c.shrinkwrap_stop and (it - c.shrinkwrap_start) % c.shrinkwrap_every == 0:
-            a = xp.abs(self._obj)
-            self.support = self.support & (a > c.shrinkwrap_threshold * a.max())
+            self.support = shrinkwrap(self.support, self._obj, c.shrinkwrap_threshold, c.shrinkwrap_sigma, xp)
 
     def position_order(self) -> np.ndarray:
         """This iteration's order of this process's measured positions."""
