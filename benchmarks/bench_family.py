@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bp_plugin.recon.layout import voxels_across
 from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
 from sim_devices.experiment import simulate_to_file
 from sim_devices.family import draw_member, member_truth
@@ -43,7 +44,7 @@ def run_member(preset, folder: Path, iterations: int, ml: int, state_tilt: bool 
     return {**{k: m.get(k, float("nan")) for k in COLUMNS}, "upsampling_used": m.get("upsampling"),
             "slab_tilt_used_deg": m.get("slab_tilt_deg"), "slab_tilt_source": m.get("slab_tilt_source"),
             "seconds_simulate": t_sim, "seconds_reconstruct": m["seconds"], "warnings": m.get("warnings", []),
-            **member_truth(preset)}
+            "voxels_across": voxels_across(preset.geometry, preset.sample_tilt_deg), **member_truth(preset)}
 
 
 def fmt(v, spec):
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
             print(f"{p.name}: {p.description}", file=sys.stderr, flush=True)
             rows.append(run_member(p, Path(tmp), a.iterations, a.ml_iterations, a.state_tilt))
     head = (f"{'member':<10} {'obj err':>8} {'probe err':>9} {'section':>7} {'lit':>4} {'eps err*':>8} {'eps floor':>9} {'eps truth':>9} "
-            f"{'tilt err':>8} {'fov':>5} {'up x':>4} {'need':>4} {'tilt used (true)':>24} {'s':>5}")
+            f"{'tilt err':>8} {'fov':>5} {'up x':>4} {'need':>4} {'tilt used (true)':>24} {'across':>6} {'s':>5}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
               f"{fmt(r['strain_truth_rms'], '9.2e')} {fmt(r['tilt_rms_error_rad'], '8.2e')} "
               f"{fmt(r['field_of_view_fraction'], '5.2f')} {str(r['upsampling_used']):>4} "
               f"{r['upsampling_needed_for_extent']:>4} "
-              f"{tilts:>24} "
+              f"{tilts:>24} {r['voxels_across']:6.2f} "
               f"{r['seconds_reconstruct']:5.1f}")
     fam = rows[1:]
     if fam:
@@ -94,6 +95,7 @@ def main(argv=None) -> int:
     print("probe err: where the beam meets the crystal (weighted by the true object's coverage of each beam line); "
           "section: the whole section, parts the data never see included; lit: share of the probe's energy on lines "
           "that meet the crystal")
+    print("across: reconstruction voxels across the foil along its true normal (under 2: warned at set-up)")
     print("* eps_zz against the analytic strain, one reconstruction voxel away from surfaces and cores; floor: "
           "the truth averaged over the reconstruction's voxels, same mask; truth: the analytic strain's RMS")
     a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import argparse
 import json
 
 from .geometry import ExperimentGeometry
+from .recon.layout import slab_orientation, thin_foil_warning, voxels_across
 
 
 def add_geometry_args(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,8 @@ def add_geometry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thickness-um", type=float, default=d.thickness_m * 1e6)
     p.add_argument("--beam-width-um", type=float, default=d.beam_width_m * 1e6,
                    help="beam width along p1 that the rocking step must hold (Eq. 12)")
+    p.add_argument("--sample-tilt", type=float, nargs=2, default=None, metavar=("TX", "TY"),
+                   help="the foil's surface normal tilted from Q (deg, about x then y; default: unknown, along Q)")
     p.add_argument("--na", type=float, nargs=2, default=list(d.numerical_aperture), metavar=("NA_V", "NA_H"),
                    help="KB half-aperture, vertical (scattering plane) and horizontal")
 
@@ -43,12 +46,15 @@ def geometry_from_args(a: argparse.Namespace) -> ExperimentGeometry:
         rocking_step_deg=a.rocking_step_deg, n_angles=a.angles, upsampling=a.upsampling,
         raster_step_m=tuple(s * 1e-9 for s in a.raster_step_nm), raster_shape=tuple(a.raster_shape),
         thickness_m=a.thickness_um * 1e-6, beam_width_m=a.beam_width_um * 1e-6,
-        numerical_aperture=tuple(a.na))
+        numerical_aperture=tuple(a.na),
+        sample_tilt_deg=None if a.sample_tilt is None else tuple(a.sample_tilt))
 
 
 def format_geometry(geo: ExperimentGeometry) -> str:
     """Human-readable table of the derived quantities of :meth:`ExperimentGeometry.summary`."""
     s = geo.summary()
+    tilt, source, _ = slab_orientation(None, geo.sample_tilt_deg)
+    thin = thin_foil_warning(geo, tilt, source)
     nm = lambda v: f"{v * 1e9:.1f} nm"  # noqa: E731
     um = lambda v: f"{v * 1e6:.3f} um"  # noqa: E731
     rows = [
@@ -70,6 +76,9 @@ def format_geometry(geo: ExperimentGeometry) -> str:
         ("intersection length L", um(s["intersection_length_m"])),
         ("exit wave along r1, W + 2cT", f"{um(s['exit_wave_extent_r1_m'])} (window {um(s['window_m'][0])}: "
          + ("fits)" if s["pixel_sampling_ok"] else "TOO WIDE: frames alias; use smaller pixels or a longer distance)")),
+        ("foil across its normal", f"{voxels_across(geo, tilt):.2f} voxels of T = {um(geo.thickness_m)} (normal "
+         + ("assumed along Q" if source == "assumed specular" else f"tilted {tilt[0]:g}, {tilt[1]:g} deg")
+         + (f"); THIN: {thin}" if thin else ")")),
         ("focus FWHM (V, H)", ", ".join(nm(v) for v in s["focus_fwhm_m"])),
         ("depth of focus (V, H)", ", ".join(f"{v * 1e3:.2f} mm" for v in s["depth_of_focus_m"])),
         ("footprint (x, y)", ", ".join(nm(v) for v in s["footprint_m"])),
@@ -83,7 +92,9 @@ def format_geometry(geo: ExperimentGeometry) -> str:
 def cmd_geometry(a: argparse.Namespace) -> int:
     geo = geometry_from_args(a)
     if a.json:
-        print(json.dumps({**geo.summary(), "geometry": geo.to_dict()}, indent=2))
+        tilt, source, _ = slab_orientation(None, geo.sample_tilt_deg)
+        print(json.dumps({**geo.summary(), "voxels_across_foil": voxels_across(geo, tilt),
+                          "foil_normal": source, "geometry": geo.to_dict()}, indent=2))
     else:
         print(format_geometry(geo))
     return 0

@@ -5,15 +5,19 @@ with about 30 % of margin, so a regression fails them while seed-to-seed noise d
 """
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from bp_plugin.dataset import read_dataset
+from bp_plugin.geometry import recon_basis
 from bp_plugin.recon.config import ReconConfig
 from bp_plugin.recon.engine import Reconstructor
+from bp_plugin.recon.layout import MIN_VOXELS_ACROSS, slab_normal, voxels_across
 from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
 from sim_devices.experiment import simulate_to_file
 from sim_devices.family import RANGES, draw_member
@@ -97,6 +101,34 @@ def test_upsampling_comes_from_the_geometry_and_less_is_warned_about():
     rec = Reconstructor(member, frames, t, np.ones(member.crop, bool), config=ReconConfig())
     assert rec.geometry.upsampling == member.upsampling_default()
     assert not any("up-sampling" in w for w in rec.warnings)
+
+
+def set_up_warnings(geo, **config):
+    t = np.zeros((geo.raster_shape[0] * geo.raster_shape[1], 3))
+    frames = np.zeros((geo.n_angles, len(t), *geo.crop), np.float32)
+    return Reconstructor(geo, frames, t, np.ones(geo.crop, bool), config=ReconConfig(**config)).warnings
+
+
+def test_a_foil_under_two_voxels_thick_is_said_with_the_angles_that_would_resolve_it():
+    """Voxels across the foil: its thickness over a voxel's extent along the normal (brute force:
+    the spread of the voxel's 8 corners). Member 4 (theta_B 15.7 deg, dr3 129 nm, 0.114 um) spans
+    1.53 along Q: the set-up says so, with the number of angles that gives 2, and that number does
+    while one fewer does not; tiny (2.71) says nothing."""
+    tiny, member = get_preset("tiny").geometry, draw_member(4).geometry
+    for geo, tilt in ((tiny, (5.5, -2.0)), (member, (0.0, 0.0)), (member, (-3.0, 4.0))):
+        n, e = slab_normal(*tilt), recon_basis(geo.theta_bragg_rad)
+        corners = [sum(s * d / 2 * float(ek @ n) for s, d, ek in zip(signs, geo.voxel_size_m, e))
+                   for signs in itertools.product((-1, 1), repeat=3)]
+        assert voxels_across(geo, tilt) == pytest.approx(geo.thickness_m / np.ptp(corners), rel=1e-9)
+    assert voxels_across(tiny, (0.0, 0.0)) > MIN_VOXELS_ACROSS > voxels_across(member, (0.0, 0.0))
+    assert not any("reconstruction voxels" in w for w in set_up_warnings(tiny, slab_tilt_deg=(5.5, -2.0)))
+    said = [w for w in set_up_warnings(member) if "reconstruction voxels along its normal (assumed along Q)" in w]
+    assert len(said) == 1 and "spans 1.53" in said[0], said
+    n_angles = int(re.search(r"(\d+) angles or more", said[0]).group(1))
+    assert voxels_across(replace(member, n_angles=n_angles), (0.0, 0.0)) >= MIN_VOXELS_ACROSS
+    assert voxels_across(replace(member, n_angles=n_angles - 1), (0.0, 0.0)) < MIN_VOXELS_ACROSS
+    stated = [w for w in set_up_warnings(member, slab_tilt_deg=(-3.0, 4.0)) if "reconstruction voxels" in w]
+    assert len(stated) == 1 and "(from the config)" in stated[0], stated
 
 
 def test_family_members_are_drawn_from_the_documented_ranges():

@@ -107,8 +107,15 @@ def test_cli_geometry_json_gives_the_paper_numbers():
     assert out["window_w_upsampled_m"] == pytest.approx(5.1e-6, rel=0.02)
     assert out["intersection_length_m"] == pytest.approx(2.49e-6, rel=0.01)
     assert out["rocking_step_max_deg"] == pytest.approx(0.00494, rel=0.01)
+    tb, (dr1, _, dr3) = math.radians(out["theta_bragg_deg"]), out["voxel_size_m"]
+    # the normal along Q (z): a voxel's extent along it is cos(tB) dr1 + sin(tB) dr3
+    assert out["voxels_across_foil"] == pytest.approx(0.5e-6 / (math.cos(tb) * dr1 + math.sin(tb) * dr3), rel=1e-6)
+    assert out["foil_normal"] == "assumed specular"
     human = subprocess.run(cmd[:-1], check=True, capture_output=True, text=True).stdout
     assert "Bragg angle" in human and "43.8" in human
+    assert "foil across its normal" in human and "THIN" not in human
+    thin = subprocess.run(cmd[:-2] + ["0.05", "--sample-tilt", "3", "-1"], check=True, capture_output=True, text=True).stdout
+    assert "THIN: the foil (0.05 um) spans" in thin and "(from the geometry)" in thin and "angles or more" in thin, thin
 
 
 def test_exit_wave_extent_along_r1_and_the_pixel_sampling_condition():

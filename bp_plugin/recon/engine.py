@@ -33,7 +33,7 @@ from .comm import SERIAL
 from .config import ReconConfig
 from .exposure import RockingExposure
 from .inputs import check_scan_arrays
-from .layout import ScanLayout, slab_orientation, slab_support
+from .layout import ScanLayout, slab_orientation, slab_support, thin_foil_warning
 from .merge import IterationStart
 from .probe_ops import ProbeOperator, na_focus
 from .sequential import sequential_pass
@@ -90,6 +90,8 @@ class Reconstructor:
         self.layout = ScanLayout.from_scan(geometry, translations_m)
         self.slab_tilt_deg, self.slab_tilt_source, why = slab_orientation(self.config.slab_tilt_deg,
                                                                           geometry.sample_tilt_deg)
+        self.warnings += [why] if why else []
+        why = thin_foil_warning(geometry, self.slab_tilt_deg, self.slab_tilt_source)
         self.warnings += [why] if why else []
         self.probe_op = ProbeOperator(self.layout, self.backend, subsample=self.config.probe_subsample,
                                       na_factor=self.config.na_factor)

@@ -117,6 +117,13 @@ class ScanLayout:
                 f"{self.box_shape[0]} planes")
 
 
+def slab_normal(tilt_x_deg: float, tilt_y_deg: float) -> np.ndarray:
+    """Unit normal (lab x, y, z) of a foil tilted by ``tilt_x`` about x, then ``tilt_y`` about y (deg):
+    z rotated so, the sample model's convention."""
+    ax, ay = math.radians(tilt_x_deg), math.radians(tilt_y_deg)
+    return np.array([math.cos(ax) * math.sin(ay), -math.sin(ax), math.cos(ax) * math.cos(ay)])
+
+
 def slab_support(layout: ScanLayout, thickness_m: float, tilt_x_deg: float, tilt_y_deg: float,
                  *, lateral_limit_m: float | None = None) -> np.ndarray:
     """Initial support: a slab of ``thickness_m`` through the origin with the given tilt (bool, object shape).
@@ -124,9 +131,7 @@ def slab_support(layout: ScanLayout, thickness_m: float, tilt_x_deg: float, tilt
     The tilt convention is the sample model's: normal = z rotated by ``tilt_x`` about x, then by
     ``tilt_y`` about y. ``lateral_limit_m`` also cuts the slab to ``|x|, |y| <= limit``.
     """
-    ax, ay = math.radians(tilt_x_deg), math.radians(tilt_y_deg)
-    n = np.array([0.0, -math.sin(ax), math.cos(ax)])
-    n = np.array([n[0] * math.cos(ay) + n[2] * math.sin(ay), n[1], -n[0] * math.sin(ay) + n[2] * math.cos(ay)])
+    n = slab_normal(tilt_x_deg, tilt_y_deg)
     xyz = layout.object_lab_points()
     s = np.abs(xyz @ n) <= thickness_m / 2
     if lateral_limit_m is not None:
@@ -155,3 +160,48 @@ def slab_orientation(configured, from_geometry) -> tuple[tuple[float, float], st
         tilt, source = (0.0, 0.0), "assumed specular"
     return (tuple(float(t) for t in tilt), source,
             ASSUMED_SPECULAR if source == "assumed specular" else None)
+
+
+#: below this many reconstruction voxels across the foil, nearly every voxel is a surface voxel
+#: (docs/family.md: the family members under it have its largest object and probe errors)
+MIN_VOXELS_ACROSS = 2.0
+
+
+def voxels_across(geometry: ExperimentGeometry, tilt_deg: tuple[float, float]) -> float:
+    """How many reconstruction voxels the foil's thickness spans along its normal.
+
+    A voxel (``dr1 x dr2 x dr3`` along the orthogonal ``e1, e2, e3``) extends
+    ``sum_k |n . e_k| dr_k`` along the unit normal ``n``; the foil's ``thickness_m`` over that.
+    At a low Bragg angle ``dr3 = lambda / (2 n_angles dtheta sin(theta_B) cos(theta_B))`` grows
+    and a foil of a few hundred nm spans one or two voxels."""
+    from ..geometry import recon_basis
+
+    n = slab_normal(*tilt_deg)
+    extent = sum(abs(float(e @ n)) * d for e, d in zip(recon_basis(geometry.theta_bragg_rad), geometry.voxel_size_m))
+    return geometry.thickness_m / extent
+
+
+def thin_foil_warning(geometry: ExperimentGeometry, tilt_deg: tuple[float, float], source: str) -> str | None:
+    """A warning (or None) when the foil spans fewer than :data:`MIN_VOXELS_ACROSS` voxels along
+    its normal, with the rocking range (``n_angles x step``) that would give that many."""
+    across = voxels_across(geometry, tilt_deg)
+    if across >= MIN_VOXELS_ACROSS:
+        return None
+    from ..geometry import recon_basis
+
+    n = slab_normal(*tilt_deg)
+    a1, a2, a3 = (abs(float(e @ n)) for e in recon_basis(geometry.theta_bragg_rad))
+    dr1, dr2, _ = geometry.voxel_size_m
+    room = geometry.thickness_m / MIN_VOXELS_ACROSS - a1 * dr1 - a2 * dr2      # what dr3 may take
+    tb = geometry.theta_bragg_rad
+    now = geometry.n_angles * geometry.rocking_step_deg
+    if room > 0 and a3 > 0:
+        need = math.degrees(geometry.wavelength_m * a3 / (2 * room * math.sin(tb) * math.cos(tb)))
+        fix = (f"{math.ceil(need / geometry.rocking_step_deg)} angles or more at this rocking step (now "
+               f"{geometry.n_angles}: a range of {now:.3g} deg, {need:.3g} needed) give {MIN_VOXELS_ACROSS:g}")
+    else:
+        fix = "the detector's sampling (dr1, dr2) alone is too coarse: a larger crop gives finer voxels"
+    normal = "assumed along Q" if source == "assumed specular" else f"from the {source}"
+    return (f"the foil ({geometry.thickness_m * 1e6:.3g} um) spans {across:.2f} reconstruction voxels along "
+            f"its normal ({normal}): nearly every voxel is a surface voxel, so expect larger density and probe errors and "
+            f"little or no strain away from the surfaces; {fix}")
