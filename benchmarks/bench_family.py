@@ -11,6 +11,11 @@ see ``bp_plugin/recon/results.py``), the truth's strain RMS, and what the defaul
 
     .venv/bin/python benchmarks/bench_family.py --members 6 --json out/bench_family.json
     .venv/bin/python benchmarks/bench_family.py --members 6 --state-tilt   # the user states the tilt
+    .venv/bin/python benchmarks/bench_family.py --seeds 4,5,6 --follow-advice   # warned members, more angles
+
+``--follow-advice`` does what the set-up's thin-foil warning says: a member whose foil spans under
+2 voxels along the normal the run knows (the stated tilt's with ``--state-tilt``, else Q) is
+measured at the warning's number of angles, same rocking step (docs/family.md).
 """
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from bp_plugin.recon.layout import voxels_across
+from bp_plugin.recon.layout import MIN_VOXELS_ACROSS, angles_for_voxels_across, voxels_across
 from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
 from sim_devices.experiment import simulate_to_file
 from sim_devices.family import draw_member, member_truth
@@ -44,7 +50,18 @@ def run_member(preset, folder: Path, iterations: int, ml: int, state_tilt: bool 
     return {**{k: m.get(k, float("nan")) for k in COLUMNS}, "upsampling_used": m.get("upsampling"),
             "slab_tilt_used_deg": m.get("slab_tilt_deg"), "slab_tilt_source": m.get("slab_tilt_source"),
             "seconds_simulate": t_sim, "seconds_reconstruct": m["seconds"], "warnings": m.get("warnings", []),
-            "voxels_across": voxels_across(preset.geometry, preset.sample_tilt_deg), **member_truth(preset)}
+            "voxels_across": voxels_across(preset.geometry, preset.sample_tilt_deg),
+            "n_angles": preset.geometry.n_angles, **member_truth(preset)}
+
+
+def follow_advice(preset, state_tilt: bool):
+    """The member measured at the thin-foil warning's number of angles when it is warned, else as it is."""
+    geo = preset.geometry
+    tilt = tuple(preset.sample_tilt_deg) if state_tilt else (0.0, 0.0)
+    if voxels_across(geo, tilt) >= MIN_VOXELS_ACROSS:
+        return preset
+    need = angles_for_voxels_across(geo, tilt)
+    return preset if need is None else replace(preset, geometry=replace(geo, n_angles=max(need, geo.n_angles)))
 
 
 def fmt(v, spec):
@@ -58,16 +75,22 @@ def main(argv=None) -> int:
     ap.add_argument("--ml-iterations", type=int, default=20)
     ap.add_argument("--state-tilt", action="store_true",
                     help="pass each member's true foil tilt as the user's --sample-tilt (default: unknown)")
+    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")],
+                    help="comma-separated member seeds instead of 0..members-1 (e.g. 4,5,6)")
+    ap.add_argument("--follow-advice", action="store_true",
+                    help="measure each member the thin-foil warning names at the angles it advises")
     ap.add_argument("--json", type=Path, default=Path("out/bench_family.json"))
     a = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        presets = [get_preset("tiny")] + [draw_member(s) for s in range(a.members)]
+        presets = [get_preset("tiny")] + [draw_member(s) for s in (a.seeds or range(a.members))]
+        if a.follow_advice:
+            presets = [follow_advice(p, a.state_tilt) for p in presets]
         for p in presets:
             print(f"{p.name}: {p.description}", file=sys.stderr, flush=True)
             rows.append(run_member(p, Path(tmp), a.iterations, a.ml_iterations, a.state_tilt))
     head = (f"{'member':<10} {'obj err':>8} {'probe err':>9} {'section':>7} {'lit':>4} {'eps err*':>8} {'eps floor':>9} {'eps truth':>9} "
-            f"{'tilt err':>8} {'fov':>5} {'up x':>4} {'need':>4} {'tilt used (true)':>24} {'across':>6} {'s':>5}")
+            f"{'tilt err':>8} {'fov':>5} {'up x':>4} {'need':>4} {'tilt used (true)':>24} {'across':>6} {'ang':>3} {'s':>5}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -80,7 +103,7 @@ def main(argv=None) -> int:
               f"{fmt(r['strain_truth_rms'], '9.2e')} {fmt(r['tilt_rms_error_rad'], '8.2e')} "
               f"{fmt(r['field_of_view_fraction'], '5.2f')} {str(r['upsampling_used']):>4} "
               f"{r['upsampling_needed_for_extent']:>4} "
-              f"{tilts:>24} {r['voxels_across']:6.2f} "
+              f"{tilts:>24} {r['voxels_across']:6.2f} {r['n_angles']:3d} "
               f"{r['seconds_reconstruct']:5.1f}")
     fam = rows[1:]
     if fam:
@@ -95,11 +118,13 @@ def main(argv=None) -> int:
     print("probe err: where the beam meets the crystal (weighted by the true object's coverage of each beam line); "
           "section: the whole section, parts the data never see included; lit: share of the probe's energy on lines "
           "that meet the crystal")
-    print("across: reconstruction voxels across the foil along its true normal (under 2: warned at set-up)")
+    print("across: reconstruction voxels across the foil along its true normal (under 2: warned at set-up); "
+          "ang: rocking angles measured")
     print("* eps_zz against the analytic strain, one reconstruction voxel away from surfaces and cores; floor: "
           "the truth averaged over the reconstruction's voxels, same mask; truth: the analytic strain's RMS")
     a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps({"iterations": a.iterations, "ml_iterations": a.ml_iterations, "rows": rows},
+    a.json.write_text(json.dumps({"iterations": a.iterations, "ml_iterations": a.ml_iterations,
+                                 "follow_advice": a.follow_advice, "state_tilt": a.state_tilt, "rows": rows},
                                  indent=2, default=str))
     print(f"wrote {a.json}")
     return 0

@@ -17,7 +17,7 @@ from bp_plugin.dataset import read_dataset
 from bp_plugin.geometry import recon_basis
 from bp_plugin.recon.config import ReconConfig
 from bp_plugin.recon.engine import Reconstructor
-from bp_plugin.recon.layout import MIN_VOXELS_ACROSS, slab_normal, voxels_across
+from bp_plugin.recon.layout import MIN_VOXELS_ACROSS, angles_for_voxels_across, slab_normal, voxels_across
 from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
 from sim_devices.experiment import simulate_to_file
 from sim_devices.family import RANGES, draw_member
@@ -127,6 +127,11 @@ def test_a_foil_under_two_voxels_thick_is_said_with_the_angles_that_would_resolv
     n_angles = int(re.search(r"(\d+) angles or more", said[0]).group(1))
     assert voxels_across(replace(member, n_angles=n_angles), (0.0, 0.0)) >= MIN_VOXELS_ACROSS
     assert voxels_across(replace(member, n_angles=n_angles - 1), (0.0, 0.0)) < MIN_VOXELS_ACROSS
+    assert angles_for_voxels_across(member, (0.0, 0.0)) == n_angles
+    # a foil thinner than two voxels' extent along e1, e2 alone: no number of angles gives 2
+    too_thin = replace(member, thickness_m=member.voxel_size_m[0] * 0.5)
+    assert angles_for_voxels_across(too_thin, (0.0, 0.0)) is None
+    assert any("a larger crop gives finer voxels" in w for w in set_up_warnings(too_thin))
     stated = [w for w in set_up_warnings(member, slab_tilt_deg=(-3.0, 4.0)) if "reconstruction voxels" in w]
     assert len(stated) == 1 and "(from the config)" in stated[0], stated
 

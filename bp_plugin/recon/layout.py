@@ -181,24 +181,35 @@ def voxels_across(geometry: ExperimentGeometry, tilt_deg: tuple[float, float]) -
     return geometry.thickness_m / extent
 
 
+def angles_for_voxels_across(geometry: ExperimentGeometry, tilt_deg: tuple[float, float],
+                             target: float = MIN_VOXELS_ACROSS) -> int | None:
+    """The fewest rocking angles at the scan's step (``rocking_step_deg``) for which the foil spans
+    ``target`` reconstruction voxels along its normal, or None when ``dr1, dr2`` alone (the
+    detector's sampling) already exceed the room: more angles shorten only ``dr3``."""
+    from ..geometry import recon_basis
+
+    n = slab_normal(*tilt_deg)
+    a1, a2, a3 = (abs(float(e @ n)) for e in recon_basis(geometry.theta_bragg_rad))
+    dr1, dr2, _ = geometry.voxel_size_m
+    room = geometry.thickness_m / target - a1 * dr1 - a2 * dr2      # what dr3 may take (m)
+    if room <= 0 or a3 <= 0:
+        return None
+    tb = geometry.theta_bragg_rad
+    need_deg = math.degrees(geometry.wavelength_m * a3 / (2 * room * math.sin(tb) * math.cos(tb)))
+    return math.ceil(need_deg / geometry.rocking_step_deg)
+
+
 def thin_foil_warning(geometry: ExperimentGeometry, tilt_deg: tuple[float, float], source: str) -> str | None:
     """A warning (or None) when the foil spans fewer than :data:`MIN_VOXELS_ACROSS` voxels along
     its normal, with the rocking range (``n_angles x step``) that would give that many."""
     across = voxels_across(geometry, tilt_deg)
     if across >= MIN_VOXELS_ACROSS:
         return None
-    from ..geometry import recon_basis
-
-    n = slab_normal(*tilt_deg)
-    a1, a2, a3 = (abs(float(e @ n)) for e in recon_basis(geometry.theta_bragg_rad))
-    dr1, dr2, _ = geometry.voxel_size_m
-    room = geometry.thickness_m / MIN_VOXELS_ACROSS - a1 * dr1 - a2 * dr2      # what dr3 may take
-    tb = geometry.theta_bragg_rad
-    now = geometry.n_angles * geometry.rocking_step_deg
-    if room > 0 and a3 > 0:
-        need = math.degrees(geometry.wavelength_m * a3 / (2 * room * math.sin(tb) * math.cos(tb)))
-        fix = (f"{math.ceil(need / geometry.rocking_step_deg)} angles or more at this rocking step (now "
-               f"{geometry.n_angles}: a range of {now:.3g} deg, {need:.3g} needed) give {MIN_VOXELS_ACROSS:g}")
+    need = angles_for_voxels_across(geometry, tilt_deg)
+    step = geometry.rocking_step_deg
+    if need is not None:
+        fix = (f"{need} angles or more at this rocking step (now {geometry.n_angles}: a range of "
+               f"{geometry.n_angles * step:.3g} deg, {need * step:.3g} needed) give {MIN_VOXELS_ACROSS:g}")
     else:
         fix = "the detector's sampling (dr1, dr2) alone is too coarse: a larger crop gives finer voxels"
     normal = "assumed along Q" if source == "assumed specular" else f"from the {source}"
