@@ -14,7 +14,7 @@ see ``bp_plugin/recon/results.py``), the truth's strain RMS, and what the defaul
     .venv/bin/python benchmarks/bench_family.py --seeds 4,5,6 --follow-advice   # warned members, more angles
 
 ``--follow-advice`` does what the set-up's thin-foil warning says: a member whose foil spans under
-2 voxels along the normal the run knows (the stated tilt's with ``--state-tilt``, else Q) is
+2 voxels along the normal the run knows (the stated tilt's with ``--state-tilt``, else the file's, else Q) is
 measured at the warning's number of angles, same rocking step (docs/family.md).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bp_plugin.recon.layout import MIN_VOXELS_ACROSS, angles_for_voxels_across, voxels_across
+from bp_plugin.recon.layout import angles_for_voxels_across, slab_orientation, voxels_across
 from bp_plugin.recon.run import ReconstructOptions, reconstruct_file
 from sim_devices.experiment import simulate_to_file
 from sim_devices.family import draw_member, member_truth
@@ -55,11 +55,11 @@ def run_member(preset, folder: Path, iterations: int, ml: int, state_tilt: bool 
 
 
 def follow_advice(preset, state_tilt: bool):
-    """The member measured at the thin-foil warning's number of angles when it is warned, else as it is."""
+    """The member measured at the thin-foil warning's number of angles when it is warned, else as it
+    is: the normal is the one the run will know (``slab_orientation``, as the engine chooses it), and
+    a foil already 2 voxels across needs no more angles than it has."""
     geo = preset.geometry
-    tilt = tuple(preset.sample_tilt_deg) if state_tilt else (0.0, 0.0)
-    if voxels_across(geo, tilt) >= MIN_VOXELS_ACROSS:
-        return preset
+    tilt, _, _ = slab_orientation(tuple(preset.sample_tilt_deg) if state_tilt else None, geo.sample_tilt_deg)
     need = angles_for_voxels_across(geo, tilt)
     return preset if need is None else replace(preset, geometry=replace(geo, n_angles=max(need, geo.n_angles)))
 
